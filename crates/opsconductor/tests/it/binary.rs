@@ -1,0 +1,329 @@
+//! The `opsconductor` binary: `up` serves every implemented service and keeps data across
+//! restarts; SIGTERM turns health NOT_SERVING, lets an in-flight call finish and exits 0;
+//! bad configuration fails with the variable named; `healthcheck` exits by status.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use opsconductor_api::targets::v1::targets_service_client::TargetsServiceClient;
+use opsconductor_api::targets::v1::{CreateTargetRequest, Target, TestTargetConnectivityRequest};
+use opsconductor_api::user::v1::user_service_client::UserServiceClient;
+use opsconductor_api::user::v1::{CreateUserRequest, GetUserRequest, User};
+use opsconductor_platform::client::check_health;
+use opsconductor_platform::health::ServingStatusPb;
+use opsconductor_testkit::free_port_base;
+
+const BIN: &str = env!("CARGO_BIN_EXE_opsconductor");
+
+struct Process(Child);
+
+impl Process {
+    fn start(args: &[&str], envs: &[(&str, String)], dir: &Path) -> Process {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .current_dir(dir)
+            .env("OPSCONDUCTOR_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        Process(cmd.spawn().expect("start opsconductor"))
+    }
+
+    fn sigterm(&self) {
+        // SAFETY: kill(2) with a pid we spawned and still own (not yet waited for).
+        let rc = unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+
+    /// Waits for exit, returning the exit code and what it logged.
+    fn wait(mut self, limit: Duration) -> (Option<i32>, String) {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.0.try_wait().expect("wait") {
+                let mut log = String::new();
+                if let Some(mut err) = self.0.stderr.take() {
+                    use std::io::Read;
+                    let _ = err.read_to_string(&mut log);
+                }
+                return (status.code(), log);
+            }
+            assert!(started.elapsed() < limit, "did not exit within {limit:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn wait_serving(url: &str) {
+    let started = Instant::now();
+    loop {
+        if let Ok(ServingStatusPb::Serving) = check_health(url, "", Duration::from_secs(1)).await {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{url} never became SERVING"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_serves_every_implemented_service_and_keeps_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_port_base();
+    let user_url = format!("http://127.0.0.1:{}", base + 2);
+    let targets_url = format!("http://127.0.0.1:{}", base + 5);
+    let args = [
+        "up",
+        "--port-base",
+        &base.to_string(),
+        "--data-dir",
+        "state",
+    ];
+    let env = [("OPSCONDUCTOR_SHUTDOWN_DELAY_MS", "0".to_string())];
+
+    let up = Process::start(&args, &env, dir.path());
+    wait_serving(&user_url).await;
+    wait_serving(&targets_url).await;
+    // Only implemented services listen: nothing answers on the auth port yet.
+    assert!(check_health(
+        &format!("http://127.0.0.1:{}", base + 1),
+        "",
+        Duration::from_millis(500)
+    )
+    .await
+    .is_err());
+
+    let mut users = UserServiceClient::connect(user_url.clone()).await.unwrap();
+    let user = users
+        .create_user(CreateUserRequest {
+            user: Some(User {
+                username: "persisted".into(),
+                email: "p@example.com".into(),
+                role: 1,
+                ..Default::default()
+            }),
+            password: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    let mut targets = TargetsServiceClient::connect(targets_url.clone())
+        .await
+        .unwrap();
+    targets
+        .create_target(CreateTargetRequest {
+            target: Some(Target {
+                name: "t1".into(),
+                address: "127.0.0.1".into(),
+                port: 22,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+
+    // The healthcheck subcommand agrees.
+    let status = Command::new(BIN)
+        .args(["healthcheck", &format!("127.0.0.1:{}", base + 2)])
+        .output()
+        .unwrap();
+    assert!(status.status.success());
+    assert_eq!(String::from_utf8_lossy(&status.stdout).trim(), "SERVING");
+
+    up.sigterm();
+    let (code, log) = up.wait(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        dir.path().join("state/user.db").exists() && dir.path().join("state/targets.db").exists()
+    );
+    let status = Command::new(BIN)
+        .args(["healthcheck", &format!("127.0.0.1:{}", base + 2)])
+        .output()
+        .unwrap();
+    assert!(
+        !status.status.success(),
+        "healthcheck must fail when nothing serves"
+    );
+
+    // Restarted over the same data directory, the user is still there.
+    let again = Process::start(&args, &env, dir.path());
+    wait_serving(&user_url).await;
+    let mut users = UserServiceClient::connect(user_url.clone()).await.unwrap();
+    let read = users
+        .get_user(GetUserRequest {
+            id: user.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(read, user);
+    again.sigterm();
+    assert_eq!(again.wait(Duration::from_secs(30)).0, Some(0));
+}
+
+/// A loopback port whose accept queue is full: new connections hang in SYN retransmission,
+/// which makes a connectivity test take as long as its timeout.
+async fn black_hole() -> (u16, Vec<tokio::net::TcpStream>, tokio::net::TcpListener) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        match tokio::time::timeout(
+            Duration::from_millis(300),
+            tokio::net::TcpStream::connect(("127.0.0.1", port)),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => held.push(stream),
+            _ => return (port, held, listener),
+        }
+    }
+    panic!("the accept queue never filled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_turns_health_off_drains_the_call_in_flight_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let url = format!("http://127.0.0.1:{port}");
+    let serve = Process::start(
+        &["serve", "targets"],
+        &[
+            ("LISTEN_ADDR", format!("127.0.0.1:{port}")),
+            ("OPSCONDUCTOR_DATA_DIR", dir.path().display().to_string()),
+            ("OPSCONDUCTOR_SHUTDOWN_DELAY_MS", "1500".to_string()),
+        ],
+        dir.path(),
+    );
+    wait_serving(&url).await;
+    let (hole, _held, _listener) = black_hole().await;
+    let mut client = TargetsServiceClient::connect(url.clone()).await.unwrap();
+    let target = client
+        .create_target(CreateTargetRequest {
+            target: Some(Target {
+                name: "slow".into(),
+                address: "127.0.0.1".into(),
+                port: u32::from(hole),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .target
+        .unwrap();
+
+    let in_flight = tokio::spawn(async move {
+        let started = Instant::now();
+        let result = client
+            .test_target_connectivity(TestTargetConnectivityRequest {
+                id: target.id,
+                port: 0,
+                timeout: Some(prost_types::Duration {
+                    seconds: 3,
+                    nanos: 0,
+                }),
+            })
+            .await;
+        (result, started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    serve.sigterm();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = check_health(&url, "", Duration::from_secs(1))
+        .await
+        .expect("health during the delay");
+    assert_eq!(status, ServingStatusPb::NotServing);
+    let status = check_health(
+        &url,
+        "opsconductor.targets.v1.TargetsService",
+        Duration::from_secs(1),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, ServingStatusPb::NotServing);
+
+    let (result, elapsed) = in_flight.await.unwrap();
+    let response = result.expect("the in-flight call completes").into_inner();
+    assert!(!response.reachable);
+    assert!(response.error.contains("timed out"), "{}", response.error);
+    assert!(elapsed >= Duration::from_secs(3), "{elapsed:?}");
+
+    let (code, log) = serve.wait(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("NOT_SERVING") && log.contains("draining"),
+        "{log}"
+    );
+}
+
+#[test]
+fn bad_configuration_names_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], envs: &[(&str, &str)]| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).current_dir(dir.path());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, err) = run(&["serve", "user"], &[("LISTEN_ADDR", "not-an-address")]);
+    assert!(!ok);
+    assert!(
+        err.contains("LISTEN_ADDR") && err.contains("not-an-address"),
+        "{err}"
+    );
+    let (ok, err) = run(
+        &["serve", "user"],
+        &[
+            ("LISTEN_ADDR", "127.0.0.1:0"),
+            ("OPSCONDUCTOR_SHUTDOWN_GRACE_MS", "soon"),
+        ],
+    );
+    assert!(
+        !ok && err.contains("OPSCONDUCTOR_SHUTDOWN_GRACE_MS"),
+        "{err}"
+    );
+    let (ok, err) = run(
+        &["serve", "user"],
+        &[
+            ("LISTEN_ADDR", "127.0.0.1:0"),
+            ("DATABASE_URL", "mysql://u:hunter2@h/db"),
+        ],
+    );
+    assert!(
+        !ok && err.contains("DATABASE_URL") && !err.contains("hunter2"),
+        "{err}"
+    );
+    let (ok, err) = run(&["up", "--port-base", "99999"], &[]);
+    assert!(!ok && err.contains("OPSCONDUCTOR_PORT_BASE"), "{err}");
+    let (ok, err) = run(&["serve", "jobs"], &[]);
+    assert!(!ok && err.contains("not part of this build"), "{err}");
+    let (ok, err) = run(&["serve", "nonsense"], &[]);
+    assert!(!ok && err.contains("unknown service"), "{err}");
+}

@@ -1,0 +1,163 @@
+//! The real grpcurl (1.8.6, reflection v1alpha) against served services, and reflection v1
+//! through its own client.
+
+use std::process::Command;
+
+use opsconductor_testkit::{grpcurl, Sandbox, StorageBackend};
+use tokio_stream::StreamExt;
+
+fn run(args: &[&str]) -> (bool, String) {
+    let out = Command::new(grpcurl())
+        .args(args)
+        .output()
+        .expect("run grpcurl");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_lists_describes_and_calls_every_service() {
+    let s = Sandbox::start(StorageBackend::Sqlite).await;
+    let user = s.user_addr.to_string();
+    let targets = s.targets_addr.to_string();
+
+    for (addr, service) in [
+        (&user, "opsconductor.user.v1.UserService"),
+        (&targets, "opsconductor.targets.v1.TargetsService"),
+    ] {
+        let (ok, out) = run(&["-plaintext", addr, "list"]);
+        assert!(ok, "{out}");
+        for name in [
+            service,
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ] {
+            assert!(out.lines().any(|l| l == name), "{name} not listed: {out}");
+        }
+        let (ok, out) = run(&["-plaintext", addr, "grpc.health.v1.Health/Check"]);
+        assert!(ok && out.contains("\"SERVING\""), "{out}");
+        let check = format!(r#"{{"service":"{service}"}}"#);
+        let (ok, out) = run(&[
+            "-plaintext",
+            "-d",
+            &check,
+            addr,
+            "grpc.health.v1.Health/Check",
+        ]);
+        assert!(ok && out.contains("\"SERVING\""), "{out}");
+    }
+
+    let (ok, out) = run(&[
+        "-plaintext",
+        &user,
+        "describe",
+        "opsconductor.user.v1.UserService",
+    ]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("rpc CreateUser") && out.contains("rpc CheckPassword"),
+        "{out}"
+    );
+    let (ok, out) = run(&["-plaintext", &user, "describe", "opsconductor.user.v1.User"]);
+    assert!(ok && out.contains("password_set"), "{out}");
+
+    let (ok, out) = run(&[
+        "-plaintext",
+        "-d",
+        r#"{"user":{"username":"grace","email":"grace@example.com","role":"ROLE_ADMIN"},"password":"a long enough password"}"#,
+        &user,
+        "opsconductor.user.v1.UserService/CreateUser",
+    ]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("\"username\": \"grace\"") && out.contains("\"passwordSet\": true"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("a long enough password"),
+        "the password came back: {out}"
+    );
+
+    let (ok, out) = run(&[
+        "-plaintext",
+        "-d",
+        r#"{"target":{"name":"db-1","address":"10.1.2.3","port":5432,"os":"OPERATING_SYSTEM_LINUX","tags":["db"]}}"#,
+        &targets,
+        "opsconductor.targets.v1.TargetsService/CreateTarget",
+    ]);
+    assert!(ok && out.contains("\"name\": \"db-1\""), "{out}");
+    let (ok, out) = run(&[
+        "-plaintext",
+        "-d",
+        r#"{"tags":["db"]}"#,
+        &targets,
+        "opsconductor.targets.v1.TargetsService/ListTargets",
+    ]);
+    assert!(ok && out.contains("db-1"), "{out}");
+
+    // Bad input through grpcurl: INVALID_ARGUMENT with the field named.
+    let (ok, out) = run(&[
+        "-plaintext",
+        "-d",
+        r#"{"target":{"name":"Bad Name"}}"#,
+        &targets,
+        "opsconductor.targets.v1.TargetsService/CreateTarget",
+    ]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("InvalidArgument") && out.contains("target.name"),
+        "{out}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_v1_lists_the_same_services() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let s = Sandbox::start(StorageBackend::Sqlite).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", s.user_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.next().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected {response:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for name in [
+        "opsconductor.user.v1.UserService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ] {
+        assert!(
+            names.iter().any(|n| n == name),
+            "{name} missing from {names:?}"
+        );
+    }
+    assert_eq!(
+        names.len(),
+        4,
+        "only what this server serves is advertised: {names:?}"
+    );
+    s.stop().await;
+}

@@ -1,0 +1,12 @@
+//! The integration suite: one test binary, one module per area. Every test talks to real
+//! components — servers on loopback sockets, SQLite files, PostgreSQL at 127.0.0.1:5432, the
+//! real grpcurl and a Python gRPC client — and isolates itself (own ports, own database).
+
+mod binary;
+mod contracts;
+mod grpcurl;
+mod health;
+mod python;
+mod support;
+mod targets;
+mod user;

@@ -1,0 +1,56 @@
+//! A Python client generated with grpcio-tools from proto/ calls the user service.
+
+use std::process::Command;
+
+use opsconductor_api::user::v1::GetUserRequest;
+use opsconductor_testkit::{python, repo_root, Sandbox, StorageBackend};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_client_generated_from_the_protos_calls_the_user_service() {
+    let s = Sandbox::start(StorageBackend::Sqlite).await;
+    let root = repo_root();
+    let addr = s.user_addr.to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(python())
+            .arg(root.join("crates/opsconductor/tests/python/user_client.py"))
+            .args(["--addr", &addr, "--username", "pyuser"])
+            .arg("--proto-dir")
+            .arg(root.join("proto"))
+            .output()
+            .expect("run python (pip install grpcio-tools)")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "python failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    assert_eq!(seen["code"], "INVALID_ARGUMENT");
+    let fields: Vec<&str> = seen["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(
+        fields.contains(&"user.username") && fields.contains(&"user.email"),
+        "{fields:?}"
+    );
+
+    // What Python created is what Rust reads.
+    let id = seen["id"].as_str().unwrap().to_string();
+    let user = s
+        .user()
+        .get_user(GetUserRequest { id })
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(user.username, "pyuser");
+    assert_eq!(seen["role"], 1);
+    s.stop().await;
+}

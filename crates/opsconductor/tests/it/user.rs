@@ -1,0 +1,644 @@
+//! The user service through its generated client, on SQLite and PostgreSQL.
+
+use opsconductor_api::common::v1::{NotificationChannel, Role};
+use opsconductor_api::user::v1::*;
+use opsconductor_testkit::{on_both_backends, Sandbox};
+use prost_types::FieldMask;
+use tonic::Code;
+
+use crate::support::{assert_code, assert_violations, MISSING_ID};
+
+fn new_user(username: &str) -> User {
+    User {
+        username: username.into(),
+        email: format!("{username}@example.com"),
+        display_name: format!("The {username}"),
+        role: Role::Operator as i32,
+        ..Default::default()
+    }
+}
+
+async fn create(s: &Sandbox, username: &str, password: &str) -> User {
+    s.user()
+        .create_user(CreateUserRequest {
+            user: Some(new_user(username)),
+            password: password.into(),
+        })
+        .await
+        .expect("create user")
+        .into_inner()
+        .user
+        .expect("user in response")
+}
+
+async fn count_users(s: &Sandbox) -> usize {
+    s.user()
+        .list_users(ListUsersRequest {
+            page_size: 500,
+            show_disabled: true,
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .users
+        .len()
+}
+
+on_both_backends!(crud_round_trip);
+async fn crud_round_trip(s: &Sandbox) {
+    let created = create(s, "alice", "correct horse battery").await;
+    assert!(uuid::Uuid::try_parse(&created.id).is_ok());
+    assert!(created.password_set);
+    assert_eq!(created.role, Role::Operator as i32);
+    assert!(created.create_time.is_some());
+
+    let got = s
+        .user()
+        .get_user(GetUserRequest {
+            id: created.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(got, created);
+
+    let updated = s
+        .user()
+        .update_user(UpdateUserRequest {
+            user: Some(User {
+                id: created.id.clone(),
+                display_name: "Alice A.".into(),
+                role: Role::Admin as i32,
+                email: "ignored@example.com".into(),
+                ..Default::default()
+            }),
+            update_mask: Some(FieldMask {
+                paths: vec!["display_name".into(), "role".into()],
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(updated.display_name, "Alice A.");
+    assert_eq!(updated.role, Role::Admin as i32);
+    assert_eq!(updated.email, created.email, "fields outside the mask stay");
+    assert!(
+        updated.update_time.unwrap().seconds * 1_000_000_000
+            + i64::from(updated.update_time.unwrap().nanos)
+            > created.update_time.unwrap().seconds * 1_000_000_000
+                + i64::from(created.update_time.unwrap().nanos)
+    );
+
+    s.user()
+        .delete_user(DeleteUserRequest {
+            id: created.id.clone(),
+        })
+        .await
+        .unwrap();
+    let err = s
+        .user()
+        .get_user(GetUserRequest {
+            id: created.id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_code(&err, Code::NotFound, "RESOURCE_NOT_FOUND");
+}
+
+on_both_backends!(duplicates_and_missing);
+async fn duplicates_and_missing(s: &Sandbox) {
+    create(s, "bob", "").await;
+    let err = s
+        .user()
+        .create_user(CreateUserRequest {
+            user: Some(new_user("bob")),
+            password: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_code(&err, Code::AlreadyExists, "RESOURCE_ALREADY_EXISTS");
+    assert_eq!(count_users(s).await, 1, "the duplicate wrote nothing");
+
+    let id = MISSING_ID.to_string();
+    let mut c = s.user();
+    let not_found = [
+        c.get_user(GetUserRequest { id: id.clone() })
+            .await
+            .unwrap_err(),
+        c.delete_user(DeleteUserRequest { id: id.clone() })
+            .await
+            .unwrap_err(),
+        c.update_user(UpdateUserRequest {
+            user: Some(User {
+                id: id.clone(),
+                ..new_user("ghost")
+            }),
+            update_mask: None,
+        })
+        .await
+        .unwrap_err(),
+        c.set_password(SetPasswordRequest {
+            user_id: id.clone(),
+            new_password: "long enough password".into(),
+        })
+        .await
+        .unwrap_err(),
+        c.change_password(ChangePasswordRequest {
+            user_id: id.clone(),
+            current_password: "whatever it was".into(),
+            new_password: "long enough password".into(),
+        })
+        .await
+        .unwrap_err(),
+        c.get_notification_preferences(GetNotificationPreferencesRequest {
+            user_id: id.clone(),
+        })
+        .await
+        .unwrap_err(),
+        c.update_notification_preferences(UpdateNotificationPreferencesRequest {
+            preferences: Some(NotificationPreferences {
+                user_id: id.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err(),
+    ];
+    for err in not_found {
+        assert_code(&err, Code::NotFound, "RESOURCE_NOT_FOUND");
+    }
+}
+
+on_both_backends!(bad_input_is_rejected_and_writes_nothing);
+async fn bad_input_is_rejected_and_writes_nothing(s: &Sandbox) {
+    let existing = create(s, "carol", "").await;
+    let mut c = s.user();
+
+    let err = c
+        .create_user(CreateUserRequest {
+            user: Some(User {
+                username: "9-Bad Name".into(),
+                email: "not-an-email".into(),
+                display_name: "x".repeat(200),
+                role: 42,
+                ..Default::default()
+            }),
+            password: "short".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_violations(
+        &err,
+        &[
+            "user.username",
+            "user.email",
+            "user.display_name",
+            "user.role",
+            "password",
+        ],
+    );
+    let err = c
+        .create_user(CreateUserRequest {
+            user: None,
+            password: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_violations(&err, &["user"]);
+    let err = c
+        .create_user(CreateUserRequest {
+            user: Some(User {
+                role: 0,
+                ..new_user("dave")
+            }),
+            password: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_violations(&err, &["user.role"]);
+
+    let err = c
+        .get_user(GetUserRequest { id: "nope".into() })
+        .await
+        .unwrap_err();
+    assert_violations(&err, &["id"]);
+    let err = c
+        .delete_user(DeleteUserRequest { id: String::new() })
+        .await
+        .unwrap_err();
+    assert_violations(&err, &["id"]);
+    let err = c
+        .list_users(ListUsersRequest {
+            page_size: -1,
+            page_token: "garbage".into(),
+            role: 9,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_violations(&err, &["page_size", "page_token", "role"]);
+
+    let err = c
+        .update_user(UpdateUserRequest {
+            user: Some(User {
+                id: existing.id.clone(),
+                ..Default::default()
+            }),
+            update_mask: Some(FieldMask {
+                paths: vec!["username".into(), "email".into()],
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_violations(&err, &["update_mask.paths[0]"]);
+    let err = c
+        .update_user(UpdateUserRequest {
+            user: Some(User {
+                id: existing.id.clone(),
+                email: "bad".into(),
+                ..Default::default()
+            }),
+            update_mask: Some(FieldMask {
+                paths: vec!["email".into()],
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_violations(&err, &["user.email"]);
+
+    let err = c
+        .set_password(SetPasswordRequest {
+            user_id: existing.id.clone(),
+            new_password: "short".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_violations(&err, &["new_password"]);
+    let err = c
+        .change_password(ChangePasswordRequest {
+            user_id: "x".into(),
+            current_password: String::new(),
+            new_password: "short".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_violations(&err, &["user_id", "current_password", "new_password"]);
+    let err = c
+        .check_password(CheckPasswordRequest {
+            username: String::new(),
+            password: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_violations(&err, &["username", "password"]);
+    let err = c
+        .get_notification_preferences(GetNotificationPreferencesRequest {
+            user_id: "1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_violations(&err, &["user_id"]);
+    let err = c
+        .update_notification_preferences(UpdateNotificationPreferencesRequest {
+            preferences: Some(NotificationPreferences {
+                user_id: existing.id.clone(),
+                destinations: vec![
+                    ChannelDestination {
+                        channel: NotificationChannel::Email as i32,
+                        destination: "nobody".into(),
+                        enabled: true,
+                    },
+                    ChannelDestination {
+                        channel: NotificationChannel::Slack as i32,
+                        destination: "http://insecure.example.com/hook".into(),
+                        enabled: true,
+                    },
+                    ChannelDestination {
+                        channel: 0,
+                        destination: "x".into(),
+                        enabled: true,
+                    },
+                ],
+                quiet_hours: Some(QuietHours {
+                    enabled: true,
+                    start: "25:00".into(),
+                    end: "07:00".into(),
+                    time_zone: "Mars/Olympus".into(),
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_violations(
+        &err,
+        &[
+            "preferences.destinations[0].destination",
+            "preferences.destinations[1].destination",
+            "preferences.destinations[2].channel",
+            "preferences.quiet_hours.start",
+            "preferences.quiet_hours.time_zone",
+        ],
+    );
+
+    // Nothing above was written.
+    assert_eq!(count_users(s).await, 1);
+    let still = c
+        .get_user(GetUserRequest {
+            id: existing.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(still, existing);
+    let prefs = c
+        .get_notification_preferences(GetNotificationPreferencesRequest {
+            user_id: existing.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .preferences
+        .unwrap();
+    assert!(prefs.update_time.is_none(), "still the defaults: {prefs:?}");
+}
+
+on_both_backends!(passwords_are_checked_and_never_returned);
+async fn passwords_are_checked_and_never_returned(s: &Sandbox) {
+    let user = create(s, "erin", "first password 1").await;
+    let mut c = s.user();
+    let check = |username: &str, password: &str| CheckPasswordRequest {
+        username: username.into(),
+        password: password.into(),
+    };
+    let ok = c
+        .check_password(check("erin", "first password 1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ok.valid);
+    assert_eq!(ok.user.unwrap().id, user.id);
+    let bad = c
+        .check_password(check("erin", "wrong password!!"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!bad.valid && bad.user.is_none());
+    let unknown = c
+        .check_password(check("nobody", "first password 1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!unknown.valid);
+
+    let err = c
+        .change_password(ChangePasswordRequest {
+            user_id: user.id.clone(),
+            current_password: "not the password".into(),
+            new_password: "second password 2".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_violations(&err, &["current_password"]);
+    c.change_password(ChangePasswordRequest {
+        user_id: user.id.clone(),
+        current_password: "first password 1".into(),
+        new_password: "second password 2".into(),
+    })
+    .await
+    .unwrap();
+    assert!(
+        !c.check_password(check("erin", "first password 1"))
+            .await
+            .unwrap()
+            .into_inner()
+            .valid
+    );
+    assert!(
+        c.check_password(check("erin", "second password 2"))
+            .await
+            .unwrap()
+            .into_inner()
+            .valid
+    );
+
+    c.set_password(SetPasswordRequest {
+        user_id: user.id.clone(),
+        new_password: "admin reset pw 3".into(),
+    })
+    .await
+    .unwrap();
+    assert!(
+        c.check_password(check("erin", "admin reset pw 3"))
+            .await
+            .unwrap()
+            .into_inner()
+            .valid
+    );
+
+    // A disabled user's correct password does not pass.
+    c.update_user(UpdateUserRequest {
+        user: Some(User {
+            id: user.id.clone(),
+            disabled: true,
+            ..Default::default()
+        }),
+        update_mask: Some(FieldMask {
+            paths: vec!["disabled".into()],
+        }),
+    })
+    .await
+    .unwrap();
+    assert!(
+        !c.check_password(check("erin", "admin reset pw 3"))
+            .await
+            .unwrap()
+            .into_inner()
+            .valid
+    );
+    // Disabled users are hidden unless asked for.
+    assert_eq!(
+        c.list_users(ListUsersRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .users
+            .len(),
+        0
+    );
+    assert_eq!(count_users(s).await, 1);
+
+    // No response carries the hash: the User message has no field for it, and Debug of a
+    // response does not show the password either.
+    let shown = format!(
+        "{:?}",
+        c.get_user(GetUserRequest {
+            id: user.id.clone()
+        })
+        .await
+        .unwrap()
+    );
+    assert!(!shown.contains("argon2") && !shown.contains("admin reset pw 3"));
+}
+
+on_both_backends!(preferences_default_and_replace);
+async fn preferences_default_and_replace(s: &Sandbox) {
+    let user = create(s, "frank", "").await;
+    let mut c = s.user();
+    let defaults = c
+        .get_notification_preferences(GetNotificationPreferencesRequest {
+            user_id: user.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .preferences
+        .unwrap();
+    assert!(defaults.notify_on_failure && !defaults.notify_on_success);
+    assert_eq!(defaults.destinations[0].destination, user.email);
+
+    let wanted = NotificationPreferences {
+        user_id: user.id.clone(),
+        destinations: vec![
+            ChannelDestination {
+                channel: NotificationChannel::Teams as i32,
+                destination: "https://example.webhook.office.com/x".into(),
+                enabled: true,
+            },
+            ChannelDestination {
+                channel: NotificationChannel::Webhook as i32,
+                destination: "http://hooks.internal:8080/ops".into(),
+                enabled: false,
+            },
+        ],
+        notify_on_start: true,
+        notify_on_success: true,
+        notify_on_failure: true,
+        quiet_hours: Some(QuietHours {
+            enabled: true,
+            start: "22:00".into(),
+            end: "06:30".into(),
+            time_zone: "Europe/Berlin".into(),
+        }),
+        update_time: None,
+    };
+    let stored = c
+        .update_notification_preferences(UpdateNotificationPreferencesRequest {
+            preferences: Some(wanted.clone()),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .preferences
+        .unwrap();
+    assert!(stored.update_time.is_some());
+    let read = c
+        .get_notification_preferences(GetNotificationPreferencesRequest {
+            user_id: user.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .preferences
+        .unwrap();
+    assert_eq!(
+        NotificationPreferences {
+            update_time: None,
+            ..read.clone()
+        },
+        wanted
+    );
+    assert_eq!(read.update_time, stored.update_time);
+
+    // Deleting the user deletes the preferences with it.
+    c.delete_user(DeleteUserRequest {
+        id: user.id.clone(),
+    })
+    .await
+    .unwrap();
+    let again = create(s, "frank", "").await;
+    let fresh = c
+        .get_notification_preferences(GetNotificationPreferencesRequest { user_id: again.id })
+        .await
+        .unwrap()
+        .into_inner()
+        .preferences
+        .unwrap();
+    assert!(fresh.update_time.is_none());
+}
+
+on_both_backends!(list_filters_and_pages);
+async fn list_filters_and_pages(s: &Sandbox) {
+    let mut c = s.user();
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let mut u = new_user(&format!("user{i}"));
+        if i % 3 == 0 {
+            u.role = Role::Viewer as i32;
+        }
+        ids.push(
+            c.create_user(CreateUserRequest {
+                user: Some(u),
+                password: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .user
+            .unwrap()
+            .id,
+        );
+    }
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let page = c
+            .list_users(ListUsersRequest {
+                page_size: 3,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        pages += 1;
+        assert!(page.users.len() <= 3);
+        seen.extend(page.users.into_iter().map(|u| u.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen, ids, "every user once, in creation order");
+
+    let viewers = c
+        .list_users(ListUsersRequest {
+            role: Role::Viewer as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .users;
+    assert_eq!(viewers.len(), 3);
+    let one = c
+        .list_users(ListUsersRequest {
+            username: "user4".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .users;
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].id, ids[4]);
+}

@@ -1,0 +1,219 @@
+//! Configuration from environment variables, validated at start-up with errors that name the
+//! variable. Every variable is listed, with its default, in `docs/configuration.md`.
+
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use thiserror::Error;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("{var}: invalid value {value}: {reason}")]
+    Invalid {
+        var: String,
+        value: String,
+        reason: String,
+    },
+    #[error("{var} is required: {hint}")]
+    Missing { var: String, hint: String },
+}
+
+impl ConfigError {
+    pub fn invalid(var: &str, value: &str, reason: impl Display) -> Self {
+        ConfigError::Invalid {
+            var: var.to_string(),
+            value: shown_value(var, value),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// The variable this error is about.
+    pub fn var(&self) -> &str {
+        match self {
+            ConfigError::Invalid { var, .. } | ConfigError::Missing { var, .. } => var,
+        }
+    }
+}
+
+/// Values of variables that may hold secrets are never echoed back.
+fn shown_value(var: &str, value: &str) -> String {
+    let secret = [
+        "SECRET",
+        "PASSWORD",
+        "TOKEN",
+        "KEY",
+        "DATABASE_URL",
+        "AMQP_URL",
+    ]
+    .iter()
+    .any(|s| var.contains(s));
+    if secret {
+        "(hidden)".to_string()
+    } else {
+        format!("{value:?}")
+    }
+}
+
+/// Where variables come from: the process environment, with overrides on top (the all-in-one
+/// runner and tests set per-service values without touching the process environment).
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    overrides: HashMap<String, String>,
+    process: bool,
+}
+
+impl Env {
+    /// The process environment.
+    pub fn process() -> Self {
+        Env {
+            overrides: HashMap::new(),
+            process: true,
+        }
+    }
+
+    /// Only the given pairs; the process environment is ignored.
+    pub fn isolated<K: Into<String>, V: Into<String>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        Env {
+            overrides: pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+            process: false,
+        }
+    }
+
+    /// This environment with `var` set to `value`.
+    pub fn with(mut self, var: impl Into<String>, value: impl Into<String>) -> Self {
+        self.overrides.insert(var.into(), value.into());
+        self
+    }
+
+    /// The value of `var`, if set and not empty.
+    pub fn get(&self, var: &str) -> Option<String> {
+        let value = match self.overrides.get(var) {
+            Some(v) => Some(v.clone()),
+            None if self.process => std::env::var(var).ok(),
+            None => None,
+        };
+        value.filter(|v| !v.trim().is_empty())
+    }
+
+    /// Parses `var`, or returns `default` when unset.
+    pub fn parse<T>(&self, var: &str, default: T) -> Result<T, ConfigError>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        match self.get(var) {
+            None => Ok(default),
+            Some(raw) => raw
+                .trim()
+                .parse()
+                .map_err(|e| ConfigError::invalid(var, &raw, e)),
+        }
+    }
+
+    /// A duration given in milliseconds.
+    pub fn millis(&self, var: &str, default: Duration) -> Result<Duration, ConfigError> {
+        self.parse(var, default.as_millis() as u64)
+            .map(Duration::from_millis)
+    }
+
+    /// A positive integer within `range`.
+    pub fn bounded(
+        &self,
+        var: &str,
+        default: u64,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Result<u64, ConfigError> {
+        let value = self.parse(var, default)?;
+        if range.contains(&value) {
+            Ok(value)
+        } else {
+            Err(ConfigError::invalid(
+                var,
+                &value.to_string(),
+                format!("must be between {} and {}", range.start(), range.end()),
+            ))
+        }
+    }
+}
+
+/// How a server behaves; shared by every service.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Calls handled at once before new ones are shed with UNAVAILABLE.
+    pub max_concurrent_requests: usize,
+    /// Largest request or response message.
+    pub max_message_bytes: usize,
+    /// After SIGTERM, how long health reports NOT_SERVING before new calls stop being accepted
+    /// (lets load balancers and orchestrators notice).
+    pub shutdown_delay: Duration,
+    /// After that, how long in-flight calls may take to finish.
+    pub shutdown_grace: Duration,
+    /// How often dependencies (database, broker) are checked for health.
+    pub health_interval: Duration,
+}
+
+impl ServerConfig {
+    pub fn from_env(env: &Env, listen: SocketAddr) -> Result<Self, ConfigError> {
+        Ok(ServerConfig {
+            listen,
+            max_concurrent_requests: env.bounded(
+                "OPSCONDUCTOR_MAX_CONCURRENT_REQUESTS",
+                1024,
+                1..=1_000_000,
+            )? as usize,
+            max_message_bytes: env.bounded(
+                "OPSCONDUCTOR_MAX_MESSAGE_BYTES",
+                4 * 1024 * 1024,
+                1024..=256 * 1024 * 1024,
+            )? as usize,
+            shutdown_delay: env.millis("OPSCONDUCTOR_SHUTDOWN_DELAY_MS", Duration::from_secs(1))?,
+            shutdown_grace: env
+                .millis("OPSCONDUCTOR_SHUTDOWN_GRACE_MS", Duration::from_secs(30))?,
+            health_interval: env
+                .millis("OPSCONDUCTOR_HEALTH_INTERVAL_MS", Duration::from_secs(5))?,
+        })
+    }
+
+    /// Defaults, listening on `listen` (tests use port 0).
+    pub fn local(listen: SocketAddr) -> Self {
+        let mut config = Self::from_env(&Env::default(), listen)
+            .unwrap_or_else(|_| unreachable!("defaults are valid"));
+        config.shutdown_delay = Duration::ZERO;
+        config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_variable_and_hide_secrets() {
+        let env = Env::isolated([
+            ("OPSCONDUCTOR_MAX_CONCURRENT_REQUESTS", "lots"),
+            ("SERVICE_SECRET", "x"),
+        ]);
+        let err = ServerConfig::from_env(&env, "127.0.0.1:0".parse().unwrap()).unwrap_err();
+        assert_eq!(err.var(), "OPSCONDUCTOR_MAX_CONCURRENT_REQUESTS");
+        assert!(err.to_string().contains("\"lots\""));
+        let err = env.parse::<u8>("SERVICE_SECRET", 0).unwrap_err();
+        assert!(err.to_string().contains("(hidden)"));
+    }
+
+    #[test]
+    fn bounds_are_checked() {
+        let env = Env::isolated([("OPSCONDUCTOR_MAX_CONCURRENT_REQUESTS", "0")]);
+        let err = ServerConfig::from_env(&env, "127.0.0.1:0".parse().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("between 1 and"));
+    }
+}

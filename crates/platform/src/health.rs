@@ -1,0 +1,123 @@
+//! `grpc.health.v1` that follows what a service depends on: the overall status ("") and each
+//! served service turn NOT_SERVING while a dependency (its database now, the broker later)
+//! fails a check, and for good once shutdown begins.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use opsconductor_storage::Database;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+
+pub type CheckFuture<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+
+/// Something a service needs in order to serve.
+pub trait DependencyCheck: Send + Sync + 'static {
+    fn name(&self) -> &str;
+    fn check(&self) -> CheckFuture<'_>;
+}
+
+impl DependencyCheck for Database {
+    fn name(&self) -> &str {
+        "database"
+    }
+
+    fn check(&self) -> CheckFuture<'_> {
+        Box::pin(async move { self.ping().await.map_err(|e| e.to_string()) })
+    }
+}
+
+/// The health of one server: its services' statuses and the checks that drive them.
+#[derive(Clone)]
+pub struct Health {
+    reporter: HealthReporter,
+    services: Arc<Vec<String>>,
+    checks: Arc<Vec<Arc<dyn DependencyCheck>>>,
+    shutting_down: Arc<AtomicBool>,
+    serving: Arc<AtomicBool>,
+}
+
+/// One check may take this long before it counts as failed.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl Health {
+    pub fn new(
+        reporter: HealthReporter,
+        services: Vec<String>,
+        checks: Vec<Arc<dyn DependencyCheck>>,
+    ) -> Self {
+        Health {
+            reporter,
+            services: Arc::new(services),
+            checks: Arc::new(checks),
+            shutting_down: Arc::new(AtomicBool::new(false)),
+            serving: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Runs every check once and publishes the result; returns whether all passed.
+    pub async fn refresh(&self) -> bool {
+        let mut healthy = true;
+        for check in self.checks.iter() {
+            let outcome = tokio::time::timeout(CHECK_TIMEOUT, check.check())
+                .await
+                .unwrap_or_else(|_| Err("timed out".to_string()));
+            if let Err(error) = outcome {
+                healthy = false;
+                tracing::warn!(dependency = check.name(), %error, "dependency check failed");
+            }
+        }
+        let serving = healthy && !self.shutting_down.load(Ordering::SeqCst);
+        self.publish(serving).await;
+        healthy
+    }
+
+    async fn publish(&self, serving: bool) {
+        let was = self.serving.swap(serving, Ordering::SeqCst);
+        if was != serving {
+            tracing::info!(
+                services = ?self.services,
+                status = if serving { "SERVING" } else { "NOT_SERVING" },
+                "health changed"
+            );
+        }
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        self.reporter.set_service_status("", status).await;
+        for name in self.services.iter() {
+            self.reporter.set_service_status(name, status).await;
+        }
+    }
+
+    /// Turns every status NOT_SERVING for good: the first step of shutting down.
+    pub async fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        self.publish(false).await;
+    }
+
+    pub fn is_serving(&self) -> bool {
+        self.serving.load(Ordering::SeqCst)
+    }
+
+    /// Re-checks every `interval` until shutdown begins.
+    pub async fn watch(self, interval: Duration) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if self.shutting_down.load(Ordering::SeqCst) {
+                return;
+            }
+            self.refresh().await;
+        }
+    }
+}
+
+/// The status values of `grpc.health.v1`, as the health check client returns them.
+pub use tonic_health::pb::health_check_response::ServingStatus as ServingStatusPb;

@@ -1,0 +1,224 @@
+//! Serving a service: bind, then health, reflection (v1 and v1alpha), request ids, tracing and
+//! load shedding in front of the service's routes, and a graceful shutdown — NOT_SERVING
+//! first, then in-flight calls drain within a bound.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tonic::service::Routes;
+use tonic::transport::server::TcpIncoming;
+
+use crate::config::ServerConfig;
+use crate::health::{DependencyCheck, Health};
+use crate::layers::{trace_layer, LoadShedLayer, RequestIdLayer};
+use crate::policy::{PolicyError, PolicyTable};
+
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("reflection cannot be built: {0}")]
+    Reflection(String),
+    #[error("server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// A service ready to be bound: its routes, the gRPC names it serves and what it depends on.
+pub struct ServiceServer {
+    name: String,
+    config: ServerConfig,
+    routes: Routes,
+    grpc_names: Vec<String>,
+    checks: Vec<Arc<dyn DependencyCheck>>,
+}
+
+impl ServiceServer {
+    /// `name` is for logs (e.g. "user"); `grpc_names` are the fully qualified services in
+    /// `routes`, whose every method must declare a caller policy.
+    pub fn new(
+        name: impl Into<String>,
+        config: ServerConfig,
+        routes: Routes,
+        grpc_names: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        ServiceServer {
+            name: name.into(),
+            config,
+            routes,
+            grpc_names: grpc_names.into_iter().map(Into::into).collect(),
+            checks: Vec::new(),
+        }
+    }
+
+    /// Health follows this dependency.
+    pub fn depends_on(mut self, check: impl DependencyCheck) -> Self {
+        self.checks.push(Arc::new(check));
+        self
+    }
+
+    /// Checks policies, binds the listener and builds health; serving starts with
+    /// [`BoundServer::serve`].
+    pub async fn bind(self) -> Result<BoundServer, ServerError> {
+        let table = PolicyTable::global()?;
+        for name in &self.grpc_names {
+            table.require_policies(name)?;
+        }
+        let listener = TcpListener::bind(self.config.listen)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: self.config.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: self.config.listen,
+            source,
+        })?;
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        let health = Health::new(reporter, self.grpc_names.clone(), self.checks);
+        health.refresh().await;
+
+        // Advertise only what this server serves: the descriptor set holds every contract.
+        let reflection = || {
+            let mut builder = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(opsconductor_api::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .with_service_name("grpc.health.v1.Health")
+                .with_service_name("grpc.reflection.v1.ServerReflection")
+                .with_service_name("grpc.reflection.v1alpha.ServerReflection");
+            for name in &self.grpc_names {
+                builder = builder.with_service_name(name.clone());
+            }
+            builder
+        };
+        let reflection_v1 = reflection()
+            .build_v1()
+            .map_err(|e| ServerError::Reflection(e.to_string()))?;
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
+            .map_err(|e| ServerError::Reflection(e.to_string()))?;
+        let routes = self
+            .routes
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
+
+        Ok(BoundServer {
+            name: self.name,
+            config: self.config,
+            routes,
+            listener,
+            local_addr,
+            health,
+        })
+    }
+}
+
+/// A bound server: its address is known, nothing is served yet.
+pub struct BoundServer {
+    name: String,
+    config: ServerConfig,
+    routes: Routes,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    health: Health,
+}
+
+impl BoundServer {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// Serves until `shutdown` completes, then: health NOT_SERVING, wait `shutdown_delay`,
+    /// stop accepting, let in-flight calls finish for at most `shutdown_grace`.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
+        let BoundServer {
+            name,
+            config,
+            routes,
+            listener,
+            local_addr,
+            health,
+        } = self;
+        let watcher = tokio::spawn(health.clone().watch(config.health_interval));
+        let drain_started = Arc::new(tokio::sync::Notify::new());
+
+        let signal = {
+            let health = health.clone();
+            let drain_started = drain_started.clone();
+            let name = name.clone();
+            let delay = config.shutdown_delay;
+            async move {
+                shutdown.await;
+                tracing::info!(service = %name, "shutting down: NOT_SERVING");
+                health.begin_shutdown().await;
+                tokio::time::sleep(delay).await;
+                tracing::info!(service = %name, "draining in-flight calls");
+                drain_started.notify_one();
+            }
+        };
+
+        let layers = tower::ServiceBuilder::new()
+            .layer(RequestIdLayer)
+            .layer(trace_layer())
+            .layer(LoadShedLayer::new(config.max_concurrent_requests))
+            .into_inner();
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let server = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+            .layer(layers)
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, signal);
+
+        tracing::info!(service = %name, addr = %local_addr, "serving");
+        let grace = config.shutdown_grace;
+        let result = tokio::select! {
+            result = server => result.map_err(ServerError::from),
+            _ = async { drain_started.notified().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!(service = %name, grace_ms = grace.as_millis() as u64,
+                    "in-flight calls did not finish within the grace period; stopping anyway");
+                Ok(())
+            }
+        };
+        watcher.abort();
+        tracing::info!(service = %name, "stopped");
+        result
+    }
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C).
+pub async fn termination_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = int.recv() => {},
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

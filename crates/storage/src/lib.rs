@@ -1,0 +1,15 @@
+//! Storage for OpsConductor services: one [`Database`] handle over SQLite (the embedded default,
+//! one file per service) or PostgreSQL (several replicas), chosen by URL at start-up.
+//!
+//! Services write portable SQL: `$1` placeholders (SQLite accepts them too), `BIGINT` for
+//! integers, booleans and times (microseconds since the Unix epoch), `TEXT` for ids and JSON.
+//! Each service embeds one migration directory per backend, because DDL is where the dialects
+//! differ; everything after DDL is shared.
+
+mod database;
+mod error;
+pub mod testing;
+
+pub use database::{Backend, Database, Migrations};
+pub use error::{is_unique_violation, StorageError};
+pub use sqlx;

@@ -1,0 +1,161 @@
+//! Fresh, isolated databases for tests: a temporary SQLite file, or a new PostgreSQL database
+//! on the server named by `OPSCONDUCTOR_TEST_POSTGRES_URL` (default: postgres@127.0.0.1:5432).
+//! Each is dropped when the handle is.
+
+use std::path::PathBuf;
+
+use crate::{Backend, Database, StorageError};
+
+/// The admin URL used to create and drop per-test PostgreSQL databases.
+pub fn postgres_admin_url() -> String {
+    std::env::var("OPSCONDUCTOR_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+}
+
+/// A database that exists for one test.
+pub struct TestDatabase {
+    pub db: Database,
+    pub url: String,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    Dir(#[allow(dead_code)] tempdir::Dir),
+    Postgres { admin_url: String, name: String },
+}
+
+impl TestDatabase {
+    pub async fn new(backend: Backend) -> Result<Self, StorageError> {
+        match backend {
+            Backend::Sqlite => Self::sqlite().await,
+            Backend::Postgres => Self::postgres().await,
+        }
+    }
+
+    /// A new SQLite file in its own temporary directory.
+    pub async fn sqlite() -> Result<Self, StorageError> {
+        let dir = tempdir::Dir::new()?;
+        let path = dir.path.join("test.db");
+        let url = crate::database::sqlite_url(&path);
+        let db = Database::open_sqlite_file(&path).await?;
+        Ok(TestDatabase {
+            db,
+            url,
+            cleanup: Cleanup::Dir(dir),
+        })
+    }
+
+    /// A new PostgreSQL database with a unique name.
+    pub async fn postgres() -> Result<Self, StorageError> {
+        let admin_url = postgres_admin_url();
+        let name = format!("opsconductor_test_{}", uuid::Uuid::now_v7().simple());
+        let admin = Database::connect(&admin_url).await?;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(admin.pool())
+            .await?;
+        admin.close().await;
+        let url = match admin_url.rfind('/') {
+            Some(slash) if slash > "postgres://".len() => {
+                format!("{}/{}", &admin_url[..slash], name)
+            }
+            _ => format!("{admin_url}/{name}"),
+        };
+        let db = Database::connect(&url).await?;
+        Ok(TestDatabase {
+            db,
+            url,
+            cleanup: Cleanup::Postgres { admin_url, name },
+        })
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if let Cleanup::Postgres { admin_url, name } = &self.cleanup {
+            let (admin_url, name) = (admin_url.clone(), name.clone());
+            let pool = self.db.pool().clone();
+            // Drop runs inside the test's runtime, which may be shutting down: use a thread of
+            // our own with a small runtime so the database is really removed.
+            let handle = std::thread::spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                rt.block_on(async move {
+                    pool.close().await;
+                    if let Ok(admin) = Database::connect(&admin_url).await {
+                        let _ =
+                            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                                .execute(admin.pool())
+                                .await;
+                        admin.close().await;
+                    }
+                });
+            });
+            let _ = handle.join();
+        }
+    }
+}
+
+mod tempdir {
+    use super::*;
+
+    /// A directory removed on drop (kept small to avoid a dependency for one struct).
+    pub struct Dir {
+        pub path: PathBuf,
+    }
+
+    impl Dir {
+        pub fn new() -> Result<Self, StorageError> {
+            let path = std::env::temp_dir().join(format!(
+                "opsconductor-test-{}",
+                uuid::Uuid::now_v7().simple()
+            ));
+            std::fs::create_dir_all(&path).map_err(|source| StorageError::DataDir {
+                path: path.display().to_string(),
+                source,
+            })?;
+            Ok(Dir { path })
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Runs one async store test against both backends, as two `#[tokio::test]`s named `sqlite`
+/// and `postgres` inside a module named after the test.
+///
+/// ```ignore
+/// opsconductor_storage::both_backends!(creates_users, |db: TestDatabase| async move { … });
+/// ```
+#[macro_export]
+macro_rules! both_backends {
+    ($name:ident, $test:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let db = $crate::testing::TestDatabase::sqlite()
+                    .await
+                    .expect("sqlite test database");
+                ($test)(db).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let db = $crate::testing::TestDatabase::postgres()
+                    .await
+                    .expect("postgres test database");
+                ($test)(db).await;
+            }
+        }
+    };
+}

@@ -1,0 +1,208 @@
+//! The generated `TargetsService` trait, implemented over [`TargetStore`].
+
+use opsconductor_api::targets::v1::targets_service_server::TargetsService;
+use opsconductor_api::targets::v1::*;
+use opsconductor_platform::page::Page;
+use opsconductor_platform::time::to_std_duration;
+use opsconductor_platform::validate::Violations;
+use opsconductor_platform::ApiError;
+use tonic::{Request, Response, Status};
+
+use crate::connectivity::{self, DEFAULT_TIMEOUT, MAX_TIMEOUT};
+use crate::store::{TargetFilter, TargetStore};
+use crate::{validate, TargetsError};
+
+const MUTABLE_FIELDS: [&str; 8] = [
+    "name",
+    "address",
+    "port",
+    "os",
+    "tags",
+    "labels",
+    "credential_refs",
+    "description",
+];
+
+pub struct TargetsApi {
+    store: TargetStore,
+}
+
+impl TargetsApi {
+    pub fn new(store: TargetStore) -> Self {
+        TargetsApi { store }
+    }
+
+    async fn update(&self, req: UpdateTargetRequest) -> Result<Target, TargetsError> {
+        let Some(patch) = req.target else {
+            return Err(ApiError::invalid("target", "is required").into());
+        };
+        let mut v = Violations::new();
+        v.id("target.id", &patch.id);
+        let paths: Vec<String> = match req.update_mask {
+            Some(mask) if !mask.paths.is_empty() => mask.paths,
+            _ => MUTABLE_FIELDS.iter().map(|s| s.to_string()).collect(),
+        };
+        for (i, path) in paths.iter().enumerate() {
+            v.check(
+                MUTABLE_FIELDS.contains(&path.as_str()),
+                format!("update_mask.paths[{i}]"),
+                format!(
+                    "{path:?} cannot be updated; updatable: {}",
+                    MUTABLE_FIELDS.join(", ")
+                ),
+            );
+        }
+        v.finish()?;
+        let (mut target, version) = self.store.versioned(&patch.id).await?;
+        for path in &paths {
+            match path.as_str() {
+                "name" => target.name = patch.name.clone(),
+                "address" => target.address = patch.address.clone(),
+                "port" => target.port = patch.port,
+                "os" => target.os = patch.os,
+                "tags" => target.tags = patch.tags.clone(),
+                "labels" => target.labels = patch.labels.clone(),
+                "credential_refs" => target.credential_refs = patch.credential_refs.clone(),
+                "description" => target.description = patch.description.clone(),
+                _ => {}
+            }
+        }
+        let mut v = Violations::new();
+        validate::target(&mut v, &target);
+        v.finish()?;
+        self.store.update(&target, version).await
+    }
+}
+
+fn require_id(field: &str, id: &str) -> Result<(), TargetsError> {
+    let mut v = Violations::new();
+    v.id(field, id);
+    Ok(v.finish()?)
+}
+
+#[tonic::async_trait]
+impl TargetsService for TargetsApi {
+    async fn create_target(
+        &self,
+        request: Request<CreateTargetRequest>,
+    ) -> Result<Response<CreateTargetResponse>, Status> {
+        let Some(target) = request.into_inner().target else {
+            return Err(TargetsError::from(ApiError::invalid("target", "is required")).into());
+        };
+        let mut v = Violations::new();
+        validate::target(&mut v, &target);
+        v.finish().map_err(TargetsError::from)?;
+        let target = self.store.create(&target).await?;
+        tracing::info!(target_id = %target.id, name = %target.name, "target created");
+        Ok(Response::new(CreateTargetResponse {
+            target: Some(target),
+        }))
+    }
+
+    async fn get_target(
+        &self,
+        request: Request<GetTargetRequest>,
+    ) -> Result<Response<GetTargetResponse>, Status> {
+        let req = request.into_inner();
+        require_id("id", &req.id)?;
+        let target = self.store.get(&req.id).await?;
+        Ok(Response::new(GetTargetResponse {
+            target: Some(target),
+        }))
+    }
+
+    async fn list_targets(
+        &self,
+        request: Request<ListTargetsRequest>,
+    ) -> Result<Response<ListTargetsResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let page = Page::parse(req.page_size, &req.page_token, &mut v);
+        v.check(
+            req.tags.len() <= validate::MAX_TAGS,
+            "tags",
+            format!("at most {} tags", validate::MAX_TAGS),
+        );
+        for (i, tag) in req.tags.iter().enumerate() {
+            validate::tag(&mut v, &format!("tags[{i}]"), tag);
+        }
+        v.check(req.names.len() <= 100, "names", "at most 100 names");
+        for (i, name) in req.names.iter().enumerate() {
+            validate::name(&mut v, &format!("names[{i}]"), name);
+        }
+        let os = match OperatingSystem::try_from(req.os) {
+            Ok(OperatingSystem::Unspecified) => None,
+            Ok(os) => Some(os as i32),
+            Err(_) => {
+                v.add("os", format!("{} is not an operating system", req.os));
+                None
+            }
+        };
+        v.finish().map_err(TargetsError::from)?;
+        let mut tags = req.tags;
+        tags.sort();
+        tags.dedup();
+        let filter = TargetFilter {
+            tags,
+            os,
+            names: req.names,
+        };
+        let (targets, next_page_token) = self.store.list(&filter, &page).await?;
+        Ok(Response::new(ListTargetsResponse {
+            targets,
+            next_page_token,
+        }))
+    }
+
+    async fn update_target(
+        &self,
+        request: Request<UpdateTargetRequest>,
+    ) -> Result<Response<UpdateTargetResponse>, Status> {
+        let target = self.update(request.into_inner()).await?;
+        tracing::info!(target_id = %target.id, "target updated");
+        Ok(Response::new(UpdateTargetResponse {
+            target: Some(target),
+        }))
+    }
+
+    async fn delete_target(
+        &self,
+        request: Request<DeleteTargetRequest>,
+    ) -> Result<Response<DeleteTargetResponse>, Status> {
+        let req = request.into_inner();
+        require_id("id", &req.id)?;
+        self.store.delete(&req.id).await?;
+        tracing::info!(target_id = %req.id, "target deleted");
+        Ok(Response::new(DeleteTargetResponse {}))
+    }
+
+    async fn test_target_connectivity(
+        &self,
+        request: Request<TestTargetConnectivityRequest>,
+    ) -> Result<Response<TestTargetConnectivityResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        v.id("id", &req.id);
+        v.check(req.port <= 65535, "port", "must be between 1 and 65535");
+        let timeout = match &req.timeout {
+            None => DEFAULT_TIMEOUT,
+            Some(d) => match to_std_duration(d) {
+                Some(t) if !t.is_zero() && t <= MAX_TIMEOUT => t,
+                _ => {
+                    v.add("timeout", "must be more than 0s and at most 60s");
+                    DEFAULT_TIMEOUT
+                }
+            },
+        };
+        v.finish().map_err(TargetsError::from)?;
+        let target = self.store.get(&req.id).await?;
+        let port = if req.port == 0 { target.port } else { req.port };
+        let result = connectivity::probe(&target.address, port as u16, timeout).await;
+        tracing::info!(
+            target_id = %target.id,
+            reachable = result.reachable,
+            "connectivity tested"
+        );
+        Ok(Response::new(result))
+    }
+}

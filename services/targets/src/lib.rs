@@ -1,0 +1,47 @@
+//! The targets service: the inventory of hosts that jobs run against, filtered by tag, OS or
+//! name, and a TCP connectivity test.
+
+mod api;
+mod connectivity;
+mod error;
+mod store;
+mod validate;
+
+use opsconductor_api::targets::v1::targets_service_server::TargetsServiceServer;
+use opsconductor_platform::config::ServerConfig;
+use opsconductor_platform::server::ServiceServer;
+use opsconductor_platform::ServiceKind;
+use opsconductor_storage::{Database, Migrations};
+use tonic::service::Routes;
+
+pub use api::TargetsApi;
+pub use error::TargetsError;
+pub use store::TargetStore;
+
+/// The embedded schema, per backend.
+pub fn migrations() -> Migrations {
+    static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+    static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+    Migrations {
+        sqlite: &SQLITE,
+        postgres: &POSTGRES,
+    }
+}
+
+/// Migrates `db` and builds the server for it.
+pub async fn server(
+    db: Database,
+    config: ServerConfig,
+) -> Result<ServiceServer, opsconductor_storage::StorageError> {
+    db.migrate(&migrations()).await?;
+    let api = TargetsServiceServer::new(TargetsApi::new(TargetStore::new(db.clone())))
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes);
+    Ok(ServiceServer::new(
+        ServiceKind::Targets.name(),
+        config,
+        Routes::new(api),
+        [ServiceKind::Targets.grpc_name()],
+    )
+    .depends_on(db))
+}

@@ -1,0 +1,233 @@
+//! Targets in SQLite or PostgreSQL. The target is stored encoded; name, OS and tags are
+//! columns so that the database filters, orders and keeps names unique.
+
+use opsconductor_api::targets::v1::Target;
+use opsconductor_platform::page::Page;
+use opsconductor_platform::time::{now_micros, to_timestamp};
+use opsconductor_storage::{is_unique_violation, Database};
+use prost::Message;
+use sqlx::{Any, Transaction};
+
+use crate::TargetsError;
+
+#[derive(sqlx::FromRow)]
+struct TargetRow {
+    id: String,
+    spec: Vec<u8>,
+    create_time: i64,
+    update_time: i64,
+}
+
+impl TargetRow {
+    fn into_target(self) -> Result<Target, TargetsError> {
+        let mut target = Target::decode(self.spec.as_slice())
+            .map_err(|e| TargetsError::Corrupt(self.id.clone(), e))?;
+        target.id = self.id;
+        target.create_time = Some(to_timestamp(self.create_time));
+        target.update_time = Some(to_timestamp(self.update_time));
+        Ok(target)
+    }
+}
+
+/// Filters of a target listing; every one given must match.
+#[derive(Debug, Default)]
+pub struct TargetFilter {
+    pub tags: Vec<String>,
+    pub os: Option<i32>,
+    pub names: Vec<String>,
+}
+
+#[derive(Clone)]
+pub struct TargetStore {
+    db: Database,
+}
+
+/// What is stored in `spec`: the target without its id and times (those are columns).
+fn spec(target: &Target) -> Vec<u8> {
+    let mut t = target.clone();
+    t.id.clear();
+    t.create_time = None;
+    t.update_time = None;
+    t.encode_to_vec()
+}
+
+impl TargetStore {
+    pub fn new(db: Database) -> Self {
+        TargetStore { db }
+    }
+
+    pub async fn create(&self, target: &Target) -> Result<Target, TargetsError> {
+        let id = uuid::Uuid::now_v7().to_string();
+        let now = now_micros();
+        let mut tx = self.db.pool().begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO targets (id, name, os, spec, create_time, update_time) \
+             VALUES ($1, $2, $3, $4, $5, $5)",
+        )
+        .bind(&id)
+        .bind(&target.name)
+        .bind(i64::from(target.os))
+        .bind(spec(target))
+        .bind(now)
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => {
+                return Err(TargetsError::NameTaken(target.name.clone()))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        write_tags(&mut tx, &id, &target.tags).await?;
+        tx.commit().await?;
+        self.get(&id).await
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Target, TargetsError> {
+        Ok(self.versioned(id).await?.0)
+    }
+
+    /// The target and the update time it was read at (for optimistic updates).
+    pub async fn versioned(&self, id: &str) -> Result<(Target, i64), TargetsError> {
+        let row = sqlx::query_as::<_, TargetRow>(
+            "SELECT id, spec, create_time, update_time FROM targets WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(self.db.pool())
+        .await?
+        .ok_or_else(|| TargetsError::NotFound(id.to_string()))?;
+        let version = row.update_time;
+        Ok((row.into_target()?, version))
+    }
+
+    pub async fn list(
+        &self,
+        filter: &TargetFilter,
+        page: &Page,
+    ) -> Result<(Vec<Target>, String), TargetsError> {
+        let mut sql = String::from(
+            "SELECT t.id, t.spec, t.create_time, t.update_time FROM targets t WHERE 1 = 1",
+        );
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            format!("${n}")
+        };
+        if !filter.tags.is_empty() {
+            let list: Vec<String> = filter.tags.iter().map(|_| next()).collect();
+            sql += &format!(
+                " AND (SELECT COUNT(*) FROM target_tags g WHERE g.target_id = t.id AND g.tag IN ({})) = {}",
+                list.join(", "),
+                filter.tags.len()
+            );
+        }
+        if filter.os.is_some() {
+            sql += &format!(" AND t.os = {}", next());
+        }
+        if !filter.names.is_empty() {
+            let list: Vec<String> = filter.names.iter().map(|_| next()).collect();
+            sql += &format!(" AND t.name IN ({})", list.join(", "));
+        }
+        if page.after.is_some() {
+            sql += &format!(" AND t.id > {}", next());
+        }
+        sql += &format!(" ORDER BY t.id LIMIT {}", next());
+
+        let mut query = sqlx::query_as::<_, TargetRow>(&sql);
+        for tag in &filter.tags {
+            query = query.bind(tag.clone());
+        }
+        if let Some(os) = filter.os {
+            query = query.bind(i64::from(os));
+        }
+        for name in &filter.names {
+            query = query.bind(name.clone());
+        }
+        if let Some(after) = &page.after {
+            query = query.bind(after.clone());
+        }
+        let rows = query
+            .bind(page.fetch_limit())
+            .fetch_all(self.db.pool())
+            .await?;
+        let mut targets = rows
+            .into_iter()
+            .map(TargetRow::into_target)
+            .collect::<Result<Vec<_>, _>>()?;
+        let token = page.finish(&mut targets, |t| &t.id);
+        Ok((targets, token))
+    }
+
+    /// Replaces the target if it is still at `expected_update_time`.
+    pub async fn update(
+        &self,
+        target: &Target,
+        expected_update_time: i64,
+    ) -> Result<Target, TargetsError> {
+        let now = now_micros().max(expected_update_time + 1);
+        let mut tx = self.db.pool().begin().await?;
+        let updated = sqlx::query(
+            "UPDATE targets SET name = $1, os = $2, spec = $3, update_time = $4 \
+             WHERE id = $5 AND update_time = $6",
+        )
+        .bind(&target.name)
+        .bind(i64::from(target.os))
+        .bind(spec(target))
+        .bind(now)
+        .bind(&target.id)
+        .bind(expected_update_time)
+        .execute(&mut *tx)
+        .await;
+        let done = match updated {
+            Ok(done) => done,
+            Err(e) if is_unique_violation(&e) => {
+                return Err(TargetsError::NameTaken(target.name.clone()))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if done.rows_affected() == 0 {
+            drop(tx);
+            self.get(&target.id).await?;
+            return Err(TargetsError::Conflict(target.id.clone()));
+        }
+        sqlx::query("DELETE FROM target_tags WHERE target_id = $1")
+            .bind(&target.id)
+            .execute(&mut *tx)
+            .await?;
+        write_tags(&mut tx, &target.id, &target.tags).await?;
+        tx.commit().await?;
+        self.get(&target.id).await
+    }
+
+    pub async fn delete(&self, id: &str) -> Result<(), TargetsError> {
+        let mut tx = self.db.pool().begin().await?;
+        sqlx::query("DELETE FROM target_tags WHERE target_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let done = sqlx::query("DELETE FROM targets WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(TargetsError::NotFound(id.to_string()));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+async fn write_tags(
+    tx: &mut Transaction<'static, Any>,
+    id: &str,
+    tags: &[String],
+) -> Result<(), TargetsError> {
+    for tag in tags {
+        sqlx::query("INSERT INTO target_tags (target_id, tag) VALUES ($1, $2)")
+            .bind(id)
+            .bind(tag)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,281 @@
+//! The generated `UserService` trait, implemented over [`UserStore`].
+
+use opsconductor_api::common::v1::Role;
+use opsconductor_api::user::v1::user_service_server::UserService;
+use opsconductor_api::user::v1::*;
+use opsconductor_platform::page::Page;
+use opsconductor_platform::validate::Violations;
+use tonic::{Request, Response, Status};
+
+use crate::store::{UserFilter, UserStore};
+use crate::{password, preferences, validate, UserError};
+
+const MUTABLE_FIELDS: [&str; 4] = ["email", "display_name", "role", "disabled"];
+
+pub struct UserApi {
+    store: UserStore,
+}
+
+impl UserApi {
+    pub fn new(store: UserStore) -> Self {
+        UserApi { store }
+    }
+
+    async fn create(&self, req: CreateUserRequest) -> Result<User, UserError> {
+        let Some(user) = req.user else {
+            return Err(invalid("user", "is required"));
+        };
+        let mut v = Violations::new();
+        validate::username(&mut v, "user.username", &user.username);
+        validate::user_fields(&mut v, "user", &user);
+        if !req.password.is_empty() {
+            validate::new_password(&mut v, "password", &req.password);
+        }
+        v.finish()?;
+        let hash = if req.password.is_empty() {
+            None
+        } else {
+            Some(password::hash(req.password).await?)
+        };
+        self.store.create(&user, hash).await
+    }
+
+    async fn update(&self, req: UpdateUserRequest) -> Result<User, UserError> {
+        let mut v = Violations::new();
+        let Some(patch) = req.user else {
+            return Err(invalid("user", "is required"));
+        };
+        v.id("user.id", &patch.id);
+        let paths: Vec<String> = match req.update_mask {
+            Some(mask) if !mask.paths.is_empty() => mask.paths,
+            _ => MUTABLE_FIELDS.iter().map(|s| s.to_string()).collect(),
+        };
+        for (i, path) in paths.iter().enumerate() {
+            v.check(
+                MUTABLE_FIELDS.contains(&path.as_str()),
+                format!("update_mask.paths[{i}]"),
+                format!(
+                    "{path:?} cannot be updated; updatable: {}",
+                    MUTABLE_FIELDS.join(", ")
+                ),
+            );
+        }
+        v.finish()?;
+        // Read, merge the masked fields, validate the result, write if unchanged meanwhile.
+        let (mut user, version) = self.store.version(&patch.id).await?;
+        for path in &paths {
+            match path.as_str() {
+                "email" => user.email = patch.email.clone(),
+                "display_name" => user.display_name = patch.display_name.clone(),
+                "role" => user.role = patch.role,
+                "disabled" => user.disabled = patch.disabled,
+                _ => {}
+            }
+        }
+        let mut v = Violations::new();
+        validate::user_fields(&mut v, "user", &user);
+        v.finish()?;
+        self.store.update(&user, version).await
+    }
+
+    async fn change_password(&self, req: ChangePasswordRequest) -> Result<(), UserError> {
+        let mut v = Violations::new();
+        v.id("user_id", &req.user_id);
+        v.required("current_password", &req.current_password);
+        validate::new_password(&mut v, "new_password", &req.new_password);
+        v.check(
+            req.new_password != req.current_password,
+            "new_password",
+            "must differ from the current password",
+        );
+        v.finish()?;
+        let hash = self.store.password_hash(&req.user_id).await?;
+        if !password::verify(req.current_password, hash).await? {
+            return Err(UserError::WrongPassword);
+        }
+        let new_hash = password::hash(req.new_password).await?;
+        self.store.set_password_hash(&req.user_id, new_hash).await
+    }
+
+    async fn check_password(
+        &self,
+        req: CheckPasswordRequest,
+    ) -> Result<CheckPasswordResponse, UserError> {
+        let mut v = Violations::new();
+        v.required("username", &req.username);
+        v.required("password", &req.password);
+        v.max_chars("username", &req.username, 64);
+        v.max_chars("password", &req.password, password::MAX_LEN);
+        v.finish()?;
+        let found = self.store.credentials_by_username(&req.username).await?;
+        let (user, hash) = match found {
+            Some(c) => (Some(c.user), c.password_hash),
+            None => (None, None),
+        };
+        let matches = password::verify(req.password, hash).await?;
+        let valid = matches && user.as_ref().is_some_and(|u| !u.disabled);
+        Ok(CheckPasswordResponse {
+            valid,
+            user: if valid { user } else { None },
+        })
+    }
+
+    async fn update_preferences(
+        &self,
+        req: UpdateNotificationPreferencesRequest,
+    ) -> Result<NotificationPreferences, UserError> {
+        let Some(prefs) = req.preferences else {
+            return Err(invalid("preferences", "is required"));
+        };
+        let mut v = Violations::new();
+        preferences::validate(&mut v, &prefs);
+        v.finish()?;
+        self.store.put_preferences(&prefs).await
+    }
+}
+
+fn invalid(field: &str, description: &str) -> UserError {
+    UserError::Invalid(opsconductor_platform::ApiError::invalid(field, description))
+}
+
+fn require_id(field: &str, id: &str) -> Result<(), UserError> {
+    let mut v = Violations::new();
+    v.id(field, id);
+    Ok(v.finish()?)
+}
+
+#[tonic::async_trait]
+impl UserService for UserApi {
+    async fn create_user(
+        &self,
+        request: Request<CreateUserRequest>,
+    ) -> Result<Response<CreateUserResponse>, Status> {
+        let user = self.create(request.into_inner()).await?;
+        tracing::info!(user_id = %user.id, username = %user.username, "user created");
+        Ok(Response::new(CreateUserResponse { user: Some(user) }))
+    }
+
+    async fn get_user(
+        &self,
+        request: Request<GetUserRequest>,
+    ) -> Result<Response<GetUserResponse>, Status> {
+        let req = request.into_inner();
+        require_id("id", &req.id)?;
+        let user = self.store.get(&req.id).await?;
+        Ok(Response::new(GetUserResponse { user: Some(user) }))
+    }
+
+    async fn list_users(
+        &self,
+        request: Request<ListUsersRequest>,
+    ) -> Result<Response<ListUsersResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let page = Page::parse(req.page_size, &req.page_token, &mut v);
+        let role = match Role::try_from(req.role) {
+            Ok(Role::Unspecified) => None,
+            Ok(role) => Some(role as i32),
+            Err(_) => {
+                v.add("role", format!("{} is not a role", req.role));
+                None
+            }
+        };
+        if !req.username.is_empty() {
+            validate::username(&mut v, "username", &req.username);
+        }
+        v.finish().map_err(UserError::from)?;
+        let filter = UserFilter {
+            role,
+            username: (!req.username.is_empty()).then_some(req.username),
+            show_disabled: req.show_disabled,
+        };
+        let (users, next_page_token) = self.store.list(&filter, &page).await?;
+        Ok(Response::new(ListUsersResponse {
+            users,
+            next_page_token,
+        }))
+    }
+
+    async fn update_user(
+        &self,
+        request: Request<UpdateUserRequest>,
+    ) -> Result<Response<UpdateUserResponse>, Status> {
+        let user = self.update(request.into_inner()).await?;
+        tracing::info!(user_id = %user.id, "user updated");
+        Ok(Response::new(UpdateUserResponse { user: Some(user) }))
+    }
+
+    async fn delete_user(
+        &self,
+        request: Request<DeleteUserRequest>,
+    ) -> Result<Response<DeleteUserResponse>, Status> {
+        let req = request.into_inner();
+        require_id("id", &req.id)?;
+        self.store.delete(&req.id).await?;
+        tracing::info!(user_id = %req.id, "user deleted");
+        Ok(Response::new(DeleteUserResponse {}))
+    }
+
+    async fn set_password(
+        &self,
+        request: Request<SetPasswordRequest>,
+    ) -> Result<Response<SetPasswordResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        v.id("user_id", &req.user_id);
+        validate::new_password(&mut v, "new_password", &req.new_password);
+        v.finish().map_err(UserError::from)?;
+        // Existence first: hashing costs tens of milliseconds.
+        self.store.get(&req.user_id).await?;
+        let hash = password::hash(req.new_password).await?;
+        self.store.set_password_hash(&req.user_id, hash).await?;
+        tracing::info!(user_id = %req.user_id, "password set");
+        Ok(Response::new(SetPasswordResponse {}))
+    }
+
+    async fn change_password(
+        &self,
+        request: Request<ChangePasswordRequest>,
+    ) -> Result<Response<ChangePasswordResponse>, Status> {
+        let req = request.into_inner();
+        let user_id = req.user_id.clone();
+        self.change_password(req).await?;
+        tracing::info!(user_id = %user_id, "password changed");
+        Ok(Response::new(ChangePasswordResponse {}))
+    }
+
+    async fn check_password(
+        &self,
+        request: Request<CheckPasswordRequest>,
+    ) -> Result<Response<CheckPasswordResponse>, Status> {
+        Ok(Response::new(
+            self.check_password(request.into_inner()).await?,
+        ))
+    }
+
+    async fn get_notification_preferences(
+        &self,
+        request: Request<GetNotificationPreferencesRequest>,
+    ) -> Result<Response<GetNotificationPreferencesResponse>, Status> {
+        let req = request.into_inner();
+        require_id("user_id", &req.user_id)?;
+        let user = self.store.get(&req.user_id).await?;
+        let prefs = match self.store.preferences(&req.user_id).await? {
+            Some(p) => p,
+            None => preferences::defaults(&user),
+        };
+        Ok(Response::new(GetNotificationPreferencesResponse {
+            preferences: Some(prefs),
+        }))
+    }
+
+    async fn update_notification_preferences(
+        &self,
+        request: Request<UpdateNotificationPreferencesRequest>,
+    ) -> Result<Response<UpdateNotificationPreferencesResponse>, Status> {
+        let prefs = self.update_preferences(request.into_inner()).await?;
+        Ok(Response::new(UpdateNotificationPreferencesResponse {
+            preferences: Some(prefs),
+        }))
+    }
+}

@@ -1,0 +1,59 @@
+use opsconductor_platform::ApiError;
+use opsconductor_storage::StorageError;
+use thiserror::Error;
+
+/// What the user service can fail with; mapped to a gRPC status once, through [`ApiError`].
+#[derive(Debug, Error)]
+pub enum UserError {
+    #[error(transparent)]
+    Invalid(ApiError),
+    #[error("user {0} not found")]
+    NotFound(String),
+    #[error("username {0} is taken")]
+    UsernameTaken(String),
+    #[error("the current password does not match")]
+    WrongPassword,
+    #[error("user {0} was changed concurrently; retry")]
+    Conflict(String),
+    #[error("password hashing failed: {0}")]
+    Hash(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl From<sqlx::Error> for UserError {
+    fn from(err: sqlx::Error) -> Self {
+        UserError::Storage(err.into())
+    }
+}
+
+impl From<ApiError> for UserError {
+    fn from(err: ApiError) -> Self {
+        UserError::Invalid(err)
+    }
+}
+
+impl From<UserError> for ApiError {
+    fn from(err: UserError) -> ApiError {
+        match err {
+            UserError::Invalid(api) => api,
+            UserError::NotFound(id) => ApiError::NotFound { kind: "user", id },
+            UserError::UsernameTaken(key) => ApiError::AlreadyExists { kind: "user", key },
+            UserError::WrongPassword => {
+                ApiError::invalid("current_password", "does not match the current password")
+            }
+            UserError::Conflict(id) => ApiError::FailedPrecondition {
+                reason: "CONCURRENT_MODIFICATION",
+                message: format!("user {id} was changed concurrently; read it again and retry"),
+            },
+            UserError::Hash(msg) => ApiError::internal(msg),
+            UserError::Storage(e) => ApiError::from(e),
+        }
+    }
+}
+
+impl From<UserError> for tonic::Status {
+    fn from(err: UserError) -> tonic::Status {
+        ApiError::from(err).into()
+    }
+}

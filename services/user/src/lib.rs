@@ -1,0 +1,48 @@
+//! The user service: users and their roles, argon2id password hashes (never returned), the
+//! password check behind login, and notification preferences.
+
+mod api;
+mod error;
+mod password;
+mod preferences;
+mod store;
+mod validate;
+
+use opsconductor_api::user::v1::user_service_server::UserServiceServer;
+use opsconductor_platform::config::ServerConfig;
+use opsconductor_platform::server::ServiceServer;
+use opsconductor_platform::ServiceKind;
+use opsconductor_storage::{Database, Migrations};
+use tonic::service::Routes;
+
+pub use api::UserApi;
+pub use error::UserError;
+pub use store::UserStore;
+
+/// The embedded schema, per backend.
+pub fn migrations() -> Migrations {
+    static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+    static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+    Migrations {
+        sqlite: &SQLITE,
+        postgres: &POSTGRES,
+    }
+}
+
+/// Migrates `db` and builds the server for it.
+pub async fn server(
+    db: Database,
+    config: ServerConfig,
+) -> Result<ServiceServer, opsconductor_storage::StorageError> {
+    db.migrate(&migrations()).await?;
+    let api = UserServiceServer::new(UserApi::new(UserStore::new(db.clone())))
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes);
+    Ok(ServiceServer::new(
+        ServiceKind::User.name(),
+        config,
+        Routes::new(api),
+        [ServiceKind::User.grpc_name()],
+    )
+    .depends_on(db))
+}
