@@ -178,11 +178,13 @@ pub fn trace_layer() -> tower_http::trace::TraceLayer<
                     .and_then(|t| t.get("grpc-status"))
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("0");
-                tracing::info!(
-                    code,
-                    latency_ms = duration.as_secs_f64() * 1e3,
-                    "call finished"
-                );
+                // Successful calls are the bulk of traffic: debug for them, info for failures.
+                let latency_ms = duration.as_secs_f64() * 1e3;
+                if code == "0" {
+                    tracing::debug!(code, latency_ms, "call finished");
+                } else {
+                    tracing::info!(code, latency_ms, "call failed");
+                }
             },
         )
         .on_failure(

@@ -66,6 +66,30 @@ impl Violations {
         );
     }
 
+    /// The paths of an AIP update mask, each checked against `updatable`. No mask (or an
+    /// empty one) means every updatable field.
+    pub fn update_mask(
+        &mut self,
+        mask: Option<prost_types::FieldMask>,
+        updatable: &[&str],
+    ) -> Vec<String> {
+        let paths = match mask {
+            Some(mask) if !mask.paths.is_empty() => mask.paths,
+            _ => updatable.iter().map(|s| s.to_string()).collect(),
+        };
+        for (i, path) in paths.iter().enumerate() {
+            self.check(
+                updatable.contains(&path.as_str()),
+                format!("update_mask.paths[{i}]"),
+                format!(
+                    "{path:?} cannot be updated; updatable: {}",
+                    updatable.join(", ")
+                ),
+            );
+        }
+        paths
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

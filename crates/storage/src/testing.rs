@@ -127,35 +127,3 @@ mod tempdir {
         }
     }
 }
-
-/// Runs one async store test against both backends, as two `#[tokio::test]`s named `sqlite`
-/// and `postgres` inside a module named after the test.
-///
-/// ```ignore
-/// opsconductor_storage::both_backends!(creates_users, |db: TestDatabase| async move { … });
-/// ```
-#[macro_export]
-macro_rules! both_backends {
-    ($name:ident, $test:expr) => {
-        mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                let db = $crate::testing::TestDatabase::sqlite()
-                    .await
-                    .expect("sqlite test database");
-                ($test)(db).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                let db = $crate::testing::TestDatabase::postgres()
-                    .await
-                    .expect("postgres test database");
-                ($test)(db).await;
-            }
-        }
-    };
-}

@@ -169,3 +169,29 @@ fn rand_u16() -> u16 {
         .unwrap_or(0);
     (nanos ^ std::process::id().rotate_left(7)) as u16
 }
+
+/// A server started in this process; [`Running::stop`] drains it.
+pub struct Running {
+    pub url: String,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Result<(), opsconductor_platform::server::ServerError>>,
+}
+
+impl Running {
+    pub fn start(server: opsconductor_platform::server::BoundServer) -> Running {
+        let url = format!("http://{}", server.local_addr());
+        let (stop, mut stop_rx) = watch::channel(false);
+        let task = tokio::spawn(server.serve(async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        }));
+        Running { url, stop, task }
+    }
+
+    /// Stops the server and returns how its serve loop ended.
+    pub async fn stop(self) -> Result<(), opsconductor_platform::server::ServerError> {
+        let _ = self.stop.send(true);
+        self.task
+            .await
+            .unwrap_or_else(|e| panic!("server task panicked: {e}"))
+    }
+}

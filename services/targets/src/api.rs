@@ -38,20 +38,7 @@ impl TargetsApi {
         };
         let mut v = Violations::new();
         v.id("target.id", &patch.id);
-        let paths: Vec<String> = match req.update_mask {
-            Some(mask) if !mask.paths.is_empty() => mask.paths,
-            _ => MUTABLE_FIELDS.iter().map(|s| s.to_string()).collect(),
-        };
-        for (i, path) in paths.iter().enumerate() {
-            v.check(
-                MUTABLE_FIELDS.contains(&path.as_str()),
-                format!("update_mask.paths[{i}]"),
-                format!(
-                    "{path:?} cannot be updated; updatable: {}",
-                    MUTABLE_FIELDS.join(", ")
-                ),
-            );
-        }
+        let paths = v.update_mask(req.update_mask, &MUTABLE_FIELDS);
         v.finish()?;
         let (mut target, version) = self.store.versioned(&patch.id).await?;
         for path in &paths {

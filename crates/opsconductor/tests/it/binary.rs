@@ -14,6 +14,8 @@ use opsconductor_platform::client::check_health;
 use opsconductor_platform::health::ServingStatusPb;
 use opsconductor_testkit::free_port_base;
 
+use crate::support::black_hole;
+
 const BIN: &str = env!("CARGO_BIN_EXE_opsconductor");
 
 struct Process(Child);
@@ -174,28 +176,6 @@ async fn up_serves_every_implemented_service_and_keeps_data() {
     assert_eq!(read, user);
     again.sigterm();
     assert_eq!(again.wait(Duration::from_secs(30)).0, Some(0));
-}
-
-/// A loopback port whose accept queue is full: new connections hang in SYN retransmission,
-/// which makes a connectivity test take as long as its timeout.
-async fn black_hole() -> (u16, Vec<tokio::net::TcpStream>, tokio::net::TcpListener) {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let listener = socket.listen(0).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let mut held = Vec::new();
-    for _ in 0..8 {
-        match tokio::time::timeout(
-            Duration::from_millis(300),
-            tokio::net::TcpStream::connect(("127.0.0.1", port)),
-        )
-        .await
-        {
-            Ok(Ok(stream)) => held.push(stream),
-            _ => return (port, held, listener),
-        }
-    }
-    panic!("the accept queue never filled");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

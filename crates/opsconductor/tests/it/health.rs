@@ -36,11 +36,8 @@ async fn health_follows_the_database() {
         .bind()
         .await
         .unwrap();
-    let url = format!("http://{}", server.local_addr());
-    let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(server.serve(async move {
-        let _ = stop_rx.wait_for(|s| *s).await;
-    }));
+    let running = opsconductor_testkit::Running::start(server);
+    let url = running.url.clone();
     let service = "opsconductor.user.v1.UserService";
     wait_for(&url, "", ServingStatusPb::Serving).await;
     wait_for(&url, service, ServingStatusPb::Serving).await;
@@ -68,6 +65,5 @@ async fn health_follows_the_database() {
         .unwrap();
     wait_for(&url, "", ServingStatusPb::Serving).await;
     admin.close().await;
-    let _ = stop.send(true);
-    task.await.unwrap().unwrap();
+    running.stop().await.unwrap();
 }

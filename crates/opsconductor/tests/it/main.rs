@@ -7,6 +7,7 @@ mod contracts;
 mod grpcurl;
 mod health;
 mod python;
+mod serving;
 mod support;
 mod targets;
 mod user;

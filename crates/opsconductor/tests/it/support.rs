@@ -1,5 +1,7 @@
 //! Assertions shared by the modules.
 
+use std::time::Duration;
+
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
@@ -36,3 +38,25 @@ pub fn assert_code(status: &Status, code: Code, reason: &str) {
 }
 
 pub const MISSING_ID: &str = "01900000-0000-7000-8000-000000000000";
+
+/// A loopback port whose accept queue is full: new connections hang in SYN retransmission,
+/// which makes a connectivity test take as long as its timeout.
+pub async fn black_hole() -> (u16, Vec<tokio::net::TcpStream>, tokio::net::TcpListener) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        match tokio::time::timeout(
+            Duration::from_millis(300),
+            tokio::net::TcpStream::connect(("127.0.0.1", port)),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => held.push(stream),
+            _ => return (port, held, listener),
+        }
+    }
+    panic!("the accept queue never filled");
+}

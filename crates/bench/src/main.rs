@@ -1,0 +1,46 @@
+//! `opsconductor-bench`: figures for docs/benchmarks.md. Each benchmark measures its baseline in
+//! the same run, because these machines are noisy: report ratios, not absolutes.
+//!
+//! Build both binaries in release first, so `startup` finds `opsconductor` beside this one:
+//! `cargo build --release -p opsconductor -p opsconductor-bench`.
+
+mod getuser;
+mod startup;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Time from `opsconductor up` to every service SERVING, and idle RSS.
+    Startup {
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
+    /// Unary GetUser at N calls in flight on one connection vs a plain tonic server.
+    Getuser {
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().bench {
+        Bench::Startup { runs } => startup::run(runs).await,
+        Bench::Getuser {
+            concurrency,
+            seconds,
+            rounds,
+        } => getuser::run(concurrency, seconds, rounds).await,
+    }
+}
