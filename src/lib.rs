@@ -15,6 +15,17 @@
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/opsconductor_descriptor.bin"));
 
+/// Stands in for a sensitive field in `Debug` output (see the `sensitive` field option).
+pub struct Redacted;
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+include!(concat!(env!("OUT_DIR"), "/redacted_debug.rs"));
+
 macro_rules! package {
     ($(#[$doc:meta])* $name:ident, $pkg:literal) => {
         $(#[$doc])*

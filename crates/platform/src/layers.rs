@@ -136,6 +136,8 @@ where
 }
 
 /// Logs one line per call: method, gRPC status code, latency and request id.
+// The type is tower-http's, spelled out once here so callers never have to.
+#[allow(clippy::type_complexity)]
 pub fn trace_layer() -> tower_http::trace::TraceLayer<
     tower_http::classify::SharedClassifier<tower_http::classify::GrpcErrorsAsFailures>,
     impl Fn(&Request<tonic::body::Body>) -> Span + Clone,

@@ -145,3 +145,58 @@ async fn a_server_for_an_unknown_service_does_not_start() {
         Ok(_) => panic!("a server without policies started"),
     }
 }
+
+#[test]
+fn secrets_are_marked_sensitive_and_redacted_in_debug_output() {
+    use prost_reflect::{DescriptorPool, Value};
+
+    let pool = DescriptorPool::decode(opsconductor_api::FILE_DESCRIPTOR_SET).unwrap();
+    let sensitive = pool
+        .get_extension_by_name("opsconductor.common.v1.sensitive")
+        .unwrap();
+    let mut unmarked = Vec::new();
+    for message in pool
+        .all_messages()
+        .filter(|m| m.package_name().starts_with("opsconductor."))
+    {
+        for field in message.fields() {
+            let name = field.name();
+            let looks_secret = ["password", "secret", "passphrase", "private_key"]
+                .iter()
+                .any(|s| name.contains(s))
+                || name == "token"
+                || (name.ends_with("_token") && !name.ends_with("page_token"));
+            let is_string = matches!(
+                field.kind(),
+                prost_reflect::Kind::String | prost_reflect::Kind::Bytes
+            );
+            let marked = field.options().has_extension(&sensitive)
+                && matches!(
+                    field.options().get_extension(&sensitive).as_ref(),
+                    Value::Bool(true)
+                );
+            if looks_secret && is_string && !marked {
+                unmarked.push(field.full_name().to_string());
+            }
+        }
+    }
+    assert!(
+        unmarked.is_empty(),
+        "secret-looking fields without (sensitive) = true: {unmarked:#?}"
+    );
+
+    let request = opsconductor_api::user::v1::CreateUserRequest {
+        user: None,
+        password: "hunter2-hunter2".into(),
+    };
+    let shown = format!("{request:?}");
+    assert!(
+        !shown.contains("hunter2") && shown.contains("<redacted>"),
+        "{shown}"
+    );
+    let login = opsconductor_api::auth::v1::LoginResponse {
+        access_token: "eyJhbGciOi.secret.token".into(),
+        ..Default::default()
+    };
+    assert!(!format!("{login:?}").contains("eyJ"));
+}
