@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use opsconductor_platform::client::check_health;
 use opsconductor_platform::config::{ConfigError, Env, ServerConfig};
-use opsconductor_platform::server::{termination_signal, BoundServer};
+use opsconductor_platform::server::{BoundServer, TerminationSignal};
 use opsconductor_platform::ServiceKind;
 use opsconductor_storage::Database;
 use tokio::sync::watch;
@@ -49,6 +49,7 @@ impl UpOptions {
 /// Runs every implemented service until SIGTERM/SIGINT.
 pub async fn up(options: UpOptions, env: Env) -> anyhow::Result<()> {
     let started = Instant::now();
+    let signal = TerminationSignal::install();
     std::fs::create_dir_all(&options.data_dir).with_context(|| {
         format!(
             "cannot create data directory {}",
@@ -83,12 +84,13 @@ pub async fn up(options: UpOptions, env: Env) -> anyhow::Result<()> {
         data_dir = %options.data_dir.display(),
         "opsconductor up"
     );
-    run_until_signal(bound).await
+    run_until_signal(bound, signal).await
 }
 
 /// Runs one service until SIGTERM/SIGINT. `LISTEN_ADDR` (default `0.0.0.0:<port>`) and
 /// `DATABASE_URL` (default: a SQLite file `<service>.db` in `OPSCONDUCTOR_DATA_DIR`).
 pub async fn serve(kind: ServiceKind, env: Env) -> anyhow::Result<()> {
+    let signal = TerminationSignal::install();
     if !registry::is_implemented(kind) {
         bail!(registry::BuildError::NotImplemented(kind));
     }
@@ -111,10 +113,13 @@ pub async fn serve(kind: ServiceKind, env: Env) -> anyhow::Result<()> {
         }
     };
     let server = registry::build(kind, db, config).await?.bind().await?;
-    run_until_signal(vec![(kind, server)]).await
+    run_until_signal(vec![(kind, server)], signal).await
 }
 
-async fn run_until_signal(servers: Vec<(ServiceKind, BoundServer)>) -> anyhow::Result<()> {
+async fn run_until_signal(
+    servers: Vec<(ServiceKind, BoundServer)>,
+    mut signal: TerminationSignal,
+) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     for (kind, server) in servers {
@@ -130,7 +135,7 @@ async fn run_until_signal(servers: Vec<(ServiceKind, BoundServer)>) -> anyhow::R
     }
     let mut all = futures::future::join_all(tasks);
     tokio::select! {
-        _ = termination_signal() => {
+        _ = signal.recv() => {
             tracing::info!("termination signal received");
             let _ = stop_tx.send(true);
         }

@@ -14,7 +14,7 @@ use opsconductor_platform::client::check_health;
 use opsconductor_platform::health::ServingStatusPb;
 use opsconductor_testkit::free_port_base;
 
-use crate::support::black_hole;
+use crate::support::slow_target;
 
 const BIN: &str = env!("CARGO_BIN_EXE_opsconductor");
 
@@ -196,22 +196,8 @@ async fn sigterm_turns_health_off_drains_the_call_in_flight_and_exits_zero() {
         dir.path(),
     );
     wait_serving(&url).await;
-    let (hole, _held, _listener) = black_hole().await;
     let mut client = TargetsServiceClient::connect(url.clone()).await.unwrap();
-    let target = client
-        .create_target(CreateTargetRequest {
-            target: Some(Target {
-                name: "slow".into(),
-                address: "127.0.0.1".into(),
-                port: u32::from(hole),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .target
-        .unwrap();
+    let (target, _hole) = slow_target(&mut client).await;
 
     let in_flight = tokio::spawn(async move {
         let started = Instant::now();

@@ -4,15 +4,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use opsconductor_api::targets::v1::targets_service_client::TargetsServiceClient;
-use opsconductor_api::targets::v1::{
-    CreateTargetRequest, GetTargetRequest, Target, TestTargetConnectivityRequest,
-};
+use opsconductor_api::targets::v1::{GetTargetRequest, TestTargetConnectivityRequest};
 use opsconductor_platform::config::ServerConfig;
 use opsconductor_storage::testing::TestDatabase;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::support::black_hole;
+use crate::support::slow_target;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_beyond_the_limit_are_shed_with_retry_info() {
@@ -27,24 +25,10 @@ async fn calls_beyond_the_limit_are_shed_with_retry_info() {
         .unwrap();
     let running = opsconductor_testkit::Running::start(server);
 
-    let (hole, _held, _listener) = black_hole().await;
     let mut client = TargetsServiceClient::connect(running.url.clone())
         .await
         .unwrap();
-    let target = client
-        .create_target(CreateTargetRequest {
-            target: Some(Target {
-                name: "slow".into(),
-                address: "127.0.0.1".into(),
-                port: u32::from(hole),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .target
-        .unwrap();
+    let (target, _hole) = slow_target(&mut client).await;
     let mut slow_client = client.clone();
     let id = target.id.clone();
     let slow = tokio::spawn(async move {

@@ -60,3 +60,32 @@ pub async fn black_hole() -> (u16, Vec<tokio::net::TcpStream>, tokio::net::TcpLi
     }
     panic!("the accept queue never filled");
 }
+
+/// A target whose connectivity test hangs until its timeout (its port is a [`black_hole`]);
+/// keep the returned guard alive while the test runs.
+pub async fn slow_target(
+    client: &mut opsconductor_api::targets::v1::targets_service_client::TargetsServiceClient<
+        tonic::transport::Channel,
+    >,
+) -> (
+    opsconductor_api::targets::v1::Target,
+    (Vec<tokio::net::TcpStream>, tokio::net::TcpListener),
+) {
+    use opsconductor_api::targets::v1::{CreateTargetRequest, Target};
+    let (hole, held, listener) = black_hole().await;
+    let target = client
+        .create_target(CreateTargetRequest {
+            target: Some(Target {
+                name: "slow".into(),
+                address: "127.0.0.1".into(),
+                port: u32::from(hole),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("create the slow target")
+        .into_inner()
+        .target
+        .expect("target in response");
+    (target, (held, listener))
+}
