@@ -18,4 +18,5 @@ WORKDIR /var/lib/opsconductor
 ENV OPSCONDUCTOR_DATA_DIR=/var/lib/opsconductor \
     OPSCONDUCTOR_LOG_FORMAT=json
 ENTRYPOINT ["opsconductor"]
+# Inside the container network; publish ports to the host deliberately (see docker-compose.yml).
 CMD ["up", "--host", "0.0.0.0"]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use opsconductor_platform::client::check_health;
 use opsconductor_platform::config::{ConfigError, Env, ServerConfig};
-use opsconductor_platform::server::{BoundServer, TerminationSignal};
+use opsconductor_platform::server::{BoundServer, ServerError, TerminationSignal};
 use opsconductor_platform::ServiceKind;
 use opsconductor_storage::Database;
 use tokio::sync::watch;
@@ -87,14 +87,16 @@ pub async fn up(options: UpOptions, env: Env) -> anyhow::Result<()> {
     run_until_signal(bound, signal).await
 }
 
-/// Runs one service until SIGTERM/SIGINT. `LISTEN_ADDR` (default `0.0.0.0:<port>`) and
+/// Runs one service until SIGTERM/SIGINT. `LISTEN_ADDR` (default `127.0.0.1:<port>`) and
 /// `DATABASE_URL` (default: a SQLite file `<service>.db` in `OPSCONDUCTOR_DATA_DIR`).
 pub async fn serve(kind: ServiceKind, env: Env) -> anyhow::Result<()> {
     let signal = TerminationSignal::install();
     if !registry::is_implemented(kind) {
         bail!(registry::BuildError::NotImplemented(kind));
     }
-    let default_listen = SocketAddr::from(([0, 0, 0, 0], kind.default_port()));
+    // Loopback by default: until service authentication lands, exposing a service is a choice
+    // the operator makes explicitly (containers set LISTEN_ADDR=0.0.0.0:<port>).
+    let default_listen = SocketAddr::from(([127, 0, 0, 1], kind.default_port()));
     let listen = env.parse("LISTEN_ADDR", default_listen)?;
     let config = ServerConfig::from_env(&env, listen)?;
     let db = match env.get("DATABASE_URL") {
@@ -121,40 +123,46 @@ async fn run_until_signal(
     mut signal: TerminationSignal,
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut tasks = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
     for (kind, server) in servers {
         let mut stop = stop_rx.clone();
-        tasks.push(tokio::spawn(async move {
+        tasks.spawn(async move {
             let result = server
                 .serve(async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })
                 .await;
             (kind, result)
-        }));
+        });
     }
-    let mut all = futures::future::join_all(tasks);
+    let mut failed = Vec::new();
     tokio::select! {
-        _ = signal.recv() => {
-            tracing::info!("termination signal received");
-            let _ = stop_tx.send(true);
+        _ = signal.recv() => tracing::info!("termination signal received"),
+        // A server that stops by itself has failed: bring the others down too, as one unit.
+        Some(first) = tasks.join_next() => {
+            record(first, &mut failed);
+            tracing::error!(errors = ?failed, "a server stopped; shutting down the others");
         }
-        // A server that stops by itself (it failed) brings the others down too.
-        _ = &mut all => {}
     }
     let _ = stop_tx.send(true);
-    let mut failed = Vec::new();
-    for joined in all.await {
-        match joined {
-            Ok((_, Ok(()))) => {}
-            Ok((kind, Err(e))) => failed.push(format!("{kind}: {e}")),
-            Err(e) => failed.push(format!("a server task failed: {e}")),
-        }
+    while let Some(joined) = tasks.join_next().await {
+        record(joined, &mut failed);
     }
     if failed.is_empty() {
         Ok(())
     } else {
         bail!(failed.join("; "))
+    }
+}
+
+fn record(
+    joined: Result<(ServiceKind, Result<(), ServerError>), tokio::task::JoinError>,
+    failed: &mut Vec<String>,
+) {
+    match joined {
+        Ok((_, Ok(()))) => {}
+        Ok((kind, Err(e))) => failed.push(format!("{kind}: {e}")),
+        Err(e) => failed.push(format!("a server task failed: {e}")),
     }
 }
 

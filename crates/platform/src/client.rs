@@ -39,10 +39,8 @@ pub struct ClientConfig {
 impl ClientConfig {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         Ok(ClientConfig {
-            connect_timeout: env
-                .millis("OPSCONDUCTOR_CONNECT_TIMEOUT_MS", Duration::from_secs(2))?,
-            request_timeout: env
-                .millis("OPSCONDUCTOR_REQUEST_TIMEOUT_MS", Duration::from_secs(10))?,
+            connect_timeout: env.positive_millis("OPSCONDUCTOR_CONNECT_TIMEOUT_MS", 2000)?,
+            request_timeout: env.positive_millis("OPSCONDUCTOR_REQUEST_TIMEOUT_MS", 10_000)?,
             max_message_bytes: env.bounded(
                 "OPSCONDUCTOR_MAX_MESSAGE_BYTES",
                 4 * 1024 * 1024,

@@ -124,6 +124,12 @@ impl Env {
             .map(Duration::from_millis)
     }
 
+    /// A duration in milliseconds that must not be zero (an interval or a timeout).
+    pub fn positive_millis(&self, var: &str, default: u64) -> Result<Duration, ConfigError> {
+        self.bounded(var, default, 1..=86_400_000)
+            .map(Duration::from_millis)
+    }
+
     /// A positive integer within `range`.
     pub fn bounded(
         &self,
@@ -179,8 +185,7 @@ impl ServerConfig {
             shutdown_delay: env.millis("OPSCONDUCTOR_SHUTDOWN_DELAY_MS", Duration::from_secs(1))?,
             shutdown_grace: env
                 .millis("OPSCONDUCTOR_SHUTDOWN_GRACE_MS", Duration::from_secs(30))?,
-            health_interval: env
-                .millis("OPSCONDUCTOR_HEALTH_INTERVAL_MS", Duration::from_secs(5))?,
+            health_interval: env.positive_millis("OPSCONDUCTOR_HEALTH_INTERVAL_MS", 5000)?,
         })
     }
 

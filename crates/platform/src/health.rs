@@ -38,6 +38,9 @@ pub struct Health {
     checks: Arc<Vec<Arc<dyn DependencyCheck>>>,
     shutting_down: Arc<AtomicBool>,
     serving: Arc<AtomicBool>,
+    /// Serializes publishing, so a check that started before shutdown cannot publish SERVING
+    /// after shutdown published NOT_SERVING.
+    publishing: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// One check may take this long before it counts as failed.
@@ -55,6 +58,7 @@ impl Health {
             checks: Arc::new(checks),
             shutting_down: Arc::new(AtomicBool::new(false)),
             serving: Arc::new(AtomicBool::new(false)),
+            publishing: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -70,12 +74,13 @@ impl Health {
                 tracing::warn!(dependency = check.name(), %error, "dependency check failed");
             }
         }
-        let serving = healthy && !self.shutting_down.load(Ordering::SeqCst);
-        self.publish(serving).await;
+        self.publish(healthy).await;
         healthy
     }
 
-    async fn publish(&self, serving: bool) {
+    async fn publish(&self, healthy: bool) {
+        let _guard = self.publishing.lock().await;
+        let serving = healthy && !self.shutting_down.load(Ordering::SeqCst);
         let was = self.serving.swap(serving, Ordering::SeqCst);
         if was != serving {
             tracing::info!(

@@ -113,6 +113,10 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        // Probes must see the truth under load: shedding them would get a busy server killed.
+        if req.uri().path().starts_with("/grpc.health.v1.") {
+            return self.inner.call(req).boxed();
+        }
         match self.permits.clone().try_acquire_owned() {
             Ok(permit) => {
                 let fut = self.inner.call(req);
@@ -124,10 +128,16 @@ where
                 .boxed()
             }
             Err(_) => {
+                let mut details = ErrorDetails::with_retry_info(Some(Duration::from_millis(100)));
+                details.set_error_info(
+                    "OVERLOADED",
+                    crate::error::ERROR_DOMAIN,
+                    std::collections::HashMap::new(),
+                );
                 let status = Status::with_error_details(
                     tonic::Code::Unavailable,
                     "server overloaded: too many calls in flight",
-                    ErrorDetails::with_retry_info(Some(Duration::from_millis(100))),
+                    details,
                 );
                 futures::future::ready(Ok(status.into_http())).boxed()
             }

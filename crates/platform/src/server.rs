@@ -38,6 +38,7 @@ pub struct ServiceServer {
     routes: Routes,
     grpc_names: Vec<String>,
     checks: Vec<Arc<dyn DependencyCheck>>,
+    policies: Option<&'static PolicyTable>,
 }
 
 impl ServiceServer {
@@ -55,6 +56,7 @@ impl ServiceServer {
             routes,
             grpc_names: grpc_names.into_iter().map(Into::into).collect(),
             checks: Vec::new(),
+            policies: None,
         }
     }
 
@@ -64,10 +66,19 @@ impl ServiceServer {
         self
     }
 
+    /// Checks policies against `table` instead of the contracts compiled in (tests).
+    pub fn with_policies(mut self, table: &'static PolicyTable) -> Self {
+        self.policies = Some(table);
+        self
+    }
+
     /// Checks policies, binds the listener and builds health; serving starts with
     /// [`BoundServer::serve`].
     pub async fn bind(self) -> Result<BoundServer, ServerError> {
-        let table = PolicyTable::global()?;
+        let table = match self.policies {
+            Some(table) => table,
+            None => PolicyTable::global()?,
+        };
         for name in &self.grpc_names {
             table.require_policies(name)?;
         }

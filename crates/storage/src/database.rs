@@ -117,7 +117,17 @@ impl Database {
 
 /// The sqlx URL of a SQLite file, created on first open.
 pub fn sqlite_url(path: &Path) -> String {
-    format!("sqlite://{}?mode=rwc", path.display())
+    // sqlx percent-decodes the path: escape what would end it or be decoded.
+    let mut encoded = String::new();
+    for c in path.display().to_string().chars() {
+        match c {
+            '%' => encoded.push_str("%25"),
+            '?' => encoded.push_str("%3F"),
+            '#' => encoded.push_str("%23"),
+            c => encoded.push(c),
+        }
+    }
+    format!("sqlite://{encoded}?mode=rwc")
 }
 
 /// A URL with its password (if any) replaced, fit for an error message or a log line.

@@ -10,6 +10,6 @@ mod database;
 mod error;
 pub mod testing;
 
-pub use database::{Backend, Database, Migrations};
+pub use database::{sqlite_url, Backend, Database, Migrations};
 pub use error::{is_unique_violation, StorageError};
 pub use sqlx;

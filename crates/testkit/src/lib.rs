@@ -75,6 +75,16 @@ impl Sandbox {
         }
     }
 
+    /// The user service's database (for assertions on what was stored).
+    pub fn user_db(&self) -> &opsconductor_storage::Database {
+        &self._databases[0].db
+    }
+
+    /// The targets service's database.
+    pub fn targets_db(&self) -> &opsconductor_storage::Database {
+        &self._databases[1].db
+    }
+
     pub fn clients(&self) -> &Clients {
         &self.clients
     }

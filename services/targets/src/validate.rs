@@ -32,7 +32,13 @@ pub fn is_address(value: &str) -> bool {
     if value.parse::<IpAddr>().is_ok() {
         return true;
     }
-    value.len() <= 253
+    // A dotted all-numeric name that is not an IP (300.1.1.1) is a typo, not a host name.
+    let numeric_tld = value
+        .rsplit('.')
+        .next()
+        .is_some_and(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()));
+    !numeric_tld
+        && value.len() <= 253
         && value.split('.').all(|label| {
             (1..=63).contains(&label.len())
                 && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
@@ -114,5 +120,7 @@ mod tests {
         assert!(!is_address("web_01"));
         assert!(!is_address("-web"));
         assert!(!is_address("a..b"));
+        assert!(!is_address("300.1.1.1"));
+        assert!(!is_address("999.999.999.999"));
     }
 }

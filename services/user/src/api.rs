@@ -76,8 +76,10 @@ impl UserApi {
             "must differ from the current password",
         );
         v.finish()?;
-        let hash = self.store.password_hash(&req.user_id).await?;
-        if !password::verify(req.current_password, hash).await? {
+        let Some(hash) = self.store.password_hash(&req.user_id).await? else {
+            return Err(UserError::PasswordNotSet(req.user_id));
+        };
+        if !password::verify(req.current_password, Some(hash)).await? {
             return Err(UserError::WrongPassword);
         }
         let new_hash = password::hash(req.new_password).await?;

@@ -13,8 +13,12 @@ pub enum UserError {
     UsernameTaken(String),
     #[error("the current password does not match")]
     WrongPassword,
+    #[error("user {0} has no password to change")]
+    PasswordNotSet(String),
     #[error("user {0} was changed concurrently; retry")]
     Conflict(String),
+    #[error("too many password checks in progress")]
+    Busy,
     #[error("password hashing failed: {0}")]
     Hash(String),
     #[error(transparent)]
@@ -42,9 +46,19 @@ impl From<UserError> for ApiError {
             UserError::WrongPassword => {
                 ApiError::invalid("current_password", "does not match the current password")
             }
+            UserError::PasswordNotSet(id) => ApiError::FailedPrecondition {
+                reason: "PASSWORD_NOT_SET",
+                message: format!(
+                    "user {id} has no password to change; an administrator sets it with SetPassword"
+                ),
+            },
             UserError::Conflict(id) => ApiError::FailedPrecondition {
                 reason: "CONCURRENT_MODIFICATION",
                 message: format!("user {id} was changed concurrently; read it again and retry"),
+            },
+            UserError::Busy => ApiError::Unavailable {
+                message: "too many password operations in progress".to_string(),
+                retry_after: std::time::Duration::from_millis(500),
             },
             UserError::Hash(msg) => ApiError::internal(msg),
             UserError::Storage(e) => ApiError::from(e),

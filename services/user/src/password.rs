@@ -4,12 +4,30 @@ use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, SemaphorePermit};
+
 use crate::UserError;
 
 pub const MIN_LEN: usize = 12;
 pub const MAX_LEN: usize = 1024;
 
+/// Each hash takes ~19 MiB and a core for tens of milliseconds: run a few at a time, and turn
+/// callers away (retryable) rather than let a burst exhaust memory or the blocking pool.
+async fn permit() -> Result<SemaphorePermit<'static>, UserError> {
+    static HASHING: OnceLock<Semaphore> = OnceLock::new();
+    let slots = std::thread::available_parallelism().map_or(2, |n| n.get() * 2);
+    let semaphore = HASHING.get_or_init(|| Semaphore::new(slots));
+    match tokio::time::timeout(Duration::from_secs(5), semaphore.acquire()).await {
+        Ok(Ok(permit)) => Ok(permit),
+        _ => Err(UserError::Busy),
+    }
+}
+
 pub async fn hash(password: String) -> Result<String, UserError> {
+    let _permit = permit().await?;
     tokio::task::spawn_blocking(move || {
         let salt = SaltString::generate(&mut OsRng);
         Argon2::default()
@@ -24,6 +42,7 @@ pub async fn hash(password: String) -> Result<String, UserError> {
 /// Whether `password` matches `hash`. With no hash (unknown user, or no password set) a dummy
 /// hash is still verified, so response time does not tell which usernames exist.
 pub async fn verify(password: String, hash: Option<String>) -> Result<bool, UserError> {
+    let _permit = permit().await?;
     tokio::task::spawn_blocking(move || {
         let (stored, real) = match hash {
             Some(h) => (h, true),

@@ -93,7 +93,8 @@ pub fn validate(v: &mut Violations, prefs: &NotificationPreferences) {
 /// Minutes after midnight of a strict "HH:MM".
 pub fn parse_hhmm(value: &str) -> Option<u32> {
     let (h, m) = value.split_once(':')?;
-    if h.len() != 2 || m.len() != 2 {
+    let digits = |s: &str| s.len() == 2 && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(h) || !digits(m) {
         return None;
     }
     let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
@@ -120,6 +121,7 @@ mod tests {
         assert_eq!(parse_hhmm("23:59"), Some(23 * 60 + 59));
         assert_eq!(parse_hhmm("24:00"), None);
         assert_eq!(parse_hhmm("7:00"), None);
+        assert_eq!(parse_hhmm("+1:+5"), None);
     }
 
     #[test]

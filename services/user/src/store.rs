@@ -8,7 +8,8 @@ use prost::Message;
 
 use crate::UserError;
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+/// No Debug: the row carries the password hash.
+#[derive(Clone, sqlx::FromRow)]
 struct UserRow {
     id: String,
     username: String,
@@ -206,13 +207,17 @@ impl UserStore {
     }
 
     pub async fn set_password_hash(&self, id: &str, hash: String) -> Result<(), UserError> {
-        let done =
-            sqlx::query("UPDATE users SET password_hash = $1, update_time = $2 WHERE id = $3")
-                .bind(hash)
-                .bind(now_micros())
-                .bind(id)
-                .execute(self.db.pool())
-                .await?;
+        // update_time only moves forward, even if the clock steps back: it is the row's version.
+        let done = sqlx::query(
+            "UPDATE users SET password_hash = $1, \
+             update_time = CASE WHEN update_time >= $2 THEN update_time + 1 ELSE $2 END \
+             WHERE id = $3",
+        )
+        .bind(hash)
+        .bind(now_micros())
+        .bind(id)
+        .execute(self.db.pool())
+        .await?;
         if done.rows_affected() == 0 {
             return Err(UserError::NotFound(id.to_string()));
         }

@@ -80,8 +80,8 @@ fn reads_are_side_effect_free_and_updates_idempotent() {
     assert_eq!(policy.min_role, 0);
 }
 
-#[test]
-fn a_method_without_a_policy_is_found() {
+#[tokio::test]
+async fn a_method_without_a_policy_is_found_and_its_server_does_not_start() {
     let dir = tempfile::tempdir().unwrap();
     let root = opsconductor_testkit::repo_root().join("proto");
     std::fs::create_dir_all(dir.path().join("opsconductor/common/v1")).unwrap();
@@ -113,7 +113,21 @@ service BadService {
     let mut compiler = protox::Compiler::new([dir.path()]).unwrap();
     compiler.include_imports(true);
     compiler.open_file("opsconductor/bad/v1/bad.proto").unwrap();
-    let table = PolicyTable::decode(&compiler.encode_file_descriptor_set()).unwrap();
+    let table: &'static PolicyTable = Box::leak(Box::new(
+        PolicyTable::decode(&compiler.encode_file_descriptor_set()).unwrap(),
+    ));
+    // A server for that service refuses to start.
+    let server = ServiceServer::new(
+        "bad",
+        ServerConfig::local("127.0.0.1:0".parse().unwrap()),
+        tonic::service::Routes::default(),
+        ["opsconductor.bad.v1.BadService"],
+    )
+    .with_policies(table);
+    assert!(matches!(
+        server.bind().await,
+        Err(ServerError::Policy(PolicyError::MissingPolicies(_)))
+    ));
     match table.require_policies("opsconductor.bad.v1.BadService") {
         Err(PolicyError::MissingPolicies(mut paths)) => assert_eq!(
             {
@@ -193,6 +207,31 @@ fn secrets_are_marked_sensitive_and_redacted_in_debug_output() {
     assert!(
         !shown.contains("hunter2") && shown.contains("<redacted>"),
         "{shown}"
+    );
+    use opsconductor_api::user::v1::{
+        ChangePasswordRequest, ChannelDestination, CheckPasswordRequest,
+    };
+    let shown = format!(
+        "{:?} {:?} {:?}",
+        ChangePasswordRequest {
+            user_id: "u".into(),
+            current_password: "old-secret-1".into(),
+            new_password: "new-secret-2".into(),
+        },
+        CheckPasswordRequest {
+            username: "ada".into(),
+            password: "check-secret-3".into()
+        },
+        ChannelDestination {
+            channel: 2,
+            destination: "https://hooks.slack.com/services/T0/B0/tok-secret-4".into(),
+            enabled: true,
+        }
+    );
+    assert!(!shown.contains("secret-"), "{shown}");
+    assert!(
+        shown.contains("\"ada\""),
+        "non-secret fields still show: {shown}"
     );
     let login = opsconductor_api::auth::v1::LoginResponse {
         access_token: "eyJhbGciOi.secret.token".into(),

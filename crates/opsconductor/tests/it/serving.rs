@@ -53,6 +53,20 @@ async fn calls_beyond_the_limit_are_shed_with_retry_info() {
     assert_eq!(shed.code(), Code::Unavailable, "{shed:?}");
     let retry = shed.get_details_retry_info().expect("RetryInfo");
     assert!(retry.retry_delay.is_some());
+    assert_eq!(
+        shed.get_details_error_info().expect("ErrorInfo").reason,
+        "OVERLOADED"
+    );
+
+    // Health probes are never shed: a busy server must not look dead.
+    let health =
+        opsconductor_platform::client::check_health(&running.url, "", Duration::from_secs(1))
+            .await
+            .expect("health answers while the limit is reached");
+    assert_eq!(
+        health,
+        opsconductor_platform::health::ServingStatusPb::Serving
+    );
 
     // Once the slow call is done, calls go through again.
     let finished = slow.await.unwrap().unwrap().into_inner();
@@ -80,4 +94,108 @@ async fn calls_beyond_the_limit_are_shed_with_retry_info() {
     assert!(uuid::Uuid::try_parse(generated.to_str().unwrap()).is_ok());
 
     running.stop().await.unwrap();
+}
+
+async fn user_server(config: ServerConfig) -> (opsconductor_testkit::Running, TestDatabase) {
+    let test_db = TestDatabase::sqlite().await.unwrap();
+    let server = opsconductor_user::server(test_db.db.clone(), config)
+        .await
+        .unwrap()
+        .bind()
+        .await
+        .unwrap();
+    (opsconductor_testkit::Running::start(server), test_db)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_balance_calls_over_every_listed_replica() {
+    use opsconductor_api::user::v1::{CreateUserRequest, GetUserRequest, User};
+    use opsconductor_platform::client::Clients;
+    use opsconductor_platform::config::Env;
+
+    let local = || ServerConfig::local(SocketAddr::from(([127, 0, 0, 1], 0)));
+    // Two replicas over separate databases: a user created on one is unknown to the other,
+    // so the mix of answers shows that both received calls.
+    let (a, _a_db) = user_server(local()).await;
+    let (b, _b_db) = user_server(local()).await;
+    let mut direct =
+        opsconductor_api::user::v1::user_service_client::UserServiceClient::connect(a.url.clone())
+            .await
+            .unwrap();
+    let user = direct
+        .create_user(CreateUserRequest {
+            user: Some(User {
+                username: "replica".into(),
+                email: "r@example.com".into(),
+                role: 1,
+                ..Default::default()
+            }),
+            password: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    let clients = Clients::from_env(&Env::isolated([(
+        "USER_SERVICE_URL",
+        format!("{},{}", a.url, b.url),
+    )]))
+    .unwrap();
+    let mut balanced = clients.user();
+    let (mut on_a, mut on_b) = (0, 0);
+    for _ in 0..60 {
+        match balanced
+            .get_user(GetUserRequest {
+                id: user.id.clone(),
+            })
+            .await
+        {
+            Ok(_) => on_a += 1,
+            Err(status) if status.code() == Code::NotFound => on_b += 1,
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        on_a > 0 && on_b > 0,
+        "calls were not balanced: {on_a} on a, {on_b} on b"
+    );
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_messages_are_refused() {
+    use opsconductor_api::user::v1::{CreateUserRequest, ListUsersRequest, User};
+
+    let mut config = ServerConfig::local(SocketAddr::from(([127, 0, 0, 1], 0)));
+    config.max_message_bytes = 1024;
+    let (server, _db) = user_server(config).await;
+    let mut client = opsconductor_api::user::v1::user_service_client::UserServiceClient::connect(
+        server.url.clone(),
+    )
+    .await
+    .unwrap();
+    let err = client
+        .create_user(CreateUserRequest {
+            user: Some(User {
+                username: "big".into(),
+                email: "b@example.com".into(),
+                display_name: "x".repeat(4096),
+                role: 1,
+                ..Default::default()
+            }),
+            password: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    let users = client
+        .list_users(ListUsersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .users;
+    assert!(users.is_empty(), "nothing was written");
+    server.stop().await.unwrap();
 }

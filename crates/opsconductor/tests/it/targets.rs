@@ -168,7 +168,17 @@ async fn duplicates_and_missing(s: &Sandbox) {
         other
     );
     assert_eq!(count(s).await, 2);
-    assert_eq!(first.name, "app-1");
+    let unchanged = s
+        .targets()
+        .get_target(GetTargetRequest {
+            id: first.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .target
+        .unwrap();
+    assert_eq!(unchanged, first);
 
     let id = MISSING_ID.to_string();
     let mut c = s.targets();
@@ -463,4 +473,29 @@ async fn connectivity_is_tested_over_tcp(s: &Sandbox) {
     assert!(!r.reachable);
     assert!(!r.error.is_empty());
     drop(listener);
+}
+
+on_both_backends!(stale_updates_are_refused);
+async fn stale_updates_are_refused(s: &Sandbox) {
+    let target = create(s, host("raced", &["a"])).await;
+    let store = opsconductor_targets::TargetStore::new(s.targets_db().clone());
+    let (mut read, version) = store.versioned(&target.id).await.unwrap();
+    read.tags = vec!["first".into()];
+    store.update(&read, version).await.unwrap();
+    read.tags = vec!["second".into()];
+    let err = store.update(&read, version).await.unwrap_err();
+    assert_code(
+        &tonic::Status::from(err),
+        Code::FailedPrecondition,
+        "CONCURRENT_MODIFICATION",
+    );
+    let now = s
+        .targets()
+        .get_target(GetTargetRequest { id: target.id })
+        .await
+        .unwrap()
+        .into_inner()
+        .target
+        .unwrap();
+    assert_eq!(now.tags, ["first"]);
 }
