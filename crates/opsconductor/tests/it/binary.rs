@@ -293,3 +293,51 @@ fn bad_configuration_names_the_variable() {
     let (ok, err) = run(&["serve", "nonsense"], &[]);
     assert!(!ok && err.contains("unknown service"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_longer_than_the_grace_period_does_not_hold_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let url = format!("http://127.0.0.1:{port}");
+    let serve = Process::start(
+        &["serve", "targets"],
+        &[
+            ("LISTEN_ADDR", format!("127.0.0.1:{port}")),
+            ("OPSCONDUCTOR_DATA_DIR", dir.path().display().to_string()),
+            ("OPSCONDUCTOR_SHUTDOWN_DELAY_MS", "0".to_string()),
+            ("OPSCONDUCTOR_SHUTDOWN_GRACE_MS", "500".to_string()),
+        ],
+        dir.path(),
+    );
+    wait_serving(&url).await;
+    let mut client = TargetsServiceClient::connect(url.clone()).await.unwrap();
+    let (target, _hole) = slow_target(&mut client).await;
+    let in_flight = tokio::spawn(async move {
+        client
+            .test_target_connectivity(TestTargetConnectivityRequest {
+                id: target.id,
+                port: 0,
+                timeout: Some(prost_types::Duration {
+                    seconds: 30,
+                    nanos: 0,
+                }),
+            })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let signalled = Instant::now();
+    serve.sigterm();
+    let (code, log) = serve.wait(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        signalled.elapsed()
+    );
+    assert!(log.contains("grace period"), "{log}");
+    // The abandoned call fails on the client instead of hanging.
+    assert!(in_flight.await.unwrap().is_err());
+}
