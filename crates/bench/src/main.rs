@@ -6,6 +6,7 @@
 
 mod getuser;
 mod startup;
+mod tokens;
 
 use clap::{Parser, Subcommand};
 
@@ -31,6 +32,11 @@ enum Bench {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// A token check: full Ed25519 verification vs a verified-token cache hit.
+    Tokens {
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+    },
 }
 
 #[tokio::main]
@@ -42,5 +48,6 @@ async fn main() -> anyhow::Result<()> {
             seconds,
             rounds,
         } => getuser::run(concurrency, seconds, rounds).await,
+        Bench::Tokens { seconds } => tokens::run(seconds),
     }
 }

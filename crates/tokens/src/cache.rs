@@ -1,0 +1,93 @@
+//! Verified tokens, keyed by the SHA-256 of the token, kept until they expire. Bounded: when a
+//! shard is full, its expired entries go first, then the ones expiring soonest.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use sha2::{Digest, Sha256};
+
+use crate::Claims;
+
+const SHARDS: usize = 16;
+
+pub struct VerifiedCache {
+    shards: Vec<Mutex<HashMap<[u8; 32], Arc<Claims>>>>,
+    per_shard: usize,
+}
+
+impl VerifiedCache {
+    /// A cache holding about `capacity` tokens.
+    pub fn new(capacity: usize) -> VerifiedCache {
+        VerifiedCache {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            per_shard: capacity.div_ceil(SHARDS).max(1),
+        }
+    }
+
+    fn shard(&self, digest: &[u8; 32]) -> &Mutex<HashMap<[u8; 32], Arc<Claims>>> {
+        &self.shards[digest[0] as usize % SHARDS]
+    }
+
+    /// The claims of `token` if it was verified before and has not expired at `now`.
+    pub fn get(&self, token: &str, now: u64) -> Option<Arc<Claims>> {
+        let digest = digest(token);
+        let mut shard = self
+            .shard(&digest)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match shard.get(&digest) {
+            Some(claims) if claims.exp > now => Some(claims.clone()),
+            Some(_) => {
+                shard.remove(&digest);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Remembers a verified token until its `exp`.
+    pub fn insert(&self, token: &str, claims: Arc<Claims>, now: u64) {
+        let digest = digest(token);
+        let mut shard = self
+            .shard(&digest)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if shard.len() >= self.per_shard {
+            shard.retain(|_, c| c.exp > now);
+        }
+        if shard.len() >= self.per_shard {
+            // Still full of live tokens: drop the one that would expire first.
+            if let Some(oldest) = shard.iter().min_by_key(|(_, c)| c.exp).map(|(k, _)| *k) {
+                shard.remove(&oldest);
+            }
+        }
+        shard.insert(digest, claims);
+    }
+
+    /// Drops every cached token whose claims match (a revocation).
+    pub fn revoke(&self, matches: impl Fn(&Claims) -> bool) -> usize {
+        let mut dropped = 0;
+        for shard in &self.shards {
+            let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            let before = shard.len();
+            shard.retain(|_, c| !matches(c));
+            dropped += before - shard.len();
+        }
+        dropped
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len())
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
