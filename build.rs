@@ -32,11 +32,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let redacted = redacted_messages(&compiler.descriptor_pool())?;
     std::fs::write(out_dir.join("redacted_debug.rs"), debug_impls(&redacted))?;
 
+    // prost::Name impls give every message its full protobuf name: RabbitMQ messages carry it
+    // as their `type`, and consumers dispatch on it.
+    let mut config = tonic_prost_build::Config::new();
+    config.enable_type_names();
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
         .skip_debug(redacted.iter().map(|(m, _)| format!(".{}", m.full_name())))
-        .compile_fds(compiler.file_descriptor_set())?;
+        .compile_fds_with_config(compiler.file_descriptor_set(), config)?;
     Ok(())
 }
 

@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +18,13 @@ pub type CheckFuture<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Sen
 pub trait DependencyCheck: Send + Sync + 'static {
     fn name(&self) -> &str;
     fn check(&self) -> CheckFuture<'_>;
+
+    /// Completes at the dependency's next change of state, when it can tell (a broker
+    /// connection can; a database pool cannot): health is then re-checked at once instead of
+    /// at the next interval, so a blip shorter than the interval still shows.
+    fn changed(&self) -> Option<Pin<Box<dyn Future<Output = ()> + Send + 'static>>> {
+        None
+    }
 }
 
 impl DependencyCheck for Database {
@@ -38,6 +45,8 @@ pub struct Health {
     checks: Arc<Vec<Arc<dyn DependencyCheck>>>,
     shutting_down: Arc<AtomicBool>,
     serving: Arc<AtomicBool>,
+    /// Times the status turned NOT_SERVING because a dependency failed.
+    outages: Arc<AtomicU64>,
     /// Serializes publishing, so a check that started before shutdown cannot publish SERVING
     /// after shutdown published NOT_SERVING.
     publishing: Arc<tokio::sync::Mutex<()>>,
@@ -58,6 +67,7 @@ impl Health {
             checks: Arc::new(checks),
             shutting_down: Arc::new(AtomicBool::new(false)),
             serving: Arc::new(AtomicBool::new(false)),
+            outages: Arc::new(AtomicU64::new(0)),
             publishing: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
@@ -82,6 +92,9 @@ impl Health {
         let _guard = self.publishing.lock().await;
         let serving = healthy && !self.shutting_down.load(Ordering::SeqCst);
         let was = self.serving.swap(serving, Ordering::SeqCst);
+        if was && !serving && !self.shutting_down.load(Ordering::SeqCst) {
+            self.outages.fetch_add(1, Ordering::SeqCst);
+        }
         if was != serving {
             tracing::info!(
                 services = ?self.services,
@@ -110,12 +123,26 @@ impl Health {
         self.serving.load(Ordering::SeqCst)
     }
 
-    /// Re-checks every `interval` until shutdown begins.
+    /// How many times a failing dependency turned the server NOT_SERVING.
+    pub fn outages(&self) -> u64 {
+        self.outages.load(Ordering::SeqCst)
+    }
+
+    /// Re-checks every `interval`, and whenever a dependency reports a change, until shutdown
+    /// begins.
     pub async fn watch(self, interval: Duration) {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            ticker.tick().await;
+            let changes: Vec<_> = self.checks.iter().filter_map(|c| c.changed()).collect();
+            if changes.is_empty() {
+                ticker.tick().await;
+            } else {
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    _ = futures::future::select_all(changes) => {}
+                }
+            }
             if self.shutting_down.load(Ordering::SeqCst) {
                 return;
             }

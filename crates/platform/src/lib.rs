@@ -10,6 +10,7 @@ pub mod health;
 pub mod layers;
 pub mod page;
 pub mod policy;
+pub mod principal;
 pub mod server;
 pub mod services;
 pub mod telemetry;

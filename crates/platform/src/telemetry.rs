@@ -10,7 +10,14 @@ pub fn init(env: &Env) -> Result<(), ConfigError> {
     let filter = env
         .get("OPSCONDUCTOR_LOG")
         .unwrap_or_else(|| "info".to_string());
-    let filter = EnvFilter::try_new(&filter)
+    // lapin logs a returned (unroutable) message with its whole body; bodies may carry
+    // destinations or details no log should hold, and the publisher reports the failure itself.
+    let quiet = if filter.contains("lapin::returned_messages") {
+        filter.clone()
+    } else {
+        format!("{filter},lapin::returned_messages=off")
+    };
+    let filter = EnvFilter::try_new(&quiet)
         .map_err(|e| ConfigError::invalid("OPSCONDUCTOR_LOG", &filter, e))?;
     let format = env
         .get("OPSCONDUCTOR_LOG_FORMAT")

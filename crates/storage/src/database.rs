@@ -3,7 +3,7 @@ use std::sync::Once;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::migrate::Migrator;
+use sqlx::migrate::{Migration, MigrationSource, Migrator};
 use sqlx::{AnyPool, Executor};
 
 use crate::StorageError;
@@ -87,10 +87,30 @@ impl Database {
 
     /// Applies the backend's embedded migrations that have not run yet.
     pub async fn migrate(&self, migrations: &Migrations) -> Result<(), StorageError> {
-        let migrator = match self.backend {
-            Backend::Sqlite => migrations.sqlite,
-            Backend::Postgres => migrations.postgres,
-        };
+        self.migrate_all(&[migrations]).await
+    }
+
+    /// Applies several components' migrations as one set — a service's own and those of the
+    /// shared crates whose tables live in its database (the messaging outbox, inbox and dead
+    /// letters). sqlx keeps one migrations table per database, so the sets must use disjoint
+    /// version numbers: services count from 1, shared crates from their own range (messaging
+    /// from 1_000_001).
+    pub async fn migrate_all(&self, sets: &[&Migrations]) -> Result<(), StorageError> {
+        let mut all: Vec<Migration> = Vec::new();
+        for set in sets {
+            let migrator = match self.backend {
+                Backend::Sqlite => set.sqlite,
+                Backend::Postgres => set.postgres,
+            };
+            for migration in migrator.iter() {
+                if all.iter().any(|m| m.version == migration.version) {
+                    return Err(StorageError::DuplicateMigration(migration.version));
+                }
+                all.push(migration.clone());
+            }
+        }
+        all.sort_by_key(|m| m.version);
+        let migrator = Migrator::new(Merged(all)).await?;
         migrator.run(&self.pool).await?;
         Ok(())
     }
@@ -112,6 +132,20 @@ impl Database {
     /// Closes every connection, waiting for those in use to be returned.
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// Migrations gathered from several embedded sets, handed to sqlx as one source.
+#[derive(Debug)]
+struct Merged(Vec<Migration>);
+
+type Resolved = Result<Vec<Migration>, Box<dyn std::error::Error + Send + Sync>>;
+
+impl MigrationSource<'static> for Merged {
+    fn resolve(
+        self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Resolved> + Send + 'static>> {
+        Box::pin(async move { Ok(self.0) })
     }
 }
 

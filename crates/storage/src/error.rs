@@ -12,6 +12,9 @@ pub enum StorageError {
     /// Applying the embedded migrations failed.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Two migration sets applied together use the same version number.
+    #[error("migration version {0} is used by two migration sets")]
+    DuplicateMigration(i64),
     /// Creating the SQLite file's directory failed.
     #[error("cannot create data directory {path}: {source}")]
     DataDir {

@@ -2,6 +2,12 @@
 //! database (a temporary SQLite file or a new PostgreSQL database), and helpers for the real
 //! tools the suite drives (grpcurl, python).
 
+mod assertions;
+mod broker;
+
+pub use assertions::{assert_code, assert_violations};
+pub use broker::{amqp_url, TestBroker};
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 

@@ -1,0 +1,148 @@
+//! How a service reaches RabbitMQ: `AMQP_URL`, the name prefix and the recovery timings, read
+//! and validated at start-up like every other variable (docs/configuration.md).
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use lapin::uri::{AMQPScheme, AMQPUri};
+use opsconductor_platform::config::{ConfigError, Env};
+
+/// The default broker: a local RabbitMQ with its default account and vhost.
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// The default prefix of every exchange and queue name.
+pub const DEFAULT_PREFIX: &str = "opsconductor";
+
+#[derive(Clone)]
+pub struct BrokerConfig {
+    url: String,
+    /// Prefix of every exchange and queue name ("opsconductor" → "opsconductor.audit.events").
+    pub prefix: String,
+    /// The producing service: the `app_id` of what it publishes and its connection's name.
+    pub service: String,
+    /// First delay before reconnecting after the connection is lost; doubles up to `reconnect_max`.
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    /// How long a publish waits for a connection and then for the broker's confirm.
+    pub publish_timeout: Duration,
+    /// Unconfirmed messages one publishing call keeps in flight.
+    pub confirm_window: usize,
+}
+
+impl BrokerConfig {
+    /// `AMQP_URL`, `OPSCONDUCTOR_AMQP_PREFIX`, `OPSCONDUCTOR_AMQP_RECONNECT_MIN_MS`,
+    /// `OPSCONDUCTOR_AMQP_RECONNECT_MAX_MS`, `OPSCONDUCTOR_AMQP_PUBLISH_TIMEOUT_MS`,
+    /// `OPSCONDUCTOR_AMQP_CONFIRM_WINDOW`.
+    pub fn from_env(env: &Env, service: &str) -> Result<Self, ConfigError> {
+        let url = env
+            .get("AMQP_URL")
+            .unwrap_or_else(|| DEFAULT_AMQP_URL.to_string());
+        validate_url(&url).map_err(|reason| ConfigError::invalid("AMQP_URL", &url, reason))?;
+        let prefix = env
+            .get("OPSCONDUCTOR_AMQP_PREFIX")
+            .unwrap_or_else(|| DEFAULT_PREFIX.to_string());
+        validate_prefix(&prefix)
+            .map_err(|reason| ConfigError::invalid("OPSCONDUCTOR_AMQP_PREFIX", &prefix, reason))?;
+        let reconnect_min = env.positive_millis("OPSCONDUCTOR_AMQP_RECONNECT_MIN_MS", 100)?;
+        let reconnect_max = env.positive_millis("OPSCONDUCTOR_AMQP_RECONNECT_MAX_MS", 5000)?;
+        if reconnect_max < reconnect_min {
+            return Err(ConfigError::invalid(
+                "OPSCONDUCTOR_AMQP_RECONNECT_MAX_MS",
+                &reconnect_max.as_millis().to_string(),
+                "must not be below OPSCONDUCTOR_AMQP_RECONNECT_MIN_MS",
+            ));
+        }
+        Ok(BrokerConfig {
+            url,
+            prefix,
+            service: service.to_string(),
+            reconnect_min,
+            reconnect_max,
+            publish_timeout: env.positive_millis("OPSCONDUCTOR_AMQP_PUBLISH_TIMEOUT_MS", 10_000)?,
+            confirm_window: env.bounded("OPSCONDUCTOR_AMQP_CONFIRM_WINDOW", 1024, 1..=65_535)?
+                as usize,
+        })
+    }
+
+    /// Defaults with `url` and `prefix` (tests).
+    pub fn new(url: &str, prefix: &str, service: &str) -> Result<Self, ConfigError> {
+        let env = Env::isolated([("AMQP_URL", url), ("OPSCONDUCTOR_AMQP_PREFIX", prefix)]);
+        Self::from_env(&env, service)
+    }
+
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The URL with its password masked, for logs.
+    pub fn redacted_url(&self) -> String {
+        redact(&self.url)
+    }
+}
+
+impl fmt::Debug for BrokerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BrokerConfig")
+            .field("url", &self.redacted_url())
+            .field("prefix", &self.prefix)
+            .field("service", &self.service)
+            .finish_non_exhaustive()
+    }
+}
+
+fn validate_url(url: &str) -> Result<(), String> {
+    let uri = AMQPUri::from_str(url)?;
+    match uri.scheme {
+        AMQPScheme::AMQP => Ok(()),
+        AMQPScheme::AMQPS => Err(
+            "amqps is not supported by this build; terminate TLS in front of RabbitMQ".to_string(),
+        ),
+    }
+}
+
+/// Names are `<prefix>.<name>`: the prefix takes the characters RabbitMQ tooling handles well.
+fn validate_prefix(prefix: &str) -> Result<(), &'static str> {
+    let ok_chars = prefix
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_'));
+    if prefix.is_empty() || prefix.len() > 64 {
+        Err("must be 1-64 characters")
+    } else if !ok_chars {
+        Err("may hold only a-z, 0-9, '.', '-' and '_'")
+    } else if prefix.starts_with('.') || prefix.ends_with('.') {
+        Err("must not start or end with '.'")
+    } else {
+        Ok(())
+    }
+}
+
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{}:***{}", &url[..scheme_end + 3], user, &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validates_and_hides_the_password() {
+        let config = BrokerConfig::new("amqp://u:hunter2@h:5672/v", "t-1", "user").unwrap();
+        assert_eq!(config.redacted_url(), "amqp://u:***@h:5672/v");
+        assert!(!format!("{config:?}").contains("hunter2"));
+        let err = BrokerConfig::new("amqps://h", "p", "s").err().unwrap();
+        assert_eq!(err.var(), "AMQP_URL");
+        let err = BrokerConfig::new("amqp://u:hunter2@h/v", "Bad Prefix", "s")
+            .err()
+            .unwrap();
+        assert_eq!(err.var(), "OPSCONDUCTOR_AMQP_PREFIX");
+        let err = BrokerConfig::new("not a url", "p", "s").err().unwrap();
+        assert!(!err.to_string().contains("not a url"), "AMQP_URL is hidden");
+    }
+}

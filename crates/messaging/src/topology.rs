@@ -1,0 +1,420 @@
+//! Exchanges and queues, declared idempotently by the code that uses them, on every connection.
+//!
+//! A [`WorkQueue`] is a durable quorum queue that competing consumers share. It comes with a
+//! ladder of delay queues (`<queue>.retry.<delay>`, each with a message TTL that dead-letters
+//! back into the queue) and a dead-letter queue (`<queue>.dlq`). A [`Broadcast`] is one
+//! exclusive queue per consumer instance, bound to an exchange: every instance gets every
+//! message, and nothing is retried (its state is rebuilt on reconnect instead).
+//!
+//! Names here are unprefixed ("audit.events"); [`Names`] turns them into broker names
+//! ("opsconductor.audit.events"), so each test can take a prefix of its own.
+
+use std::time::Duration;
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, ExchangeKind as LapinKind};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExchangeKind {
+    Direct,
+    Topic,
+    Fanout,
+}
+
+/// An exchange, named without the prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exchange {
+    pub name: String,
+    pub kind: ExchangeKind,
+}
+
+impl Exchange {
+    pub fn topic(name: &str) -> Exchange {
+        Exchange {
+            name: name.to_string(),
+            kind: ExchangeKind::Topic,
+        }
+    }
+
+    pub fn direct(name: &str) -> Exchange {
+        Exchange {
+            name: name.to_string(),
+            kind: ExchangeKind::Direct,
+        }
+    }
+}
+
+/// How often a failing message is tried and how long it waits between tries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// One delay queue per entry; the n-th failure waits `delays[min(n, len) - 1]`.
+    pub delays: Vec<Duration>,
+    /// Attempts in all, the first included; the last failure goes to the dead-letter queue.
+    pub max_attempts: u32,
+}
+
+impl Default for RetryPolicy {
+    /// 1 s, 10 s, 1 min, 10 min, then dead-lettered: five attempts over about 11 minutes.
+    fn default() -> Self {
+        RetryPolicy {
+            delays: [1, 10, 60, 600].map(Duration::from_secs).to_vec(),
+            max_attempts: 5,
+        }
+    }
+}
+
+/// Deliveries after which the broker itself dead-letters a message that consumers keep failing
+/// to acknowledge (a message that crashes its consumer never blocks the queue).
+pub const DELIVERY_LIMIT: i64 = 20;
+
+/// A durable queue with competing consumers, its retry ladder and its dead-letter queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkQueue {
+    /// Unprefixed, e.g. "audit.events".
+    pub name: String,
+    pub exchange: Exchange,
+    /// Routing keys (patterns for a topic exchange) bound to the queue.
+    pub routing_keys: Vec<String>,
+    pub retry: RetryPolicy,
+}
+
+impl WorkQueue {
+    pub fn new(name: &str, exchange: Exchange, routing_keys: &[&str]) -> WorkQueue {
+        WorkQueue {
+            name: name.to_string(),
+            exchange,
+            routing_keys: routing_keys.iter().map(|k| k.to_string()).collect(),
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    pub fn with_retry(mut self, retry: RetryPolicy) -> WorkQueue {
+        self.retry = retry;
+        self
+    }
+}
+
+/// An exchange and the keys each consumer instance binds its own exclusive queue with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broadcast {
+    /// What the instance queues are called, e.g. "auth.revocations" (a unique suffix is added).
+    pub name: String,
+    pub exchange: Exchange,
+    pub routing_keys: Vec<String>,
+}
+
+impl Broadcast {
+    pub fn new(name: &str, exchange: Exchange, routing_keys: &[&str]) -> Broadcast {
+        Broadcast {
+            name: name.to_string(),
+            exchange,
+            routing_keys: routing_keys.iter().map(|k| k.to_string()).collect(),
+        }
+    }
+}
+
+/// What a broker connection declares on every (re)connect before anything else uses it.
+#[derive(Debug, Clone, Default)]
+pub struct Topology {
+    pub exchanges: Vec<Exchange>,
+    pub queues: Vec<WorkQueue>,
+}
+
+impl Topology {
+    pub fn new() -> Topology {
+        Topology::default()
+    }
+
+    /// Adds a work queue (and its exchange) to declare: publishers declare the queues they
+    /// publish to, so a message is kept even before its consumer first starts.
+    pub fn queue(mut self, queue: WorkQueue) -> Topology {
+        self = self.exchange(queue.exchange.clone());
+        if !self.queues.contains(&queue) {
+            self.queues.push(queue);
+        }
+        self
+    }
+
+    pub fn exchange(mut self, exchange: Exchange) -> Topology {
+        if !self.exchanges.contains(&exchange) {
+            self.exchanges.push(exchange);
+        }
+        self
+    }
+}
+
+/// Turns unprefixed names into broker names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    prefix: String,
+}
+
+impl Names {
+    pub fn new(prefix: &str) -> Names {
+        Names {
+            prefix: prefix.to_string(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn exchange(&self, exchange: &Exchange) -> String {
+        format!("{}.{}", self.prefix, exchange.name)
+    }
+
+    pub fn queue(&self, queue: &WorkQueue) -> String {
+        format!("{}.{}", self.prefix, queue.name)
+    }
+
+    /// The dead-letter queue of `queue`.
+    pub fn dead_letter_queue(&self, queue: &WorkQueue) -> String {
+        format!("{}.dlq", self.queue(queue))
+    }
+
+    /// The delay queue of each retry tier, in order.
+    pub fn retry_queues(&self, queue: &WorkQueue) -> Vec<String> {
+        queue
+            .retry
+            .delays
+            .iter()
+            .map(|d| format!("{}.retry.{}", self.queue(queue), delay_label(*d)))
+            .collect()
+    }
+
+    /// Every queue a work queue brings: itself, its delay queues, its dead-letter queue.
+    pub fn all_queues(&self, queue: &WorkQueue) -> Vec<String> {
+        let mut names = vec![self.queue(queue)];
+        names.extend(self.retry_queues(queue));
+        names.push(self.dead_letter_queue(queue));
+        names
+    }
+}
+
+/// "1s", "10s", "1m", "10m", "250ms": short and sortable enough for an operator's eye.
+fn delay_label(delay: Duration) -> String {
+    let ms = delay.as_millis();
+    if ms.is_multiple_of(60_000) && ms > 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms.is_multiple_of(1000) && ms > 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+fn quorum_args() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), string("quorum"));
+    args
+}
+
+/// At-least-once dead-lettering (quorum queues only): a message moves to its dead-letter
+/// target only once that target has it, so a broker restart cannot lose it on the way.
+fn dead_letter_to(args: &mut FieldTable, routing_key: &str) {
+    args.insert("x-dead-letter-exchange".into(), string(""));
+    args.insert("x-dead-letter-routing-key".into(), string(routing_key));
+    args.insert("x-dead-letter-strategy".into(), string("at-least-once"));
+    args.insert("x-overflow".into(), string("reject-publish"));
+}
+
+fn string(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value.as_bytes().to_vec()))
+}
+
+fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    }
+}
+
+pub(crate) async fn declare_exchange(
+    channel: &Channel,
+    names: &Names,
+    exchange: &Exchange,
+) -> lapin::Result<()> {
+    let kind = match exchange.kind {
+        ExchangeKind::Direct => LapinKind::Direct,
+        ExchangeKind::Topic => LapinKind::Topic,
+        ExchangeKind::Fanout => LapinKind::Fanout,
+    };
+    channel
+        .exchange_declare(
+            ShortString::from(names.exchange(exchange)),
+            kind,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+}
+
+/// Declares a work queue with its exchange, bindings, delay ladder and dead-letter queue.
+pub(crate) async fn declare_work_queue(
+    channel: &Channel,
+    names: &Names,
+    queue: &WorkQueue,
+) -> lapin::Result<()> {
+    declare_exchange(channel, names, &queue.exchange).await?;
+    let main = names.queue(queue);
+    let dlq = names.dead_letter_queue(queue);
+    channel
+        .queue_declare(ShortString::from(dlq.clone()), durable(), quorum_args())
+        .await?;
+    let mut args = quorum_args();
+    dead_letter_to(&mut args, &dlq);
+    args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(DELIVERY_LIMIT),
+    );
+    channel
+        .queue_declare(ShortString::from(main.clone()), durable(), args)
+        .await?;
+    for (name, delay) in names
+        .retry_queues(queue)
+        .into_iter()
+        .zip(&queue.retry.delays)
+    {
+        let mut args = quorum_args();
+        dead_letter_to(&mut args, &main);
+        args.insert(
+            "x-message-ttl".into(),
+            AMQPValue::LongLongInt(delay.as_millis().min(i64::MAX as u128) as i64),
+        );
+        channel
+            .queue_declare(ShortString::from(name), durable(), args)
+            .await?;
+    }
+    for key in &queue.routing_keys {
+        channel
+            .queue_bind(
+                ShortString::from(main.clone()),
+                ShortString::from(names.exchange(&queue.exchange)),
+                ShortString::from(key.as_str()),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+pub(crate) async fn declare(
+    channel: &Channel,
+    names: &Names,
+    topology: &Topology,
+) -> lapin::Result<()> {
+    for exchange in &topology.exchanges {
+        declare_exchange(channel, names, exchange).await?;
+    }
+    for queue in &topology.queues {
+        declare_work_queue(channel, names, queue).await?;
+    }
+    Ok(())
+}
+
+/// The platform's own exchanges and queues, as the contracts describe them (docs/api.md,
+/// "Messages over RabbitMQ"). Producers and consumers both declare what they use from here.
+pub mod platform {
+    use super::*;
+
+    /// Audit events: every service publishes, the audit service consumes.
+    pub fn audit_exchange() -> Exchange {
+        Exchange::topic("audit")
+    }
+
+    pub fn audit_events() -> WorkQueue {
+        WorkQueue::new("audit.events", audit_exchange(), &["#"])
+    }
+
+    /// Token revocations from the auth service, to every server instance.
+    pub fn auth_exchange() -> Exchange {
+        Exchange::topic("auth")
+    }
+
+    pub const TOKEN_REVOKED: &str = "token.revoked";
+
+    pub fn token_revocations() -> Broadcast {
+        Broadcast::new("auth.revocations", auth_exchange(), &[TOKEN_REVOKED])
+    }
+
+    /// Run requests and cancellations from the jobs service to executors.
+    pub fn jobs_exchange() -> Exchange {
+        Exchange::topic("jobs")
+    }
+
+    pub const RUN_REQUESTED: &str = "run.requested";
+    pub const RUN_CANCEL_REQUESTED: &str = "run.cancel_requested";
+
+    pub fn run_requests() -> WorkQueue {
+        WorkQueue::new("executor.run-requested", jobs_exchange(), &[RUN_REQUESTED])
+    }
+
+    pub fn run_cancellations() -> Broadcast {
+        Broadcast::new(
+            "executor.run-cancel",
+            jobs_exchange(),
+            &[RUN_CANCEL_REQUESTED],
+        )
+    }
+
+    /// Domain events, e.g. a run that finished.
+    pub fn events_exchange() -> Exchange {
+        Exchange::topic("events")
+    }
+
+    pub const RUN_FINISHED: &str = "run.finished";
+
+    pub fn run_finished_notifications() -> WorkQueue {
+        WorkQueue::new(
+            "notification.run-finished",
+            events_exchange(),
+            &[RUN_FINISHED],
+        )
+    }
+
+    /// Notifications, one queue per channel so a slow SMTP server never holds back webhooks.
+    pub fn notification_exchange() -> Exchange {
+        Exchange::direct("notification")
+    }
+
+    /// The channels, by routing key: "email", "slack", "teams", "webhook".
+    pub const NOTIFICATION_CHANNELS: [&str; 4] = ["email", "slack", "teams", "webhook"];
+
+    pub fn notification_queue(channel: &str) -> WorkQueue {
+        WorkQueue::new(
+            &format!("notification.{channel}"),
+            notification_exchange(),
+            &[channel],
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_prefixed_and_labelled() {
+        let names = Names::new("t1");
+        let queue = platform::audit_events();
+        assert_eq!(names.queue(&queue), "t1.audit.events");
+        assert_eq!(names.dead_letter_queue(&queue), "t1.audit.events.dlq");
+        assert_eq!(
+            names.retry_queues(&queue),
+            [
+                "t1.audit.events.retry.1s",
+                "t1.audit.events.retry.10s",
+                "t1.audit.events.retry.1m",
+                "t1.audit.events.retry.10m"
+            ]
+        );
+        assert_eq!(delay_label(Duration::from_millis(250)), "250ms");
+        assert_eq!(names.all_queues(&queue).len(), 6);
+    }
+}

@@ -1,0 +1,158 @@
+//! A RabbitMQ sandbox per test: the real broker at `OPSCONDUCTOR_TEST_AMQP_URL` (default
+//! 127.0.0.1:5672, guest), a name prefix of the test's own, and on drop the deletion of every
+//! queue and exchange declared under it.
+
+use std::sync::{Mutex, PoisonError};
+
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::{Connection, ConnectionProperties};
+use opsconductor_messaging::topology::platform;
+use opsconductor_messaging::{BrokerConfig, Exchange, Names, WorkQueue, DEFAULT_AMQP_URL};
+
+pub fn amqp_url() -> String {
+    std::env::var("OPSCONDUCTOR_TEST_AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.to_string())
+}
+
+/// A prefix of this test's own; what is declared under it is removed on drop.
+pub struct TestBroker {
+    pub prefix: String,
+    queues: Mutex<Vec<WorkQueue>>,
+    exchanges: Mutex<Vec<Exchange>>,
+}
+
+impl Default for TestBroker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestBroker {
+    pub fn new() -> TestBroker {
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        TestBroker {
+            // The tail of a UUIDv7 is random: unique per test, short in the management UI.
+            prefix: format!("test-{}", &id[id.len() - 12..]),
+            queues: Mutex::new(Vec::new()),
+            exchanges: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A broker configuration for `service` under this prefix, reconnecting quickly.
+    pub fn config(&self, service: &str) -> BrokerConfig {
+        let mut config = BrokerConfig::new(&amqp_url(), &self.prefix, service)
+            .unwrap_or_else(|e| panic!("test broker config: {e}"));
+        config.reconnect_min = std::time::Duration::from_millis(50);
+        config.reconnect_max = std::time::Duration::from_millis(500);
+        config
+    }
+
+    pub fn names(&self) -> Names {
+        Names::new(&self.prefix)
+    }
+
+    /// Removes `queue` (with its ladder and dead-letter queue) and its exchange on drop.
+    pub fn track(&self, queue: &WorkQueue) {
+        self.queues
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(queue.clone());
+        self.track_exchange(&queue.exchange);
+    }
+
+    pub fn track_exchange(&self, exchange: &Exchange) {
+        self.exchanges
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(exchange.clone());
+    }
+
+    /// Tracks every queue and exchange of the platform's topology.
+    pub fn track_platform(&self) {
+        self.track(&platform::audit_events());
+        self.track(&platform::run_requests());
+        self.track(&platform::run_finished_notifications());
+        for channel in platform::NOTIFICATION_CHANNELS {
+            self.track(&platform::notification_queue(channel));
+        }
+        self.track_exchange(&platform::auth_exchange());
+    }
+
+    /// Messages in a queue right now (`name` is the broker name).
+    pub async fn message_count(&self, name: &str) -> u32 {
+        let connection = connect().await;
+        let channel = connection
+            .create_channel()
+            .await
+            .unwrap_or_else(|e| panic!("channel: {e}"));
+        let queue = channel
+            .queue_declare(
+                name.into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("queue {name}: {e}"));
+        let _ = connection.close(200, "done".into()).await;
+        queue.message_count()
+    }
+}
+
+async fn connect() -> Connection {
+    Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach RabbitMQ at {}: {e}", amqp_url()))
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        let names = self.names();
+        let queues: Vec<String> = self
+            .queues
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .flat_map(|q| names.all_queues(q))
+            .collect();
+        let exchanges: Vec<String> = self
+            .exchanges
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|e| names.exchange(e))
+            .collect();
+        // The test's runtime may be shutting down: clean up from a runtime of our own.
+        let cleanup = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let Ok(connection) =
+                    Connection::connect(&amqp_url(), ConnectionProperties::default()).await
+                else {
+                    return;
+                };
+                let Ok(channel) = connection.create_channel().await else {
+                    return;
+                };
+                for queue in queues {
+                    let _ = channel
+                        .queue_delete(queue.into(), QueueDeleteOptions::default())
+                        .await;
+                }
+                for exchange in exchanges {
+                    let _ = channel
+                        .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+                        .await;
+                }
+                let _ = connection.close(200, "cleaned up".into()).await;
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
