@@ -24,7 +24,14 @@ pub async fn run(concurrency: usize, seconds: u64, rounds: usize) -> anyhow::Res
     let db = Database::open_sqlite_file(&dir.path().join("user.db")).await?;
     let mut config = ServerConfig::local("127.0.0.1:0".parse()?);
     config.max_concurrent_requests = 4096;
-    let platform = opsconductor_user::server(db, config).await?.bind().await?;
+    let amqp = opsconductor_messaging::BrokerConfig::from_env(
+        &opsconductor_platform::config::Env::process(),
+        "user",
+    )?;
+    let platform = opsconductor_user::server(db, config, amqp)
+        .await?
+        .bind()
+        .await?;
     let platform_addr = platform.local_addr();
     tokio::spawn(platform.serve(futures::future::pending()));
     let echo_addr = start_echo().await?;

@@ -5,6 +5,7 @@
 //! `cargo build --release -p opsconductor -p opsconductor-bench`.
 
 mod getuser;
+mod messaging;
 mod startup;
 mod tokens;
 
@@ -32,6 +33,13 @@ enum Bench {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Publish + consume through the platform vs raw lapin; outbox commit -> consumer latency.
+    Messaging {
+        #[arg(long, default_value_t = 20_000)]
+        messages: usize,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// A token check: full Ed25519 verification vs a verified-token cache hit.
     Tokens {
         #[arg(long, default_value_t = 3)]
@@ -48,6 +56,7 @@ async fn main() -> anyhow::Result<()> {
             seconds,
             rounds,
         } => getuser::run(concurrency, seconds, rounds).await,
+        Bench::Messaging { messages, rounds } => messaging::run(messages, rounds).await,
         Bench::Tokens { seconds } => tokens::run(seconds),
     }
 }

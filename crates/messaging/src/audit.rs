@@ -66,6 +66,11 @@ impl AuditLog {
         }
     }
 
+    /// Commits `tx` (which staged events) and wakes the relay.
+    pub async fn commit(&self, tx: sqlx::Transaction<'_, sqlx::Any>) -> Result<(), sqlx::Error> {
+        self.outbox.commit(tx).await
+    }
+
     /// Stages `action` ("user.create") on a resource, successful, with `details` (never secrets).
     pub async fn record(
         &self,

@@ -37,6 +37,7 @@ mod message;
 mod metrics;
 mod outbox;
 mod publisher;
+mod service;
 pub mod topology;
 
 pub use audit::{AuditLog, Cause};
@@ -51,6 +52,7 @@ pub use message::{headers, MessageMeta, OutgoingMessage, TraceContext, CONTENT_T
 pub use metrics::{Metrics, MetricsSnapshot};
 pub use outbox::{Outbox, RelayOptions, RunningRelay};
 pub use publisher::Publisher;
+pub use service::ServiceMessaging;
 pub use topology::{Broadcast, Exchange, ExchangeKind, Names, RetryPolicy, Topology, WorkQueue};
 
 use opsconductor_storage::Migrations;

@@ -1,6 +1,7 @@
 //! The services this build can run. Services that later issues build are added here; until
 //! then they are simply absent (never started as stubs).
 
+use opsconductor_messaging::BrokerConfig;
 use opsconductor_platform::config::ServerConfig;
 use opsconductor_platform::server::ServiceServer;
 use opsconductor_platform::ServiceKind;
@@ -13,15 +14,16 @@ pub fn is_implemented(kind: ServiceKind) -> bool {
     IMPLEMENTED.contains(&kind)
 }
 
-/// Migrates the service's database and builds its server.
+/// Migrates the service's database, connects it to the broker and builds its server.
 pub async fn build(
     kind: ServiceKind,
     db: Database,
     config: ServerConfig,
+    broker: BrokerConfig,
 ) -> Result<ServiceServer, BuildError> {
     match kind {
-        ServiceKind::User => Ok(opsconductor_user::server(db, config).await?),
-        ServiceKind::Targets => Ok(opsconductor_targets::server(db, config).await?),
+        ServiceKind::User => Ok(opsconductor_user::server(db, config, broker).await?),
+        ServiceKind::Targets => Ok(opsconductor_targets::server(db, config, broker).await?),
         other => Err(BuildError::NotImplemented(other)),
     }
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use opsconductor_messaging::BrokerConfig;
 use opsconductor_platform::client::check_health;
 use opsconductor_platform::config::{ConfigError, Env, ServerConfig};
 use opsconductor_platform::server::{BoundServer, ServerError, TerminationSignal};
@@ -60,11 +61,12 @@ pub async fn up(options: UpOptions, env: Env) -> anyhow::Result<()> {
     for kind in IMPLEMENTED {
         let listen = SocketAddr::new(options.host, options.port_base + kind.port_offset());
         let config = ServerConfig::from_env(&env, listen)?;
+        let broker = BrokerConfig::from_env(&env, kind.name())?;
         let path = options.data_dir.join(format!("{}.db", kind.name()));
         let db = Database::open_sqlite_file(&path)
             .await
             .with_context(|| format!("{kind}: cannot open {}", path.display()))?;
-        let server = registry::build(kind, db, config)
+        let server = registry::build(kind, db, config, broker)
             .await
             .with_context(|| format!("{kind}: cannot start"))?;
         let server = server
@@ -99,6 +101,7 @@ pub async fn serve(kind: ServiceKind, env: Env) -> anyhow::Result<()> {
     let default_listen = SocketAddr::from(([127, 0, 0, 1], kind.default_port()));
     let listen = env.parse("LISTEN_ADDR", default_listen)?;
     let config = ServerConfig::from_env(&env, listen)?;
+    let broker = BrokerConfig::from_env(&env, kind.name())?;
     let db = match env.get("DATABASE_URL") {
         Some(url) => Database::connect(&url)
             .await
@@ -114,7 +117,10 @@ pub async fn serve(kind: ServiceKind, env: Env) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot open {}", path.display()))?
         }
     };
-    let server = registry::build(kind, db, config).await?.bind().await?;
+    let server = registry::build(kind, db, config, broker)
+        .await?
+        .bind()
+        .await?;
     run_until_signal(vec![(kind, server)], signal).await
 }
 

@@ -5,7 +5,9 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
+use futures::future::BoxFuture;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
@@ -31,6 +33,13 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// Background work that lives as long as its server — an outbox relay, message consumers, the
+/// broker connection — and is stopped after the server drained its calls, in the order it was
+/// added, each within the shutdown grace period.
+pub trait Worker: Send + 'static {
+    fn stop(self: Box<Self>, grace: Duration) -> BoxFuture<'static, ()>;
+}
+
 /// A service ready to be bound: its routes, the gRPC names it serves and what it depends on.
 pub struct ServiceServer {
     name: String,
@@ -39,6 +48,7 @@ pub struct ServiceServer {
     grpc_names: Vec<String>,
     checks: Vec<Arc<dyn DependencyCheck>>,
     policies: Option<&'static PolicyTable>,
+    workers: Vec<Box<dyn Worker>>,
 }
 
 impl ServiceServer {
@@ -57,7 +67,14 @@ impl ServiceServer {
             grpc_names: grpc_names.into_iter().map(Into::into).collect(),
             checks: Vec::new(),
             policies: None,
+            workers: Vec::new(),
         }
+    }
+
+    /// Stops `worker` when the server shuts down (after in-flight calls drained).
+    pub fn with_worker(mut self, worker: impl Worker) -> Self {
+        self.workers.push(Box::new(worker));
+        self
     }
 
     /// Health follows this dependency.
@@ -128,6 +145,7 @@ impl ServiceServer {
             listener,
             local_addr,
             health,
+            workers: self.workers,
         })
     }
 }
@@ -140,6 +158,7 @@ pub struct BoundServer {
     listener: TcpListener,
     local_addr: SocketAddr,
     health: Health,
+    workers: Vec<Box<dyn Worker>>,
 }
 
 impl BoundServer {
@@ -161,6 +180,7 @@ impl BoundServer {
             listener,
             local_addr,
             health,
+            workers,
         } = self;
         let watcher = tokio::spawn(health.clone().watch(config.health_interval));
         let drain_started = Arc::new(tokio::sync::Notify::new());
@@ -203,6 +223,9 @@ impl BoundServer {
             }
         };
         watcher.abort();
+        for worker in workers {
+            worker.stop(grace).await;
+        }
         tracing::info!(service = %name, "stopped");
         result
     }

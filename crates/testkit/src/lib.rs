@@ -24,11 +24,13 @@ use tonic::transport::Channel;
 
 pub use opsconductor_storage::Backend as StorageBackend;
 
-/// The user and targets services, started in this process.
+/// The user and targets services, started in this process, over fresh databases and a broker
+/// prefix of their own.
 pub struct Sandbox {
     pub user_addr: SocketAddr,
     pub targets_addr: SocketAddr,
     pub backend: Backend,
+    pub broker: TestBroker,
     clients: Clients,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -38,6 +40,8 @@ pub struct Sandbox {
 impl Sandbox {
     pub async fn start(backend: Backend) -> Sandbox {
         let (stop, stop_rx) = watch::channel(false);
+        let broker = TestBroker::new();
+        broker.track_platform();
         let mut addrs = Vec::new();
         let mut tasks = Vec::new();
         let mut databases = Vec::new();
@@ -46,9 +50,12 @@ impl Sandbox {
                 .await
                 .unwrap_or_else(|e| panic!("{backend:?} test database: {e}"));
             let config = ServerConfig::local(SocketAddr::from(([127, 0, 0, 1], 0)));
+            let amqp = broker.config(kind.name());
             let server = match kind {
-                ServiceKind::User => opsconductor_user::server(test_db.db.clone(), config).await,
-                _ => opsconductor_targets::server(test_db.db.clone(), config).await,
+                ServiceKind::User => {
+                    opsconductor_user::server(test_db.db.clone(), config, amqp).await
+                }
+                _ => opsconductor_targets::server(test_db.db.clone(), config, amqp).await,
             }
             .unwrap_or_else(|e| panic!("{kind} server: {e}"))
             .bind()
@@ -74,6 +81,7 @@ impl Sandbox {
             user_addr: addrs[0],
             targets_addr: addrs[1],
             backend,
+            broker,
             clients,
             stop,
             tasks,

@@ -2,6 +2,7 @@
 
 use opsconductor_api::targets::v1::targets_service_server::TargetsService;
 use opsconductor_api::targets::v1::*;
+use opsconductor_messaging::Cause;
 use opsconductor_platform::page::Page;
 use opsconductor_platform::time::to_std_duration;
 use opsconductor_platform::validate::Violations;
@@ -32,7 +33,11 @@ impl TargetsApi {
         TargetsApi { store }
     }
 
-    async fn update(&self, req: UpdateTargetRequest) -> Result<Target, TargetsError> {
+    async fn update(
+        &self,
+        req: UpdateTargetRequest,
+        cause: &Cause,
+    ) -> Result<Target, TargetsError> {
         let Some(patch) = req.target else {
             return Err(ApiError::invalid("target", "is required").into());
         };
@@ -57,7 +62,7 @@ impl TargetsApi {
         let mut v = Violations::new();
         validate::target(&mut v, &target);
         v.finish()?;
-        self.store.update(&target, version).await
+        self.store.update(&target, version, &paths, cause).await
     }
 }
 
@@ -73,13 +78,14 @@ impl TargetsService for TargetsApi {
         &self,
         request: Request<CreateTargetRequest>,
     ) -> Result<Response<CreateTargetResponse>, Status> {
+        let cause = Cause::from_request(&request);
         let Some(target) = request.into_inner().target else {
             return Err(TargetsError::from(ApiError::invalid("target", "is required")).into());
         };
         let mut v = Violations::new();
         validate::target(&mut v, &target);
         v.finish().map_err(TargetsError::from)?;
-        let target = self.store.create(&target).await?;
+        let target = self.store.create(&target, &cause).await?;
         tracing::info!(target_id = %target.id, name = %target.name, "target created");
         Ok(Response::new(CreateTargetResponse {
             target: Some(target),
@@ -145,7 +151,8 @@ impl TargetsService for TargetsApi {
         &self,
         request: Request<UpdateTargetRequest>,
     ) -> Result<Response<UpdateTargetResponse>, Status> {
-        let target = self.update(request.into_inner()).await?;
+        let cause = Cause::from_request(&request);
+        let target = self.update(request.into_inner(), &cause).await?;
         tracing::info!(target_id = %target.id, "target updated");
         Ok(Response::new(UpdateTargetResponse {
             target: Some(target),
@@ -156,9 +163,10 @@ impl TargetsService for TargetsApi {
         &self,
         request: Request<DeleteTargetRequest>,
     ) -> Result<Response<DeleteTargetResponse>, Status> {
+        let cause = Cause::from_request(&request);
         let req = request.into_inner();
         require_id("id", &req.id)?;
-        self.store.delete(&req.id).await?;
+        self.store.delete(&req.id, &cause).await?;
         tracing::info!(target_id = %req.id, "target deleted");
         Ok(Response::new(DeleteTargetResponse {}))
     }

@@ -17,6 +17,8 @@ pub enum TargetsError {
     Corrupt(String, prost::DecodeError),
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error(transparent)]
+    Outbox(#[from] opsconductor_messaging::MessagingError),
 }
 
 impl From<sqlx::Error> for TargetsError {
@@ -40,6 +42,7 @@ impl From<TargetsError> for ApiError {
             },
             e @ TargetsError::Corrupt(..) => ApiError::internal(e.to_string()),
             TargetsError::Storage(e) => ApiError::from(e),
+            TargetsError::Outbox(e) => ApiError::from(e),
         }
     }
 }

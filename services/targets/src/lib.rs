@@ -8,6 +8,7 @@ mod store;
 mod validate;
 
 use opsconductor_api::targets::v1::targets_service_server::TargetsServiceServer;
+use opsconductor_messaging::{BrokerConfig, ServiceMessaging, Topology};
 use opsconductor_platform::config::ServerConfig;
 use opsconductor_platform::server::ServiceServer;
 use opsconductor_platform::ServiceKind;
@@ -28,20 +29,26 @@ pub fn migrations() -> Migrations {
     }
 }
 
-/// Migrates `db` and builds the server for it.
+/// Migrates `db`, connects to the broker and builds the server. Every change the service
+/// makes publishes an audit event through its outbox.
 pub async fn server(
     db: Database,
     config: ServerConfig,
+    broker: BrokerConfig,
 ) -> Result<ServiceServer, opsconductor_storage::StorageError> {
-    db.migrate(&migrations()).await?;
-    let api = TargetsServiceServer::new(TargetsApi::new(TargetStore::new(db.clone())))
+    db.migrate_all(&[&migrations(), &opsconductor_messaging::migrations()])
+        .await?;
+    let messaging = ServiceMessaging::start(broker, Topology::new(), &db);
+    let store = TargetStore::new(db.clone(), messaging.audit.clone());
+    let api = TargetsServiceServer::new(TargetsApi::new(store))
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
-    Ok(ServiceServer::new(
+    let server = ServiceServer::new(
         ServiceKind::Targets.name(),
         config,
         Routes::new(api),
         [ServiceKind::Targets.grpc_name()],
     )
-    .depends_on(db))
+    .depends_on(db);
+    Ok(messaging.attach(server))
 }

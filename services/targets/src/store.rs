@@ -2,6 +2,7 @@
 //! columns so that the database filters, orders and keeps names unique.
 
 use opsconductor_api::targets::v1::Target;
+use opsconductor_messaging::{AuditLog, Cause};
 use opsconductor_platform::page::Page;
 use opsconductor_platform::time::{now_micros, to_timestamp};
 use opsconductor_storage::{is_unique_violation, Database};
@@ -37,9 +38,11 @@ pub struct TargetFilter {
     pub names: Vec<String>,
 }
 
+/// Every change is written with its audit event, in one transaction.
 #[derive(Clone)]
 pub struct TargetStore {
     db: Database,
+    audit: AuditLog,
 }
 
 /// What is stored in `spec`: the target without its id and times (those are columns).
@@ -52,11 +55,11 @@ fn spec(target: &Target) -> Vec<u8> {
 }
 
 impl TargetStore {
-    pub fn new(db: Database) -> Self {
-        TargetStore { db }
+    pub fn new(db: Database, audit: AuditLog) -> Self {
+        TargetStore { db, audit }
     }
 
-    pub async fn create(&self, target: &Target) -> Result<Target, TargetsError> {
+    pub async fn create(&self, target: &Target, cause: &Cause) -> Result<Target, TargetsError> {
         let id = uuid::Uuid::now_v7().to_string();
         let now = now_micros();
         let mut tx = self.db.pool().begin().await?;
@@ -79,7 +82,11 @@ impl TargetStore {
             Err(e) => return Err(e.into()),
         }
         write_tags(&mut tx, &id, &target.tags).await?;
-        tx.commit().await?;
+        let details = [("name", target.name.clone())];
+        self.audit
+            .record(&mut tx, cause, "target.create", ("target", &id), &details)
+            .await?;
+        self.audit.commit(tx).await?;
         self.get(&id).await
     }
 
@@ -158,11 +165,14 @@ impl TargetStore {
         Ok((targets, token))
     }
 
-    /// Replaces the target if it is still at `expected_update_time`.
+    /// Replaces the target if it is still at `expected_update_time`; `fields` are the ones the
+    /// caller changed, for the audit trail.
     pub async fn update(
         &self,
         target: &Target,
         expected_update_time: i64,
+        fields: &[String],
+        cause: &Cause,
     ) -> Result<Target, TargetsError> {
         let now = now_micros().max(expected_update_time + 1);
         let mut tx = self.db.pool().begin().await?;
@@ -195,11 +205,21 @@ impl TargetStore {
             .execute(&mut *tx)
             .await?;
         write_tags(&mut tx, &target.id, &target.tags).await?;
-        tx.commit().await?;
+        let details = [("name", target.name.clone()), ("fields", fields.join(","))];
+        self.audit
+            .record(
+                &mut tx,
+                cause,
+                "target.update",
+                ("target", &target.id),
+                &details,
+            )
+            .await?;
+        self.audit.commit(tx).await?;
         self.get(&target.id).await
     }
 
-    pub async fn delete(&self, id: &str) -> Result<(), TargetsError> {
+    pub async fn delete(&self, id: &str, cause: &Cause) -> Result<(), TargetsError> {
         let mut tx = self.db.pool().begin().await?;
         sqlx::query("DELETE FROM target_tags WHERE target_id = $1")
             .bind(id)
@@ -212,7 +232,10 @@ impl TargetStore {
         if done.rows_affected() == 0 {
             return Err(TargetsError::NotFound(id.to_string()));
         }
-        tx.commit().await?;
+        self.audit
+            .record(&mut tx, cause, "target.delete", ("target", id), &[])
+            .await?;
+        self.audit.commit(tx).await?;
         Ok(())
     }
 }

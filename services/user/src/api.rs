@@ -3,6 +3,7 @@
 use opsconductor_api::common::v1::Role;
 use opsconductor_api::user::v1::user_service_server::UserService;
 use opsconductor_api::user::v1::*;
+use opsconductor_messaging::Cause;
 use opsconductor_platform::page::Page;
 use opsconductor_platform::validate::Violations;
 use tonic::{Request, Response, Status};
@@ -21,7 +22,7 @@ impl UserApi {
         UserApi { store }
     }
 
-    async fn create(&self, req: CreateUserRequest) -> Result<User, UserError> {
+    async fn create(&self, req: CreateUserRequest, cause: &Cause) -> Result<User, UserError> {
         let Some(user) = req.user else {
             return Err(invalid("user", "is required"));
         };
@@ -37,10 +38,10 @@ impl UserApi {
         } else {
             Some(password::hash(req.password).await?)
         };
-        self.store.create(&user, hash).await
+        self.store.create(&user, hash, cause).await
     }
 
-    async fn update(&self, req: UpdateUserRequest) -> Result<User, UserError> {
+    async fn update(&self, req: UpdateUserRequest, cause: &Cause) -> Result<User, UserError> {
         let mut v = Violations::new();
         let Some(patch) = req.user else {
             return Err(invalid("user", "is required"));
@@ -62,10 +63,14 @@ impl UserApi {
         let mut v = Violations::new();
         validate::user_fields(&mut v, "user", &user);
         v.finish()?;
-        self.store.update(&user, version).await
+        self.store.update(&user, version, &paths, cause).await
     }
 
-    async fn change_password(&self, req: ChangePasswordRequest) -> Result<(), UserError> {
+    async fn change_password(
+        &self,
+        req: ChangePasswordRequest,
+        cause: &Cause,
+    ) -> Result<(), UserError> {
         let mut v = Violations::new();
         v.id("user_id", &req.user_id);
         v.required("current_password", &req.current_password);
@@ -83,7 +88,9 @@ impl UserApi {
             return Err(UserError::WrongPassword);
         }
         let new_hash = password::hash(req.new_password).await?;
-        self.store.set_password_hash(&req.user_id, new_hash).await
+        self.store
+            .set_password_hash(&req.user_id, new_hash, "user.password_change", cause)
+            .await
     }
 
     async fn check_password(
@@ -112,6 +119,7 @@ impl UserApi {
     async fn update_preferences(
         &self,
         req: UpdateNotificationPreferencesRequest,
+        cause: &Cause,
     ) -> Result<NotificationPreferences, UserError> {
         let Some(prefs) = req.preferences else {
             return Err(invalid("preferences", "is required"));
@@ -119,7 +127,7 @@ impl UserApi {
         let mut v = Violations::new();
         preferences::validate(&mut v, &prefs);
         v.finish()?;
-        self.store.put_preferences(&prefs).await
+        self.store.put_preferences(&prefs, cause).await
     }
 }
 
@@ -139,7 +147,8 @@ impl UserService for UserApi {
         &self,
         request: Request<CreateUserRequest>,
     ) -> Result<Response<CreateUserResponse>, Status> {
-        let user = self.create(request.into_inner()).await?;
+        let cause = Cause::from_request(&request);
+        let user = self.create(request.into_inner(), &cause).await?;
         tracing::info!(user_id = %user.id, username = %user.username, "user created");
         Ok(Response::new(CreateUserResponse { user: Some(user) }))
     }
@@ -189,7 +198,8 @@ impl UserService for UserApi {
         &self,
         request: Request<UpdateUserRequest>,
     ) -> Result<Response<UpdateUserResponse>, Status> {
-        let user = self.update(request.into_inner()).await?;
+        let cause = Cause::from_request(&request);
+        let user = self.update(request.into_inner(), &cause).await?;
         tracing::info!(user_id = %user.id, "user updated");
         Ok(Response::new(UpdateUserResponse { user: Some(user) }))
     }
@@ -198,9 +208,10 @@ impl UserService for UserApi {
         &self,
         request: Request<DeleteUserRequest>,
     ) -> Result<Response<DeleteUserResponse>, Status> {
+        let cause = Cause::from_request(&request);
         let req = request.into_inner();
         require_id("id", &req.id)?;
-        self.store.delete(&req.id).await?;
+        self.store.delete(&req.id, &cause).await?;
         tracing::info!(user_id = %req.id, "user deleted");
         Ok(Response::new(DeleteUserResponse {}))
     }
@@ -209,6 +220,7 @@ impl UserService for UserApi {
         &self,
         request: Request<SetPasswordRequest>,
     ) -> Result<Response<SetPasswordResponse>, Status> {
+        let cause = Cause::from_request(&request);
         let req = request.into_inner();
         let mut v = Violations::new();
         v.id("user_id", &req.user_id);
@@ -217,7 +229,9 @@ impl UserService for UserApi {
         // Existence first: hashing costs tens of milliseconds.
         self.store.get(&req.user_id).await?;
         let hash = password::hash(req.new_password).await?;
-        self.store.set_password_hash(&req.user_id, hash).await?;
+        self.store
+            .set_password_hash(&req.user_id, hash, "user.password_set", &cause)
+            .await?;
         tracing::info!(user_id = %req.user_id, "password set");
         Ok(Response::new(SetPasswordResponse {}))
     }
@@ -226,9 +240,10 @@ impl UserService for UserApi {
         &self,
         request: Request<ChangePasswordRequest>,
     ) -> Result<Response<ChangePasswordResponse>, Status> {
+        let cause = Cause::from_request(&request);
         let req = request.into_inner();
         let user_id = req.user_id.clone();
-        self.change_password(req).await?;
+        self.change_password(req, &cause).await?;
         tracing::info!(user_id = %user_id, "password changed");
         Ok(Response::new(ChangePasswordResponse {}))
     }
@@ -262,7 +277,10 @@ impl UserService for UserApi {
         &self,
         request: Request<UpdateNotificationPreferencesRequest>,
     ) -> Result<Response<UpdateNotificationPreferencesResponse>, Status> {
-        let prefs = self.update_preferences(request.into_inner()).await?;
+        let cause = Cause::from_request(&request);
+        let prefs = self
+            .update_preferences(request.into_inner(), &cause)
+            .await?;
         Ok(Response::new(UpdateNotificationPreferencesResponse {
             preferences: Some(prefs),
         }))

@@ -23,6 +23,8 @@ pub enum UserError {
     Hash(String),
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error(transparent)]
+    Outbox(#[from] opsconductor_messaging::MessagingError),
 }
 
 impl From<sqlx::Error> for UserError {
@@ -62,6 +64,7 @@ impl From<UserError> for ApiError {
             },
             UserError::Hash(msg) => ApiError::internal(msg),
             UserError::Storage(e) => ApiError::from(e),
+            UserError::Outbox(e) => ApiError::from(e),
         }
     }
 }

@@ -9,6 +9,7 @@ mod store;
 mod validate;
 
 use opsconductor_api::user::v1::user_service_server::UserServiceServer;
+use opsconductor_messaging::{BrokerConfig, ServiceMessaging, Topology};
 use opsconductor_platform::config::ServerConfig;
 use opsconductor_platform::server::ServiceServer;
 use opsconductor_platform::ServiceKind;
@@ -29,20 +30,26 @@ pub fn migrations() -> Migrations {
     }
 }
 
-/// Migrates `db` and builds the server for it.
+/// Migrates `db`, connects to the broker and builds the server. Every change the service
+/// makes publishes an audit event through its outbox.
 pub async fn server(
     db: Database,
     config: ServerConfig,
+    broker: BrokerConfig,
 ) -> Result<ServiceServer, opsconductor_storage::StorageError> {
-    db.migrate(&migrations()).await?;
-    let api = UserServiceServer::new(UserApi::new(UserStore::new(db.clone())))
+    db.migrate_all(&[&migrations(), &opsconductor_messaging::migrations()])
+        .await?;
+    let messaging = ServiceMessaging::start(broker, Topology::new(), &db);
+    let store = UserStore::new(db.clone(), messaging.audit.clone());
+    let api = UserServiceServer::new(UserApi::new(store))
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
-    Ok(ServiceServer::new(
+    let server = ServiceServer::new(
         ServiceKind::User.name(),
         config,
         Routes::new(api),
         [ServiceKind::User.grpc_name()],
     )
-    .depends_on(db))
+    .depends_on(db);
+    Ok(messaging.attach(server))
 }

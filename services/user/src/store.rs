@@ -1,6 +1,8 @@
 //! Users and preferences in SQLite or PostgreSQL, with portable SQL.
 
+use opsconductor_api::common::v1::Role;
 use opsconductor_api::user::v1::{NotificationPreferences, User};
+use opsconductor_messaging::{AuditLog, Cause};
 use opsconductor_platform::page::Page;
 use opsconductor_platform::time::{now_micros, to_timestamp};
 use opsconductor_storage::{is_unique_violation, Database};
@@ -55,14 +57,26 @@ pub struct UserFilter {
     pub show_disabled: bool,
 }
 
+/// Every change is written with its audit event, in one transaction.
 #[derive(Clone)]
 pub struct UserStore {
     db: Database,
+    audit: AuditLog,
+}
+
+fn role_name(role: i32) -> String {
+    Role::try_from(role)
+        .map(|r| r.as_str_name().to_string())
+        .unwrap_or_else(|_| role.to_string())
 }
 
 impl UserStore {
-    pub fn new(db: Database) -> Self {
-        UserStore { db }
+    pub fn new(db: Database, audit: AuditLog) -> Self {
+        UserStore { db, audit }
+    }
+
+    pub fn db(&self) -> &Database {
+        &self.db
     }
 
     /// Inserts a validated user; the username must be free.
@@ -70,9 +84,11 @@ impl UserStore {
         &self,
         user: &User,
         password_hash: Option<String>,
+        cause: &Cause,
     ) -> Result<User, UserError> {
         let id = uuid::Uuid::now_v7().to_string();
         let now = now_micros();
+        let mut tx = self.db.pool().begin().await?;
         let result = sqlx::query(&format!(
             "INSERT INTO users ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)"
         ))
@@ -82,17 +98,27 @@ impl UserStore {
         .bind(&user.display_name)
         .bind(i64::from(user.role))
         .bind(i64::from(user.disabled))
-        .bind(password_hash)
+        .bind(password_hash.clone())
         .bind(now)
-        .execute(self.db.pool())
+        .execute(&mut *tx)
         .await;
         match result {
-            Ok(_) => self.get(&id).await,
+            Ok(_) => {}
             Err(e) if is_unique_violation(&e) => {
-                Err(UserError::UsernameTaken(user.username.clone()))
+                return Err(UserError::UsernameTaken(user.username.clone()))
             }
-            Err(e) => Err(e.into()),
+            Err(e) => return Err(e.into()),
         }
+        let details = [
+            ("username", user.username.clone()),
+            ("role", role_name(user.role)),
+            ("password_set", password_hash.is_some().to_string()),
+        ];
+        self.audit
+            .record(&mut tx, cause, "user.create", ("user", &id), &details)
+            .await?;
+        self.audit.commit(tx).await?;
+        self.get(&id).await
     }
 
     async fn row(&self, id: &str) -> Result<UserRow, UserError> {
@@ -175,9 +201,17 @@ impl UserStore {
     }
 
     /// Writes the mutable fields of `user` if the row is still at `expected_update_time`
-    /// (optimistic concurrency: a concurrent writer is never silently overwritten).
-    pub async fn update(&self, user: &User, expected_update_time: i64) -> Result<User, UserError> {
+    /// (optimistic concurrency: a concurrent writer is never silently overwritten). `fields`
+    /// are the ones the caller changed, for the audit trail.
+    pub async fn update(
+        &self,
+        user: &User,
+        expected_update_time: i64,
+        fields: &[String],
+        cause: &Cause,
+    ) -> Result<User, UserError> {
         let now = now_micros().max(expected_update_time + 1);
+        let mut tx = self.db.pool().begin().await?;
         let done = sqlx::query(
             "UPDATE users SET email = $1, display_name = $2, role = $3, disabled = $4, \
              update_time = $5 WHERE id = $6 AND update_time = $7",
@@ -189,13 +223,23 @@ impl UserStore {
         .bind(now)
         .bind(&user.id)
         .bind(expected_update_time)
-        .execute(self.db.pool())
+        .execute(&mut *tx)
         .await?;
         if done.rows_affected() == 0 {
+            drop(tx);
             // Gone, or changed since it was read.
             self.row(&user.id).await?;
             return Err(UserError::Conflict(user.id.clone()));
         }
+        let details = [
+            ("fields", fields.join(",")),
+            ("role", role_name(user.role)),
+            ("disabled", user.disabled.to_string()),
+        ];
+        self.audit
+            .record(&mut tx, cause, "user.update", ("user", &user.id), &details)
+            .await?;
+        self.audit.commit(tx).await?;
         self.get(&user.id).await
     }
 
@@ -206,7 +250,16 @@ impl UserStore {
         Ok((row.into_user(), version))
     }
 
-    pub async fn set_password_hash(&self, id: &str, hash: String) -> Result<(), UserError> {
+    /// Stores a new password hash; `action` says whose doing it was ("user.password_set" by
+    /// an administrator, "user.password_change" by the user).
+    pub async fn set_password_hash(
+        &self,
+        id: &str,
+        hash: String,
+        action: &str,
+        cause: &Cause,
+    ) -> Result<(), UserError> {
+        let mut tx = self.db.pool().begin().await?;
         // update_time only moves forward, even if the clock steps back: it is the row's version.
         let done = sqlx::query(
             "UPDATE users SET password_hash = $1, \
@@ -216,16 +269,26 @@ impl UserStore {
         .bind(hash)
         .bind(now_micros())
         .bind(id)
-        .execute(self.db.pool())
+        .execute(&mut *tx)
         .await?;
         if done.rows_affected() == 0 {
             return Err(UserError::NotFound(id.to_string()));
         }
+        self.audit
+            .record(&mut tx, cause, action, ("user", id), &[])
+            .await?;
+        self.audit.commit(tx).await?;
         Ok(())
     }
 
-    pub async fn delete(&self, id: &str) -> Result<(), UserError> {
+    pub async fn delete(&self, id: &str, cause: &Cause) -> Result<User, UserError> {
         let mut tx = self.db.pool().begin().await?;
+        let row =
+            sqlx::query_as::<_, UserRow>(&format!("SELECT {COLUMNS} FROM users WHERE id = $1"))
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| UserError::NotFound(id.to_string()))?;
         sqlx::query("DELETE FROM notification_preferences WHERE user_id = $1")
             .bind(id)
             .execute(&mut *tx)
@@ -237,8 +300,12 @@ impl UserStore {
         if done.rows_affected() == 0 {
             return Err(UserError::NotFound(id.to_string()));
         }
-        tx.commit().await?;
-        Ok(())
+        let details = [("username", row.username.clone())];
+        self.audit
+            .record(&mut tx, cause, "user.delete", ("user", id), &details)
+            .await?;
+        self.audit.commit(tx).await?;
+        Ok(row.into_user())
     }
 
     pub async fn preferences(
@@ -269,6 +336,7 @@ impl UserStore {
     pub async fn put_preferences(
         &self,
         prefs: &NotificationPreferences,
+        cause: &Cause,
     ) -> Result<NotificationPreferences, UserError> {
         let mut stored = prefs.clone();
         stored.update_time = None;
@@ -290,7 +358,23 @@ impl UserStore {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
+        // Which channels, not where to: destinations can embed tokens.
+        let channels: Vec<String> = prefs
+            .destinations
+            .iter()
+            .map(|d| d.channel.to_string())
+            .collect();
+        let details = [("channels", channels.join(","))];
+        self.audit
+            .record(
+                &mut tx,
+                cause,
+                "user.preferences_update",
+                ("user", &prefs.user_id),
+                &details,
+            )
+            .await?;
+        self.audit.commit(tx).await?;
         stored.update_time = Some(to_timestamp(now));
         Ok(stored)
     }

@@ -12,31 +12,41 @@ use opsconductor_api::user::v1::user_service_client::UserServiceClient;
 use opsconductor_api::user::v1::{CreateUserRequest, GetUserRequest, User};
 use opsconductor_platform::client::check_health;
 use opsconductor_platform::health::ServingStatusPb;
-use opsconductor_testkit::free_port_base;
+use opsconductor_testkit::{free_port_base, TestBroker};
 
 use crate::support::slow_target;
 
 const BIN: &str = env!("CARGO_BIN_EXE_opsconductor");
 
-struct Process(Child);
+/// A spawned `opsconductor`, with a broker prefix of its own (removed when it is dropped).
+struct Process {
+    child: Child,
+    _broker: TestBroker,
+}
 
 impl Process {
     fn start(args: &[&str], envs: &[(&str, String)], dir: &Path) -> Process {
+        let broker = TestBroker::new();
+        broker.track_platform();
         let mut cmd = Command::new(BIN);
         cmd.args(args)
             .current_dir(dir)
             .env("OPSCONDUCTOR_LOG", "info")
+            .env("OPSCONDUCTOR_AMQP_PREFIX", &broker.prefix)
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         for (k, v) in envs {
             cmd.env(k, v);
         }
-        Process(cmd.spawn().expect("start opsconductor"))
+        Process {
+            child: cmd.spawn().expect("start opsconductor"),
+            _broker: broker,
+        }
     }
 
     fn sigterm(&self) {
         // SAFETY: kill(2) with a pid we spawned and still own (not yet waited for).
-        let rc = unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
         assert_eq!(rc, 0, "kill failed");
     }
 
@@ -44,9 +54,9 @@ impl Process {
     fn wait(mut self, limit: Duration) -> (Option<i32>, String) {
         let started = Instant::now();
         loop {
-            if let Some(status) = self.0.try_wait().expect("wait") {
+            if let Some(status) = self.child.try_wait().expect("wait") {
                 let mut log = String::new();
-                if let Some(mut err) = self.0.stderr.take() {
+                if let Some(mut err) = self.child.stderr.take() {
                     use std::io::Read;
                     let _ = err.read_to_string(&mut log);
                 }
@@ -60,8 +70,8 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -284,6 +294,17 @@ fn bad_configuration_names_the_variable() {
     );
     assert!(
         !ok && err.contains("DATABASE_URL") && !err.contains("hunter2"),
+        "{err}"
+    );
+    let (ok, err) = run(
+        &["serve", "user"],
+        &[
+            ("LISTEN_ADDR", "127.0.0.1:0"),
+            ("AMQP_URL", "amqps://u:hunter2@h/v"),
+        ],
+    );
+    assert!(
+        !ok && err.contains("AMQP_URL") && !err.contains("hunter2"),
         "{err}"
     );
     let (ok, err) = run(&["up", "--port-base", "99999"], &[]);

@@ -28,9 +28,11 @@ async fn wait_for(url: &str, service: &str, want: ServingStatusPb) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_follows_the_database() {
     let test_db = TestDatabase::postgres().await.unwrap();
+    let broker = opsconductor_testkit::TestBroker::new();
+    broker.track_platform();
     let mut config = ServerConfig::local(SocketAddr::from(([127, 0, 0, 1], 0)));
     config.health_interval = Duration::from_millis(200);
-    let server = opsconductor_user::server(test_db.db.clone(), config)
+    let server = opsconductor_user::server(test_db.db.clone(), config, broker.config("user"))
         .await
         .unwrap()
         .bind()

@@ -15,9 +15,11 @@ use crate::support::slow_target;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_beyond_the_limit_are_shed_with_retry_info() {
     let test_db = TestDatabase::sqlite().await.unwrap();
+    let broker = opsconductor_testkit::TestBroker::new();
+    broker.track_platform();
     let mut config = ServerConfig::local(SocketAddr::from(([127, 0, 0, 1], 0)));
     config.max_concurrent_requests = 1;
-    let server = opsconductor_targets::server(test_db.db.clone(), config)
+    let server = opsconductor_targets::server(test_db.db.clone(), config, broker.config("targets"))
         .await
         .unwrap()
         .bind()
@@ -96,15 +98,25 @@ async fn calls_beyond_the_limit_are_shed_with_retry_info() {
     running.stop().await.unwrap();
 }
 
-async fn user_server(config: ServerConfig) -> (opsconductor_testkit::Running, TestDatabase) {
+async fn user_server(
+    config: ServerConfig,
+) -> (
+    opsconductor_testkit::Running,
+    (TestDatabase, opsconductor_testkit::TestBroker),
+) {
     let test_db = TestDatabase::sqlite().await.unwrap();
-    let server = opsconductor_user::server(test_db.db.clone(), config)
+    let broker = opsconductor_testkit::TestBroker::new();
+    broker.track_platform();
+    let server = opsconductor_user::server(test_db.db.clone(), config, broker.config("user"))
         .await
         .unwrap()
         .bind()
         .await
         .unwrap();
-    (opsconductor_testkit::Running::start(server), test_db)
+    (
+        opsconductor_testkit::Running::start(server),
+        (test_db, broker),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -478,12 +478,21 @@ async fn connectivity_is_tested_over_tcp(s: &Sandbox) {
 on_both_backends!(stale_updates_are_refused);
 async fn stale_updates_are_refused(s: &Sandbox) {
     let target = create(s, host("raced", &["a"])).await;
-    let store = opsconductor_targets::TargetStore::new(s.targets_db().clone());
+    let outbox = opsconductor_messaging::Outbox::new(s.targets_db().clone());
+    let audit = opsconductor_messaging::AuditLog::new(&outbox, &s.broker.names(), "targets");
+    let store = opsconductor_targets::TargetStore::new(s.targets_db().clone(), audit);
     let (mut read, version) = store.versioned(&target.id).await.unwrap();
+    let (fields, cause) = (
+        ["tags".to_string()],
+        opsconductor_messaging::Cause::default(),
+    );
     read.tags = vec!["first".into()];
-    store.update(&read, version).await.unwrap();
+    store.update(&read, version, &fields, &cause).await.unwrap();
     read.tags = vec!["second".into()];
-    let err = store.update(&read, version).await.unwrap_err();
+    let err = store
+        .update(&read, version, &fields, &cause)
+        .await
+        .unwrap_err();
     assert_code(
         &tonic::Status::from(err),
         Code::FailedPrecondition,

@@ -660,13 +660,22 @@ async fn password_change_needs_a_password(s: &Sandbox) {
 on_both_backends!(stale_updates_are_refused);
 async fn stale_updates_are_refused(s: &Sandbox) {
     let user = create(s, "racer", "").await;
-    let store = opsconductor_user::UserStore::new(s.user_db().clone());
+    let outbox = opsconductor_messaging::Outbox::new(s.user_db().clone());
+    let audit = opsconductor_messaging::AuditLog::new(&outbox, &s.broker.names(), "user");
+    let store = opsconductor_user::UserStore::new(s.user_db().clone(), audit);
     let (mut read, version) = store.version(&user.id).await.unwrap();
+    let (fields, cause) = (
+        ["display_name".to_string()],
+        opsconductor_messaging::Cause::default(),
+    );
     read.display_name = "first writer".into();
-    store.update(&read, version).await.unwrap();
+    store.update(&read, version, &fields, &cause).await.unwrap();
     // A second writer that read the same version must not overwrite the first.
     read.display_name = "second writer".into();
-    let err = store.update(&read, version).await.unwrap_err();
+    let err = store
+        .update(&read, version, &fields, &cause)
+        .await
+        .unwrap_err();
     let status = tonic::Status::from(err);
     assert_code(&status, Code::FailedPrecondition, "CONCURRENT_MODIFICATION");
     let now = s
