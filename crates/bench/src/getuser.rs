@@ -1,87 +1,199 @@
-//! Unary GetUser throughput, `concurrency` calls in flight on one HTTP/2 connection, against
-//! (a) the platform's user service — layers, validation, SQLite read — and (b) a plain tonic
-//! server implementing the same method from memory: the "echo" baseline. Rounds alternate so
-//! both see the same machine noise.
+//! Unary GetUser throughput, `concurrency` calls in flight on one HTTP/2 connection, against:
+//! a plain tonic server answering from memory (the "echo" baseline); the same handler behind
+//! the platform's server stack; the real user service (validation, SQLite read) without the
+//! auth layer; and the same service with it, called with a service token from a refreshing
+//! `TokenSource`. Rounds alternate so every server sees the same machine noise.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
+use futures::future::{BoxFuture, FutureExt};
 use opsconductor_api::user::v1::user_service_client::UserServiceClient;
 use opsconductor_api::user::v1::user_service_server::{UserService, UserServiceServer};
 use opsconductor_api::user::v1::*;
-use opsconductor_platform::config::ServerConfig;
+use opsconductor_messaging::{AuditLog, Names, Outbox};
+use opsconductor_platform::auth::{
+    AuthChannel, AuthError, Authenticator, IssuedToken, StaticKeys, TokenFetcher, TokenSettings,
+    TokenSource, Verifier,
+};
+use opsconductor_platform::client::Clients;
+use opsconductor_platform::config::{Env, ServerConfig};
+use opsconductor_platform::server::ServiceServer;
+use opsconductor_platform::ServiceKind;
 use opsconductor_storage::Database;
+use opsconductor_tokens::{Claims, KeySet, SigningKey};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-pub async fn run(concurrency: usize, seconds: u64, rounds: usize) -> anyhow::Result<()> {
+/// Service tokens signed in-process, counted: how often the client's token source fetched.
+struct Mint {
+    key: Arc<SigningKey>,
+    ttl: Duration,
+    fetches: Arc<AtomicU64>,
+}
+
+impl TokenFetcher for Mint {
+    fn fetch(&self) -> BoxFuture<'_, Result<IssuedToken, AuthError>> {
+        self.fetches.fetch_add(1, Ordering::Relaxed);
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let claims = Claims::service(
+            "opsconductor",
+            "opsconductor",
+            "jobs",
+            now,
+            self.ttl.as_secs(),
+        );
+        let token = self
+            .key
+            .sign(&claims)
+            .map_err(|e| AuthError::Fetch(e.to_string()));
+        futures::future::ready(token.map(|token| IssuedToken {
+            token,
+            expire_time: SystemTime::UNIX_EPOCH + Duration::from_secs(claims.exp),
+        }))
+        .boxed()
+    }
+}
+
+pub async fn run(
+    concurrency: usize,
+    seconds: u64,
+    rounds: usize,
+    token_ttl: u64,
+) -> anyhow::Result<()> {
     // The platform as deployed logs through the same subscriber (OPSCONDUCTOR_LOG, default info).
-    opsconductor_platform::telemetry::init(&opsconductor_platform::config::Env::process())?;
+    opsconductor_platform::telemetry::init(&Env::process())?;
     let dir = tempfile::tempdir()?;
     let db = Database::open_sqlite_file(&dir.path().join("user.db")).await?;
+    db.migrate_all(&[
+        &opsconductor_user::migrations(),
+        &opsconductor_messaging::migrations(),
+    ])
+    .await?;
+    let audit = AuditLog::new(&Outbox::new(db.clone()), &Names::new("bench"), "user");
+    let store = opsconductor_user::UserStore::new(db.clone(), audit);
+    let key = Arc::new(SigningKey::generate());
+    let settings = TokenSettings::default();
+    let verifier = Arc::new(Verifier::new(
+        settings.clone(),
+        Arc::new(StaticKeys::new(KeySet::from_keys([key.public()]))),
+    ));
+    let authenticator = Arc::new(Authenticator::new(verifier)?);
+
+    let clients = Arc::new(Clients::from_env(&Env::default())?);
+    let user_routes = || {
+        tonic::service::Routes::new(UserServiceServer::new(opsconductor_user::UserApi::new(
+            store.clone(),
+            clients.clone(),
+        )))
+    };
     let mut config = ServerConfig::local("127.0.0.1:0".parse()?);
     config.max_concurrent_requests = 4096;
-    let amqp = opsconductor_messaging::BrokerConfig::from_env(
-        &opsconductor_platform::config::Env::process(),
-        "user",
-    )?;
-    let platform = opsconductor_user::server(db, config, amqp)
-        .await?
+    let user = ServiceKind::User.grpc_name();
+    let open = ServiceServer::new("user", config.clone(), user_routes(), [user])
+        .without_authentication()
         .bind()
         .await?;
-    let platform_addr = platform.local_addr();
-    tokio::spawn(platform.serve(futures::future::pending()));
+    let guarded = ServiceServer::new("user", config.clone(), user_routes(), [user])
+        .authenticate(authenticator)
+        .bind()
+        .await?;
+    let (open_addr, guarded_addr) = (open.local_addr(), guarded.local_addr());
+    tokio::spawn(open.serve(futures::future::pending()));
+    tokio::spawn(guarded.serve(futures::future::pending()));
     let echo_addr = start_echo().await?;
-    // The same in-memory handler behind the platform's server stack: separates what the layers
-    // (request id, tracing, load shedding, health/reflection routing) cost from the database.
-    let layered = opsconductor_platform::server::ServiceServer::new(
+    // The in-memory handler behind the platform's server stack: what the layers cost.
+    let layered = ServiceServer::new(
         "echo",
-        ServerConfig::local("127.0.0.1:0".parse()?),
+        config,
         tonic::service::Routes::new(UserServiceServer::new(Echo)),
-        [opsconductor_platform::ServiceKind::User.grpc_name()],
+        [user],
     )
+    .without_authentication()
     .bind()
     .await?;
     let layered_addr = layered.local_addr();
     tokio::spawn(layered.serve(futures::future::pending()));
 
-    let mut client = UserServiceClient::new(channel(platform_addr).await?);
-    let user = client
-        .create_user(CreateUserRequest {
-            user: Some(User {
+    let created = store
+        .create(
+            &User {
                 username: "bench".into(),
                 email: "bench@example.com".into(),
                 role: 1,
                 ..Default::default()
-            }),
-            password: String::new(),
-        })
-        .await?
-        .into_inner()
-        .user
-        .context("no user")?;
+            },
+            None,
+            &opsconductor_messaging::Cause::default(),
+        )
+        .await
+        .context("creating the user")?;
+
+    let fetches = Arc::new(AtomicU64::new(0));
+    let tokens = TokenSource::new(Mint {
+        key,
+        ttl: Duration::from_secs(token_ttl),
+        fetches: fetches.clone(),
+    });
+    tokens.spawn_refresher();
+    let guarded_channel = AuthChannel::new(channel(guarded_addr).await?, Some(tokens));
 
     let duration = Duration::from_secs(seconds);
     let mut ratios = Vec::new();
+    let mut authenticated_calls = 0u64;
+    let started = Instant::now();
     for round in 1..=rounds {
-        let echo = load(echo_addr, &user.id, concurrency, duration).await?;
-        let layers = load(layered_addr, &user.id, concurrency, duration).await?;
-        let served = load(platform_addr, &user.id, concurrency, duration).await?;
-        let ratio = served / echo;
+        let echo = load(
+            channel(echo_addr).await?,
+            &created.id,
+            concurrency,
+            duration,
+        )
+        .await?;
+        let layers = load(
+            channel(layered_addr).await?,
+            &created.id,
+            concurrency,
+            duration,
+        )
+        .await?;
+        let plain = load(
+            channel(open_addr).await?,
+            &created.id,
+            concurrency,
+            duration,
+        )
+        .await?;
+        let authed = load(guarded_channel.clone(), &created.id, concurrency, duration).await?;
+        authenticated_calls += (authed * duration.as_secs_f64()) as u64;
+        let ratio = authed / plain;
         println!(
-            "round {round}: plain tonic {echo:.0} calls/s, platform layers + memory {layers:.0} ({:.3}), \
-             platform GetUser over SQLite {served:.0} ({ratio:.3})",
-            layers / echo
+            "round {round}: plain tonic {echo:.0}/s | layers + memory {layers:.0}/s ({:.3}) | \
+             GetUser, auth off {plain:.0}/s ({:.3}) | GetUser, auth on {authed:.0}/s \
+             (auth on / off {ratio:.3})",
+            layers / echo,
+            plain / echo
         );
         ratios.push(ratio);
     }
+    let elapsed = started.elapsed();
     ratios.sort_by(f64::total_cmp);
     println!(
-        "GetUser at {concurrency} in flight: median ratio {:.3} (platform / plain tonic) over {rounds} rounds of {seconds}s",
+        "authenticated GetUser at {concurrency} in flight: median ratio {:.3} (auth on / auth off) over {rounds} rounds of {seconds}s",
         ratios[rounds / 2]
+    );
+    let fetched = fetches.load(Ordering::Relaxed);
+    println!(
+        "token fetches: {fetched} for {authenticated_calls} authenticated calls ({:.1} per 100k) while \
+         {:.1} token lifetimes ({token_ttl}s) elapsed",
+        fetched as f64 * 100_000.0 / authenticated_calls.max(1) as f64,
+        elapsed.as_secs_f64() / token_ttl as f64
     );
     Ok(())
 }
@@ -96,33 +208,41 @@ async fn channel(addr: SocketAddr) -> anyhow::Result<Channel> {
 }
 
 /// Calls per second with `concurrency` callers sharing one channel for `duration`.
-async fn load(
-    addr: SocketAddr,
-    id: &str,
-    concurrency: usize,
-    duration: Duration,
-) -> anyhow::Result<f64> {
-    let client = UserServiceClient::new(channel(addr).await?);
+async fn load<C>(client: C, id: &str, concurrency: usize, duration: Duration) -> anyhow::Result<f64>
+where
+    C: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
+    C::Future: Send,
+    C::Error: Into<tonic::codegen::StdError>,
+    C::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <C::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
+    let client = UserServiceClient::new(client);
     let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + duration;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
         let mut client = client.clone();
-        let done = done.clone();
+        let (done, failed) = (done.clone(), failed.clone());
         let id = id.to_string();
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
-                let r = client.get_user(GetUserRequest { id: id.clone() }).await;
-                if r.is_ok() {
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
+                match client.get_user(GetUserRequest { id: id.clone() }).await {
+                    Ok(_) => done.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                };
             }
         }));
     }
     for t in tasks {
         t.await?;
     }
+    anyhow::ensure!(
+        failed.load(Ordering::Relaxed) == 0,
+        "{} calls failed",
+        failed.load(Ordering::Relaxed)
+    );
     Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
 }
 

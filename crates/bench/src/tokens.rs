@@ -21,7 +21,7 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
         900,
     );
     let token = key.sign(&claims)?;
-    let cache = VerifiedCache::new(100_000);
+    let cache = VerifiedCache::<Claims>::new(100_000);
     cache.insert(&token, Arc::new(claims), now);
 
     let duration = Duration::from_secs(seconds);

@@ -342,7 +342,13 @@ async fn connect(inner: &Inner) -> Result<Connection, String> {
     .map_err(|e| e.to_string())?;
     let declared = async {
         let channel = connection.create_channel().await?;
-        topology::declare(&channel, &inner.names, &inner.topology).await?;
+        topology::declare(
+            &channel,
+            &inner.names,
+            &inner.topology,
+            inner.config.dead_letter_strategy,
+        )
+        .await?;
         channel.close(200, "declared".into()).await
     }
     .await;

@@ -27,6 +27,31 @@ pub struct BrokerConfig {
     pub publish_timeout: Duration,
     /// Unconfirmed messages one publishing call keeps in flight.
     pub confirm_window: usize,
+    /// How the broker moves messages out of delay queues and into dead-letter queues.
+    pub dead_letter_strategy: DeadLetterStrategy,
+}
+
+/// RabbitMQ's dead-lettering guarantee for the queues this service declares
+/// (`OPSCONDUCTOR_AMQP_DEAD_LETTER_STRATEGY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetterStrategy {
+    /// RabbitMQ's default: a message leaves its queue as it is dead-lettered; lost only if the
+    /// target queue is unavailable at that instant.
+    AtMostOnce,
+    /// The message stays until its target has it. Needs RabbitMQ 3.11 or later: 3.10 crashes
+    /// its dead-letter workers (and then every such queue) when these queues are deleted.
+    AtLeastOnce,
+}
+
+impl std::str::FromStr for DeadLetterStrategy {
+    type Err = &'static str;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "at-most-once" => Ok(DeadLetterStrategy::AtMostOnce),
+            "at-least-once" => Ok(DeadLetterStrategy::AtLeastOnce),
+            _ => Err("must be at-most-once or at-least-once"),
+        }
+    }
 }
 
 impl BrokerConfig {
@@ -61,6 +86,10 @@ impl BrokerConfig {
             publish_timeout: env.positive_millis("OPSCONDUCTOR_AMQP_PUBLISH_TIMEOUT_MS", 10_000)?,
             confirm_window: env.bounded("OPSCONDUCTOR_AMQP_CONFIRM_WINDOW", 1024, 1..=65_535)?
                 as usize,
+            dead_letter_strategy: env.parse(
+                "OPSCONDUCTOR_AMQP_DEAD_LETTER_STRATEGY",
+                DeadLetterStrategy::AtMostOnce,
+            )?,
         })
     }
 

@@ -257,7 +257,8 @@ async fn subscribe(
         .await?;
     let queue = match &consumer.source {
         Source::Work(q) | Source::DeadLetters(q) => {
-            topology::declare_work_queue(channel, names, q).await?;
+            let strategy = consumer.broker.config().dead_letter_strategy;
+            topology::declare_work_queue(channel, names, q, strategy).await?;
             consumer.queue_name()
         }
         Source::Broadcast(b) => {
@@ -536,6 +537,7 @@ fn forward(
         trace: meta.trace.clone(),
         attempt,
         headers: carried,
+        mandatory: true,
     }
 }
 

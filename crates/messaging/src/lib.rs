@@ -42,7 +42,7 @@ pub mod topology;
 
 pub use audit::{AuditLog, Cause};
 pub use broker::{Broker, BrokerHealth};
-pub use config::{BrokerConfig, DEFAULT_AMQP_URL, DEFAULT_PREFIX};
+pub use config::{BrokerConfig, DeadLetterStrategy, DEFAULT_AMQP_URL, DEFAULT_PREFIX};
 pub use consumer::{Consumer, ConsumerOptions, RunningConsumer};
 pub use deadletter::{DeadLetterApi, DeadLetters};
 pub use error::{MessagingError, PublishError};

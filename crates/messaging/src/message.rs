@@ -110,6 +110,9 @@ pub struct OutgoingMessage {
     pub attempt: u32,
     /// Further string headers (failure details, original route).
     pub headers: BTreeMap<String, String>,
+    /// An unroutable message is an error (the default). Only broadcasts that nobody may be
+    /// listening to, and whose listeners catch up another way, turn this off.
+    pub mandatory: bool,
 }
 
 impl OutgoingMessage {
@@ -130,7 +133,14 @@ impl OutgoingMessage {
             trace: None,
             attempt: 1,
             headers: BTreeMap::new(),
+            mandatory: true,
         }
+    }
+
+    /// A broadcast that may have no listener right now: dropped rather than refused then.
+    pub fn broadcast(mut self) -> Self {
+        self.mandatory = false;
+        self
     }
 
     pub fn with_correlation_id(mut self, id: impl Into<String>) -> Self {

@@ -64,6 +64,7 @@ struct Row {
     body: Vec<u8>,
     create_time: i64,
     attempts: i64,
+    mandatory: i64,
 }
 
 impl Outbox {
@@ -84,8 +85,8 @@ impl Outbox {
             .map_err(|e| MessagingError::Corrupt(message.message_id.clone(), e.to_string()))?;
         sqlx::query(
             "INSERT INTO messaging_outbox (message_id, exchange, routing_key, message_type, \
-             correlation_id, traceparent, tracestate, headers, body, create_time) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             correlation_id, traceparent, tracestate, headers, body, create_time, mandatory) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(&message.message_id)
         .bind(&message.exchange)
@@ -97,6 +98,7 @@ impl Outbox {
         .bind(headers)
         .bind(message.body.clone())
         .bind(now_micros())
+        .bind(i64::from(message.mandatory))
         .execute(connection)
         .await?;
         Ok(())
@@ -200,7 +202,7 @@ impl Relay {
         let now = now_micros();
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT seq, message_id, exchange, routing_key, message_type, correlation_id, \
-             traceparent, tracestate, headers, body, create_time, attempts \
+             traceparent, tracestate, headers, body, create_time, attempts, mandatory \
              FROM messaging_outbox WHERE next_attempt_time <= $1 ORDER BY seq LIMIT $2",
         )
         .bind(now)
@@ -305,5 +307,6 @@ fn to_message(row: &Row) -> OutgoingMessage {
             .and_then(|tp| TraceContext::parse(tp, row.tracestate.as_deref())),
         attempt: 1,
         headers,
+        mandatory: row.mandatory != 0,
     }
 }

@@ -75,7 +75,7 @@ impl Publisher {
                     short(&message.exchange),
                     short(&message.routing_key),
                     BasicPublishOptions {
-                        mandatory: true,
+                        mandatory: message.mandatory,
                         ..BasicPublishOptions::default()
                     },
                     &message.body,

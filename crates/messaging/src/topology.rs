@@ -15,6 +15,8 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind as LapinKind};
 
+use crate::config::DeadLetterStrategy;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExchangeKind {
     Direct,
@@ -211,13 +213,15 @@ fn quorum_args() -> FieldTable {
     args
 }
 
-/// At-least-once dead-lettering (quorum queues only): a message moves to its dead-letter
-/// target only once that target has it, so a broker restart cannot lose it on the way.
-fn dead_letter_to(args: &mut FieldTable, routing_key: &str) {
+/// Dead-letters into `routing_key` through the default exchange. At-least-once (quorum queues,
+/// RabbitMQ 3.11+) moves a message only once its target has it.
+fn dead_letter_to(args: &mut FieldTable, routing_key: &str, strategy: DeadLetterStrategy) {
     args.insert("x-dead-letter-exchange".into(), string(""));
     args.insert("x-dead-letter-routing-key".into(), string(routing_key));
-    args.insert("x-dead-letter-strategy".into(), string("at-least-once"));
-    args.insert("x-overflow".into(), string("reject-publish"));
+    if strategy == DeadLetterStrategy::AtLeastOnce {
+        args.insert("x-dead-letter-strategy".into(), string("at-least-once"));
+        args.insert("x-overflow".into(), string("reject-publish"));
+    }
 }
 
 fn string(value: &str) -> AMQPValue {
@@ -259,6 +263,7 @@ pub(crate) async fn declare_work_queue(
     channel: &Channel,
     names: &Names,
     queue: &WorkQueue,
+    strategy: DeadLetterStrategy,
 ) -> lapin::Result<()> {
     declare_exchange(channel, names, &queue.exchange).await?;
     let main = names.queue(queue);
@@ -267,7 +272,7 @@ pub(crate) async fn declare_work_queue(
         .queue_declare(ShortString::from(dlq.clone()), durable(), quorum_args())
         .await?;
     let mut args = quorum_args();
-    dead_letter_to(&mut args, &dlq);
+    dead_letter_to(&mut args, &dlq, strategy);
     args.insert(
         "x-delivery-limit".into(),
         AMQPValue::LongLongInt(DELIVERY_LIMIT),
@@ -281,7 +286,7 @@ pub(crate) async fn declare_work_queue(
         .zip(&queue.retry.delays)
     {
         let mut args = quorum_args();
-        dead_letter_to(&mut args, &main);
+        dead_letter_to(&mut args, &main, strategy);
         args.insert(
             "x-message-ttl".into(),
             AMQPValue::LongLongInt(delay.as_millis().min(i64::MAX as u128) as i64),
@@ -308,12 +313,13 @@ pub(crate) async fn declare(
     channel: &Channel,
     names: &Names,
     topology: &Topology,
+    strategy: DeadLetterStrategy,
 ) -> lapin::Result<()> {
     for exchange in &topology.exchanges {
         declare_exchange(channel, names, exchange).await?;
     }
     for queue in &topology.queues {
-        declare_work_queue(channel, names, queue).await?;
+        declare_work_queue(channel, names, queue, strategy).await?;
     }
     Ok(())
 }

@@ -3,5 +3,6 @@
 
 pub mod registry;
 pub mod run;
+pub mod secrets;
 
 pub use run::{healthcheck, serve, up, UpOptions};

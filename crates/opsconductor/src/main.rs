@@ -38,6 +38,11 @@ enum Command {
         /// auth, user, audit, credentials, targets, jobs, notification, scheduler or executor
         service: String,
     },
+    /// Manage a deployment's secrets (for `serve` and containers; `up` keeps its own).
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
     /// Exit 0 when the server at ADDR reports SERVING (for container health checks).
     Healthcheck {
         /// host:port or http://host:port
@@ -48,6 +53,17 @@ enum Command {
         /// Give up after this many milliseconds.
         #[arg(long, default_value_t = 3000)]
         timeout_ms: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum SecretsCommand {
+    /// Generate what is missing in DIR: a secret per service identity, the auth service's
+    /// key-encryption key and identity list, and the administrator's password. Existing files
+    /// are kept.
+    Init {
+        /// The directory (created owner-only); mount it where the services read their secrets.
+        dir: String,
     },
 }
 
@@ -101,6 +117,32 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 );
             };
             opsconductor::serve(kind, env).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Secrets {
+            command: SecretsCommand::Init { dir },
+        } => {
+            let dir = std::path::PathBuf::from(dir);
+            let secrets = opsconductor::secrets::Secrets::ensure(&dir, true)?;
+            println!("secrets in {}:", dir.display());
+            println!(
+                "  every service:  SERVICE_ID=<name>  SERVICE_SECRET_FILE={}",
+                dir.join("service-<name>.secret").display()
+            );
+            println!(
+                "  auth:           AUTH_KEY_ENCRYPTION_KEY_FILE={}  AUTH_SERVICE_IDENTITIES_FILE={}",
+                dir.join(opsconductor::secrets::KEY_ENCRYPTION_KEY).display(),
+                dir.join(opsconductor::secrets::IDENTITIES).display()
+            );
+            println!(
+                "  user:           OPSCONDUCTOR_ADMIN_PASSWORD_FILE={}",
+                dir.join(opsconductor::secrets::ADMIN_PASSWORD).display()
+            );
+            if let (true, Some(password)) =
+                (secrets.admin_password_generated, &secrets.admin_password)
+            {
+                println!("administrator \"admin\", password \"{password}\" (shown once)");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Healthcheck {

@@ -14,6 +14,7 @@ use opsconductor_storage::Database;
 use tokio::sync::watch;
 
 use crate::registry::{self, IMPLEMENTED};
+use crate::secrets::{self, Secrets};
 
 /// How `opsconductor up` runs: every implemented service in this process, each on
 /// `host:port_base+offset`, each with its own SQLite file in `data_dir`.
@@ -47,7 +48,9 @@ impl UpOptions {
     }
 }
 
-/// Runs every implemented service until SIGTERM/SIGINT.
+/// Runs every implemented service until SIGTERM/SIGINT. The deployment's secrets (service
+/// identities, the key-encryption key, the administrator's password unless
+/// `OPSCONDUCTOR_ADMIN_PASSWORD` is set) are generated once into `<data dir>/secrets`.
 pub async fn up(options: UpOptions, env: Env) -> anyhow::Result<()> {
     let started = Instant::now();
     let signal = TerminationSignal::install();
@@ -57,16 +60,31 @@ pub async fn up(options: UpOptions, env: Env) -> anyhow::Result<()> {
             options.data_dir.display()
         )
     })?;
+    let admin_from_env = env.secret("OPSCONDUCTOR_ADMIN_PASSWORD")?.is_some();
+    let secrets_dir = options.data_dir.join("secrets");
+    let secrets = Secrets::ensure(&secrets_dir, !admin_from_env)
+        .with_context(|| format!("cannot prepare secrets in {}", secrets_dir.display()))?;
+    if secrets.admin_password_generated {
+        if let Some(password) = &secrets.admin_password {
+            // Shown once, on the terminal, never in the logs.
+            println!(
+                "OpsConductor administrator: username \"{}\", password \"{password}\"\n\
+                 (generated once and kept in {}; it is not shown again)",
+                env.get("OPSCONDUCTOR_ADMIN_USERNAME")
+                    .unwrap_or_else(|| "admin".into()),
+                secrets_dir.join(secrets::ADMIN_PASSWORD).display()
+            );
+        }
+    }
     let mut bound = Vec::new();
     for kind in IMPLEMENTED {
         let listen = SocketAddr::new(options.host, options.port_base + kind.port_offset());
-        let config = ServerConfig::from_env(&env, listen)?;
-        let broker = BrokerConfig::from_env(&env, kind.name())?;
+        let service_env = service_env(&env, &secrets, kind);
         let path = options.data_dir.join(format!("{}.db", kind.name()));
         let db = Database::open_sqlite_file(&path)
             .await
             .with_context(|| format!("{kind}: cannot open {}", path.display()))?;
-        let server = registry::build(kind, db, config, broker)
+        let server = registry::build(kind, db, &service_env, listen)
             .await
             .with_context(|| format!("{kind}: cannot start"))?;
         let server = server
@@ -89,19 +107,51 @@ pub async fn up(options: UpOptions, env: Env) -> anyhow::Result<()> {
     run_until_signal(bound, signal).await
 }
 
-/// Runs one service until SIGTERM/SIGINT. `LISTEN_ADDR` (default `127.0.0.1:<port>`) and
-/// `DATABASE_URL` (default: a SQLite file `<service>.db` in `OPSCONDUCTOR_DATA_DIR`).
+/// What one service of `up` is configured with: the process environment plus its identity
+/// and, for auth, the key-encryption key and every identity; for user, the admin password.
+fn service_env(env: &Env, secrets: &Secrets, kind: ServiceKind) -> Env {
+    let secret = secrets.services.get(&kind).cloned().unwrap_or_default();
+    let mut service = env
+        .clone()
+        .with("SERVICE_ID", kind.name())
+        .with("SERVICE_SECRET", secret)
+        .with("SERVICE_SECRET_FILE", "");
+    match kind {
+        ServiceKind::Auth => {
+            service = service
+                .with(
+                    "AUTH_KEY_ENCRYPTION_KEY",
+                    secrets.key_encryption_key.clone(),
+                )
+                .with("AUTH_KEY_ENCRYPTION_KEY_FILE", "")
+                .with("AUTH_SERVICE_IDENTITIES", secrets.identities())
+                .with("AUTH_SERVICE_IDENTITIES_FILE", "");
+        }
+        ServiceKind::User => {
+            if let Some(password) = &secrets.admin_password {
+                service = service
+                    .with("OPSCONDUCTOR_ADMIN_PASSWORD", password.clone())
+                    .with("OPSCONDUCTOR_ADMIN_PASSWORD_FILE", "");
+            }
+        }
+        _ => {}
+    }
+    service
+}
+
+/// Runs one service until SIGTERM/SIGINT. `LISTEN_ADDR` (default `127.0.0.1:<port>`),
+/// `DATABASE_URL` (default: a SQLite file `<service>.db` in `OPSCONDUCTOR_DATA_DIR`), and its
+/// identity and secrets from the environment (docs/configuration.md).
 pub async fn serve(kind: ServiceKind, env: Env) -> anyhow::Result<()> {
     let signal = TerminationSignal::install();
     if !registry::is_implemented(kind) {
         bail!(registry::BuildError::NotImplemented(kind));
     }
-    // Loopback by default: until service authentication lands, exposing a service is a choice
-    // the operator makes explicitly (containers set LISTEN_ADDR=0.0.0.0:<port>).
     let default_listen = SocketAddr::from(([127, 0, 0, 1], kind.default_port()));
     let listen = env.parse("LISTEN_ADDR", default_listen)?;
-    let config = ServerConfig::from_env(&env, listen)?;
-    let broker = BrokerConfig::from_env(&env, kind.name())?;
+    // Fail on configuration before touching the database.
+    ServerConfig::from_env(&env, listen)?;
+    BrokerConfig::from_env(&env, kind.name())?;
     let db = match env.get("DATABASE_URL") {
         Some(url) => Database::connect(&url)
             .await
@@ -117,7 +167,7 @@ pub async fn serve(kind: ServiceKind, env: Env) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot open {}", path.display()))?
         }
     };
-    let server = registry::build(kind, db, config, broker)
+    let server = registry::build(kind, db, &env, listen)
         .await?
         .bind()
         .await?;

@@ -2,8 +2,8 @@
 //!
 //! Channels are HTTP/2, connected lazily (a service can start before the ones it calls) and
 //! shared: one channel per upstream multiplexes every call. A variable may list several
-//! replicas, comma-separated; calls are balanced over them. Service tokens and retries attach
-//! here as tower layers in their own issues.
+//! replicas, comma-separated; calls are balanced over them. With a [`TokenSource`], every call
+//! carries the service's token ([`AuthChannel`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -15,6 +15,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
+use crate::auth::{AuthChannel, TokenSource};
 use crate::config::{ConfigError, Env};
 use crate::ServiceKind;
 
@@ -55,6 +56,7 @@ pub struct Clients {
     config: ClientConfig,
     urls: HashMap<ServiceKind, Vec<Uri>>,
     channels: Mutex<HashMap<ServiceKind, Channel>>,
+    tokens: Option<TokenSource>,
 }
 
 impl Clients {
@@ -84,16 +86,32 @@ impl Clients {
             config,
             urls,
             channels: Mutex::new(HashMap::new()),
+            tokens: None,
         })
+    }
+
+    /// Every call made through these clients carries a token from `tokens`.
+    pub fn with_tokens(mut self, tokens: TokenSource) -> Self {
+        self.tokens = Some(tokens);
+        self
+    }
+
+    pub fn tokens(&self) -> Option<&TokenSource> {
+        self.tokens.as_ref()
+    }
+
+    /// The authenticated channel to `kind`.
+    pub fn channel(&self, kind: ServiceKind) -> AuthChannel {
+        AuthChannel::new(self.raw_channel(kind), self.tokens.clone())
     }
 
     pub fn urls(&self, kind: ServiceKind) -> &[Uri] {
         self.urls.get(&kind).map(Vec::as_slice).unwrap_or_default()
     }
 
-    /// The shared channel to `kind`, created on first use. Must be called inside a Tokio
-    /// runtime (the channel's worker is a task).
-    pub fn channel(&self, kind: ServiceKind) -> Channel {
+    /// The shared channel to `kind` without a token (the auth service's public methods), created
+    /// on first use. Must be called inside a Tokio runtime (the channel's worker is a task).
+    pub fn raw_channel(&self, kind: ServiceKind) -> Channel {
         let mut channels = self
             .channels
             .lock()
@@ -132,15 +150,15 @@ macro_rules! typed_clients {
 
 use opsconductor_api as api;
 typed_clients! {
-    auth => Auth, api::auth::v1::auth_service_client::AuthServiceClient<Channel>;
-    user => User, api::user::v1::user_service_client::UserServiceClient<Channel>;
-    audit => Audit, api::audit::v1::audit_service_client::AuditServiceClient<Channel>;
-    credentials => Credentials, api::credentials::v1::credentials_service_client::CredentialsServiceClient<Channel>;
-    targets => Targets, api::targets::v1::targets_service_client::TargetsServiceClient<Channel>;
-    jobs => Jobs, api::jobs::v1::jobs_service_client::JobsServiceClient<Channel>;
-    notification => Notification, api::notification::v1::notification_service_client::NotificationServiceClient<Channel>;
-    scheduler => Scheduler, api::scheduler::v1::scheduler_service_client::SchedulerServiceClient<Channel>;
-    executor => Executor, api::executor::v1::executor_service_client::ExecutorServiceClient<Channel>;
+    auth => Auth, api::auth::v1::auth_service_client::AuthServiceClient<AuthChannel>;
+    user => User, api::user::v1::user_service_client::UserServiceClient<AuthChannel>;
+    audit => Audit, api::audit::v1::audit_service_client::AuditServiceClient<AuthChannel>;
+    credentials => Credentials, api::credentials::v1::credentials_service_client::CredentialsServiceClient<AuthChannel>;
+    targets => Targets, api::targets::v1::targets_service_client::TargetsServiceClient<AuthChannel>;
+    jobs => Jobs, api::jobs::v1::jobs_service_client::JobsServiceClient<AuthChannel>;
+    notification => Notification, api::notification::v1::notification_service_client::NotificationServiceClient<AuthChannel>;
+    scheduler => Scheduler, api::scheduler::v1::scheduler_service_client::SchedulerServiceClient<AuthChannel>;
+    executor => Executor, api::executor::v1::executor_service_client::ExecutorServiceClient<AuthChannel>;
 }
 
 fn endpoint(uri: Uri, config: &ClientConfig) -> Endpoint {

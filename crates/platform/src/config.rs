@@ -49,7 +49,9 @@ fn shown_value(var: &str, value: &str) -> String {
         "AMQP_URL",
     ]
     .iter()
-    .any(|s| var.contains(s));
+    .any(|s| var.contains(s))
+        // A *_FILE variable holds the path of a secret, not the secret.
+        && !var.ends_with("_FILE");
     if secret {
         "(hidden)".to_string()
     } else {
@@ -101,6 +103,26 @@ impl Env {
             None => None,
         };
         value.filter(|v| !v.trim().is_empty())
+    }
+
+    /// A secret from `var`, or from the file named by `<var>_FILE` (container secrets), with
+    /// surrounding whitespace removed. Setting both is an error; neither gives `None`.
+    pub fn secret(&self, var: &str) -> Result<Option<String>, ConfigError> {
+        let file_var = format!("{var}_FILE");
+        match (self.get(var), self.get(&file_var)) {
+            (Some(_), Some(_)) => Err(ConfigError::invalid(
+                var,
+                "",
+                format!("set {var} or {file_var}, not both"),
+            )),
+            (Some(value), None) => Ok(Some(value.trim().to_string())),
+            (None, Some(path)) => match std::fs::read_to_string(path.trim()) {
+                Ok(value) if !value.trim().is_empty() => Ok(Some(value.trim().to_string())),
+                Ok(_) => Err(ConfigError::invalid(&file_var, &path, "the file is empty")),
+                Err(e) => Err(ConfigError::invalid(&file_var, &path, e)),
+            },
+            (None, None) => Ok(None),
+        }
     }
 
     /// Parses `var`, or returns `default` when unset.

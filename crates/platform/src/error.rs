@@ -32,6 +32,14 @@ pub enum ApiError {
         reason: &'static str,
         message: String,
     },
+    /// No usable credentials: a missing, malformed, expired, wrongly signed or revoked token.
+    /// `reason` is stable (`TOKEN_MISSING`, `TOKEN_EXPIRED`, `TOKEN_INVALID`, `TOKEN_REVOKED`,
+    /// `INVALID_CREDENTIALS`).
+    #[error("unauthenticated: {message}")]
+    Unauthenticated {
+        reason: &'static str,
+        message: String,
+    },
     #[error("permission denied: {0}")]
     PermissionDenied(String),
     /// A dependency is down or overloaded: safe to retry after `retry_after`.
@@ -68,6 +76,7 @@ impl ApiError {
             ApiError::NotFound { .. } => "RESOURCE_NOT_FOUND",
             ApiError::AlreadyExists { .. } => "RESOURCE_ALREADY_EXISTS",
             ApiError::FailedPrecondition { reason, .. } => reason,
+            ApiError::Unauthenticated { reason, .. } => reason,
             ApiError::PermissionDenied(_) => "PERMISSION_DENIED",
             ApiError::Unavailable { .. } => "UNAVAILABLE",
             ApiError::Internal(_) => "INTERNAL",
@@ -94,6 +103,7 @@ impl From<ApiError> for Status {
                 (Code::AlreadyExists, err.to_string())
             }
             ApiError::FailedPrecondition { .. } => (Code::FailedPrecondition, err.to_string()),
+            ApiError::Unauthenticated { .. } => (Code::Unauthenticated, err.to_string()),
             ApiError::PermissionDenied(_) => (Code::PermissionDenied, err.to_string()),
             ApiError::Unavailable { retry_after, .. } => {
                 details.set_retry_info(Some(*retry_after));

@@ -47,6 +47,8 @@ pub struct Health {
     serving: Arc<AtomicBool>,
     /// Times the status turned NOT_SERVING because a dependency failed.
     outages: Arc<AtomicU64>,
+    /// Per check: 0 not checked yet, 1 passing, 2 failing (to log changes, not every check).
+    states: Arc<Vec<std::sync::atomic::AtomicU8>>,
     /// Serializes publishing, so a check that started before shutdown cannot publish SERVING
     /// after shutdown published NOT_SERVING.
     publishing: Arc<tokio::sync::Mutex<()>>,
@@ -61,6 +63,9 @@ impl Health {
         services: Vec<String>,
         checks: Vec<Arc<dyn DependencyCheck>>,
     ) -> Self {
+        let states = (0..checks.len())
+            .map(|_| std::sync::atomic::AtomicU8::new(0))
+            .collect();
         Health {
             reporter,
             services: Arc::new(services),
@@ -68,6 +73,7 @@ impl Health {
             shutting_down: Arc::new(AtomicBool::new(false)),
             serving: Arc::new(AtomicBool::new(false)),
             outages: Arc::new(AtomicU64::new(0)),
+            states: Arc::new(states),
             publishing: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
@@ -75,14 +81,24 @@ impl Health {
     /// Runs every check once and publishes the result; returns whether all passed.
     pub async fn refresh(&self) -> bool {
         let mut healthy = true;
-        for check in self.checks.iter() {
+        for (check, state) in self.checks.iter().zip(self.states.iter()) {
             let outcome = tokio::time::timeout(CHECK_TIMEOUT, check.check())
                 .await
                 .unwrap_or_else(|_| Err("timed out".to_string()));
-            if let Err(error) = outcome {
-                healthy = false;
-                tracing::warn!(dependency = check.name(), %error, "dependency check failed");
+            let now = if outcome.is_ok() { 1 } else { 2 };
+            let before = state.swap(now, Ordering::SeqCst);
+            match (&outcome, before) {
+                (Err(error), 1) => {
+                    tracing::warn!(dependency = check.name(), %error, "dependency check failed")
+                }
+                // Not ready yet at start-up: the dependency's own logs say why if it stays so.
+                (Err(error), 0) => {
+                    tracing::debug!(dependency = check.name(), %error, "dependency not ready yet")
+                }
+                (Ok(()), 2) => tracing::info!(dependency = check.name(), "dependency recovered"),
+                _ => {}
             }
+            healthy &= outcome.is_ok();
         }
         self.publish(healthy).await;
         healthy

@@ -3,6 +3,7 @@
 //! `tonic::Status` with rich details, caller policies read from the descriptor set, the server
 //! bootstrap (health, reflection, tracing, load shedding, graceful shutdown) and typed clients.
 
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod error;

@@ -114,3 +114,45 @@ impl Principal {
         }
     }
 }
+
+/// The role as tokens carry it: "viewer", "operator", "admin".
+pub fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Viewer => "viewer",
+        Role::Operator => "operator",
+        Role::Admin => "admin",
+        Role::Unspecified => "none",
+    }
+}
+
+pub fn role_from_name(name: &str) -> Option<Role> {
+    match name {
+        "viewer" => Some(Role::Viewer),
+        "operator" => Some(Role::Operator),
+        "admin" => Some(Role::Admin),
+        _ => None,
+    }
+}
+
+impl Principal {
+    /// The principal of a request the authentication layer admitted. Its absence means the
+    /// server runs without authentication, which no served method tolerates.
+    pub fn require<T>(request: &tonic::Request<T>) -> Result<&Principal, crate::ApiError> {
+        Principal::from_request(request).ok_or_else(|| {
+            crate::ApiError::PermissionDenied("the call carries no verified identity".into())
+        })
+    }
+
+    /// Sends this caller's user identity along with `request`, for a service calling another
+    /// on the user's behalf: the callee then authorizes both.
+    pub fn forward<T>(&self, request: &mut tonic::Request<T>) {
+        if let Some(user) = &self.user {
+            if let Ok(mut value) = tonic::metadata::MetadataValue::try_from(user.token()) {
+                value.set_sensitive(true);
+                request
+                    .metadata_mut()
+                    .insert(crate::auth::ON_BEHALF_OF, value);
+            }
+        }
+    }
+}

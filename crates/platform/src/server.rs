@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 
+use crate::auth::{AuthLayer, Authenticator};
 use crate::config::ServerConfig;
 use crate::health::{DependencyCheck, Health};
 use crate::layers::{trace_layer, LoadShedLayer, RequestIdLayer};
@@ -29,6 +30,9 @@ pub enum ServerError {
     Policy(#[from] PolicyError),
     #[error("reflection cannot be built: {0}")]
     Reflection(String),
+    /// Every server that serves methods checks tokens; refusing to start is deny-by-default.
+    #[error("{0} serves methods but has no authenticator")]
+    NoAuthentication(String),
     #[error("server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -49,6 +53,8 @@ pub struct ServiceServer {
     checks: Vec<Arc<dyn DependencyCheck>>,
     policies: Option<&'static PolicyTable>,
     workers: Vec<Box<dyn Worker>>,
+    authenticator: Option<Arc<Authenticator>>,
+    unauthenticated: bool,
 }
 
 impl ServiceServer {
@@ -68,7 +74,23 @@ impl ServiceServer {
             checks: Vec::new(),
             policies: None,
             workers: Vec::new(),
+            authenticator: None,
+            unauthenticated: false,
         }
+    }
+
+    /// Checks every call's token and the method's caller policy (health and reflection stay
+    /// open).
+    pub fn authenticate(mut self, authenticator: Arc<Authenticator>) -> Self {
+        self.authenticator = Some(authenticator);
+        self
+    }
+
+    /// Serves without checking tokens. Only for a benchmark's baseline: any server that does
+    /// not call [`ServiceServer::authenticate`] otherwise refuses to start.
+    pub fn without_authentication(mut self) -> Self {
+        self.unauthenticated = true;
+        self
     }
 
     /// Stops `worker` when the server shuts down (after in-flight calls drained).
@@ -99,6 +121,9 @@ impl ServiceServer {
         for name in &self.grpc_names {
             table.require_policies(name)?;
         }
+        if !self.grpc_names.is_empty() && self.authenticator.is_none() && !self.unauthenticated {
+            return Err(ServerError::NoAuthentication(self.name));
+        }
         let listener = TcpListener::bind(self.config.listen)
             .await
             .map_err(|source| ServerError::Bind {
@@ -118,6 +143,8 @@ impl ServiceServer {
             let mut builder = tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(opsconductor_api::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                // google.rpc error details, so grpcurl can print ErrorInfo and BadRequest.
+                .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
                 .with_service_name("grpc.health.v1.Health")
                 .with_service_name("grpc.reflection.v1.ServerReflection")
                 .with_service_name("grpc.reflection.v1alpha.ServerReflection");
@@ -146,6 +173,7 @@ impl ServiceServer {
             local_addr,
             health,
             workers: self.workers,
+            authenticator: self.authenticator,
         })
     }
 }
@@ -159,6 +187,7 @@ pub struct BoundServer {
     local_addr: SocketAddr,
     health: Health,
     workers: Vec<Box<dyn Worker>>,
+    authenticator: Option<Arc<Authenticator>>,
 }
 
 impl BoundServer {
@@ -181,6 +210,7 @@ impl BoundServer {
             local_addr,
             health,
             workers,
+            authenticator,
         } = self;
         let watcher = tokio::spawn(health.clone().watch(config.health_interval));
         let drain_started = Arc::new(tokio::sync::Notify::new());
@@ -204,6 +234,7 @@ impl BoundServer {
             .layer(RequestIdLayer)
             .layer(trace_layer())
             .layer(LoadShedLayer::new(config.max_concurrent_requests))
+            .option_layer(authenticator.map(AuthLayer::new))
             .into_inner();
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let server = tonic::transport::Server::builder()

@@ -1,147 +1,24 @@
 //! Sandboxes for tests: the implemented services on ephemeral loopback ports, each over a fresh
-//! database (a temporary SQLite file or a new PostgreSQL database), and helpers for the real
-//! tools the suite drives (grpcurl, python).
+//! database (a temporary SQLite file or a new PostgreSQL database) and a broker prefix of its
+//! own, with real service identities and tokens; and helpers for the real tools the suite
+//! drives (grpcurl, python, rabbitmqctl).
 
 mod assertions;
+mod auth;
 mod broker;
+mod sandbox;
 
 pub use assertions::{assert_code, assert_violations};
+pub use auth::{bearer, channel_as, static_source, unix_now, TestAuth};
 pub use broker::{amqp_url, TestBroker};
+pub use sandbox::{role_label, session_source, Sandbox, PASSWORD};
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use opsconductor_api::targets::v1::targets_service_client::TargetsServiceClient;
-use opsconductor_api::user::v1::user_service_client::UserServiceClient;
-use opsconductor_platform::client::Clients;
-use opsconductor_platform::config::{Env, ServerConfig};
-use opsconductor_platform::ServiceKind;
-use opsconductor_storage::testing::TestDatabase;
-use opsconductor_storage::Backend;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
 
 pub use opsconductor_storage::Backend as StorageBackend;
-
-/// The user and targets services, started in this process, over fresh databases and a broker
-/// prefix of their own.
-pub struct Sandbox {
-    pub user_addr: SocketAddr,
-    pub targets_addr: SocketAddr,
-    pub backend: Backend,
-    pub broker: TestBroker,
-    clients: Clients,
-    stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
-    _databases: Vec<TestDatabase>,
-}
-
-impl Sandbox {
-    pub async fn start(backend: Backend) -> Sandbox {
-        let (stop, stop_rx) = watch::channel(false);
-        let broker = TestBroker::new();
-        broker.track_platform();
-        let mut addrs = Vec::new();
-        let mut tasks = Vec::new();
-        let mut databases = Vec::new();
-        for kind in [ServiceKind::User, ServiceKind::Targets] {
-            let test_db = TestDatabase::new(backend)
-                .await
-                .unwrap_or_else(|e| panic!("{backend:?} test database: {e}"));
-            let config = ServerConfig::local(SocketAddr::from(([127, 0, 0, 1], 0)));
-            let amqp = broker.config(kind.name());
-            let server = match kind {
-                ServiceKind::User => {
-                    opsconductor_user::server(test_db.db.clone(), config, amqp).await
-                }
-                _ => opsconductor_targets::server(test_db.db.clone(), config, amqp).await,
-            }
-            .unwrap_or_else(|e| panic!("{kind} server: {e}"))
-            .bind()
-            .await
-            .unwrap_or_else(|e| panic!("{kind} bind: {e}"));
-            addrs.push(server.local_addr());
-            let mut stop_rx = stop_rx.clone();
-            tasks.push(tokio::spawn(async move {
-                let _ = server
-                    .serve(async move {
-                        let _ = stop_rx.wait_for(|s| *s).await;
-                    })
-                    .await;
-            }));
-            databases.push(test_db);
-        }
-        let env = Env::isolated([
-            ("USER_SERVICE_URL", format!("http://{}", addrs[0])),
-            ("TARGETS_SERVICE_URL", format!("http://{}", addrs[1])),
-        ]);
-        let clients = Clients::from_env(&env).unwrap_or_else(|e| panic!("clients: {e}"));
-        Sandbox {
-            user_addr: addrs[0],
-            targets_addr: addrs[1],
-            backend,
-            broker,
-            clients,
-            stop,
-            tasks,
-            _databases: databases,
-        }
-    }
-
-    /// The user service's database (for assertions on what was stored).
-    pub fn user_db(&self) -> &opsconductor_storage::Database {
-        &self._databases[0].db
-    }
-
-    /// The targets service's database.
-    pub fn targets_db(&self) -> &opsconductor_storage::Database {
-        &self._databases[1].db
-    }
-
-    pub fn clients(&self) -> &Clients {
-        &self.clients
-    }
-
-    pub fn user(&self) -> UserServiceClient<Channel> {
-        self.clients.user()
-    }
-
-    pub fn targets(&self) -> TargetsServiceClient<Channel> {
-        self.clients.targets()
-    }
-
-    /// Stops the servers and waits for them to drain.
-    pub async fn stop(mut self) {
-        let _ = self.stop.send(true);
-        for task in self.tasks.drain(..) {
-            let _ = task.await;
-        }
-    }
-}
-
-/// Runs `async fn $name(s: &Sandbox)` once per storage backend (a SQLite file, a fresh
-/// PostgreSQL database), as tests `$name::sqlite` and `$name::postgres`.
-#[macro_export]
-macro_rules! on_both_backends {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                let sandbox = $crate::Sandbox::start($crate::StorageBackend::Sqlite).await;
-                super::$name(&sandbox).await;
-                sandbox.stop().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                let sandbox = $crate::Sandbox::start($crate::StorageBackend::Postgres).await;
-                super::$name(&sandbox).await;
-                sandbox.stop().await;
-            }
-        }
-    };
-}
 
 /// A program the suite needs, from `$VAR` or the `PATH`. Missing tools fail the test with the
 /// command that installs them (see `.ci/run`): a skipped check proves nothing.
@@ -186,6 +63,15 @@ pub fn free_port_base() -> u16 {
     panic!("no free port range found")
 }
 
+/// A loopback port that was free a moment ago (for services whose URLs must be known before
+/// they bind).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
 fn rand_u16() -> u16 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -218,4 +104,31 @@ impl Running {
             .await
             .unwrap_or_else(|e| panic!("server task panicked: {e}"))
     }
+}
+
+/// One service on its own, without an auth service: its token checks trust `auth`'s key, so
+/// tests call it with [`TestAuth`] tokens ([`channel_as`]).
+pub async fn standalone(
+    kind: opsconductor_platform::ServiceKind,
+    db: opsconductor_storage::Database,
+    config: opsconductor_platform::config::ServerConfig,
+    broker: &TestBroker,
+    auth: &TestAuth,
+) -> opsconductor_platform::server::BoundServer {
+    use opsconductor_platform::ServiceKind;
+    let env = opsconductor_platform::config::Env::isolated([("OPSCONDUCTOR_PORT_BASE", "3000")]);
+    let context = auth.context(kind, config, broker.config(kind.name()), &env);
+    let server = match kind {
+        ServiceKind::User => opsconductor_user::server(db, &context, None)
+            .await
+            .unwrap_or_else(|e| panic!("user: {e}")),
+        ServiceKind::Targets => opsconductor_targets::server(db, &context)
+            .await
+            .unwrap_or_else(|e| panic!("targets: {e}")),
+        other => panic!("{other} cannot run standalone in tests"),
+    };
+    server
+        .bind()
+        .await
+        .unwrap_or_else(|e| panic!("{kind} bind: {e}"))
 }

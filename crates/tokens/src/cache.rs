@@ -10,33 +10,48 @@ use crate::Claims;
 
 const SHARDS: usize = 16;
 
-pub struct VerifiedCache {
-    shards: Vec<Mutex<HashMap<[u8; 32], Arc<Claims>>>>,
+/// What a cache entry holds: something that knows when it expires (the claims, or the claims
+/// with whatever the verifier learned about the token, such as its key id).
+pub trait Expiring: Send + Sync {
+    /// Unix seconds.
+    fn exp(&self) -> u64;
+}
+
+impl Expiring for Claims {
+    fn exp(&self) -> u64 {
+        self.exp
+    }
+}
+
+type Shard<V> = Mutex<HashMap<[u8; 32], Arc<V>>>;
+
+pub struct VerifiedCache<V: Expiring = Claims> {
+    shards: Vec<Shard<V>>,
     per_shard: usize,
 }
 
-impl VerifiedCache {
+impl<V: Expiring> VerifiedCache<V> {
     /// A cache holding about `capacity` tokens.
-    pub fn new(capacity: usize) -> VerifiedCache {
+    pub fn new(capacity: usize) -> VerifiedCache<V> {
         VerifiedCache {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             per_shard: capacity.div_ceil(SHARDS).max(1),
         }
     }
 
-    fn shard(&self, digest: &[u8; 32]) -> &Mutex<HashMap<[u8; 32], Arc<Claims>>> {
+    fn shard(&self, digest: &[u8; 32]) -> &Shard<V> {
         &self.shards[digest[0] as usize % SHARDS]
     }
 
     /// The claims of `token` if it was verified before and has not expired at `now`.
-    pub fn get(&self, token: &str, now: u64) -> Option<Arc<Claims>> {
+    pub fn get(&self, token: &str, now: u64) -> Option<Arc<V>> {
         let digest = digest(token);
         let mut shard = self
             .shard(&digest)
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         match shard.get(&digest) {
-            Some(claims) if claims.exp > now => Some(claims.clone()),
+            Some(entry) if entry.exp() > now => Some(entry.clone()),
             Some(_) => {
                 shard.remove(&digest);
                 None
@@ -46,26 +61,26 @@ impl VerifiedCache {
     }
 
     /// Remembers a verified token until its `exp`.
-    pub fn insert(&self, token: &str, claims: Arc<Claims>, now: u64) {
+    pub fn insert(&self, token: &str, entry: Arc<V>, now: u64) {
         let digest = digest(token);
         let mut shard = self
             .shard(&digest)
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if shard.len() >= self.per_shard {
-            shard.retain(|_, c| c.exp > now);
+            shard.retain(|_, c| c.exp() > now);
         }
         if shard.len() >= self.per_shard {
             // Still full of live tokens: drop the one that would expire first.
-            if let Some(oldest) = shard.iter().min_by_key(|(_, c)| c.exp).map(|(k, _)| *k) {
+            if let Some(oldest) = shard.iter().min_by_key(|(_, c)| c.exp()).map(|(k, _)| *k) {
                 shard.remove(&oldest);
             }
         }
-        shard.insert(digest, claims);
+        shard.insert(digest, entry);
     }
 
-    /// Drops every cached token whose claims match (a revocation).
-    pub fn revoke(&self, matches: impl Fn(&Claims) -> bool) -> usize {
+    /// Drops every cached token whose entry matches (a revocation).
+    pub fn revoke(&self, matches: impl Fn(&V) -> bool) -> usize {
         let mut dropped = 0;
         for shard in &self.shards {
             let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
@@ -85,6 +100,13 @@ impl VerifiedCache {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Forgets everything (tokens are then verified afresh).
+    pub fn clear(&self) {
+        for shard in &self.shards {
+            shard.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        }
     }
 }
 

@@ -27,6 +27,9 @@ pub struct Claims {
     /// The user's token version when issued: a revoke-all raises it, refusing older tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ver: Option<u64>,
+    /// The session (refresh-token family) a user token belongs to: ending it revokes them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
 }
 
 impl Claims {
@@ -52,7 +55,14 @@ impl Claims {
             kind: Kind::User,
             role: Some(role.to_string()),
             ver: Some(version),
+            sid: None,
         }
+    }
+
+    /// These claims, for the session `sid`.
+    pub fn with_session(mut self, sid: &str) -> Claims {
+        self.sid = Some(sid.to_string());
+        self
     }
 
     /// A service token valid from `now` for `ttl_secs`.
@@ -68,6 +78,7 @@ impl Claims {
             kind: Kind::Service,
             role: None,
             ver: None,
+            sid: None,
         }
     }
 }

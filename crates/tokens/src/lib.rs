@@ -20,7 +20,7 @@ mod jwk;
 mod jwt;
 mod keys;
 
-pub use cache::VerifiedCache;
+pub use cache::{Expiring, VerifiedCache};
 pub use claims::{Claims, Kind};
 pub use error::TokenError;
 pub use jwk::Jwk;

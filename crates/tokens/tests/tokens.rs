@@ -193,7 +193,7 @@ fn rotation_keeps_old_tokens_valid_while_both_keys_are_published() {
 #[test]
 fn cache_hits_until_expiry_and_stays_bounded() {
     let (key, _, _) = setup();
-    let cache = VerifiedCache::new(64);
+    let cache = VerifiedCache::<Claims>::new(64);
     let token = key.sign(&user_claims()).unwrap();
     assert!(cache.get(&token, NOW).is_none());
     cache.insert(&token, Arc::new(user_claims()), NOW);

@@ -8,10 +8,10 @@ mod store;
 mod validate;
 
 use opsconductor_api::targets::v1::targets_service_server::TargetsServiceServer;
-use opsconductor_messaging::{BrokerConfig, ServiceMessaging, Topology};
-use opsconductor_platform::config::ServerConfig;
+use opsconductor_messaging::{ServiceMessaging, Topology};
 use opsconductor_platform::server::ServiceServer;
 use opsconductor_platform::ServiceKind;
+use opsconductor_runtime::ServiceContext;
 use opsconductor_storage::{Database, Migrations};
 use tonic::service::Routes;
 
@@ -31,14 +31,11 @@ pub fn migrations() -> Migrations {
 
 /// Migrates `db`, connects to the broker and builds the server. Every change the service
 /// makes publishes an audit event through its outbox.
-pub async fn server(
-    db: Database,
-    config: ServerConfig,
-    broker: BrokerConfig,
-) -> Result<ServiceServer, opsconductor_storage::StorageError> {
+pub async fn server(db: Database, context: &ServiceContext) -> Result<ServiceServer, StartError> {
     db.migrate_all(&[&migrations(), &opsconductor_messaging::migrations()])
         .await?;
-    let messaging = ServiceMessaging::start(broker, Topology::new(), &db);
+    let messaging = ServiceMessaging::start(context.broker.clone(), Topology::new(), &db);
+    let config = context.server.clone();
     let store = TargetStore::new(db.clone(), messaging.audit.clone());
     let api = TargetsServiceServer::new(TargetsApi::new(store))
         .max_decoding_message_size(config.max_message_bytes)
@@ -50,5 +47,13 @@ pub async fn server(
         [ServiceKind::Targets.grpc_name()],
     )
     .depends_on(db);
-    Ok(messaging.attach(server))
+    Ok(context.finish(server, &messaging)?)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Storage(#[from] opsconductor_storage::StorageError),
+    #[error(transparent)]
+    Policy(#[from] opsconductor_platform::policy::PolicyError),
 }

@@ -1,25 +1,73 @@
 //! The generated `UserService` trait, implemented over [`UserStore`].
 
+use std::sync::Arc;
+
+use opsconductor_api::auth::v1::{RevocationReason, RevokeAllTokensRequest};
 use opsconductor_api::common::v1::Role;
 use opsconductor_api::user::v1::user_service_server::UserService;
 use opsconductor_api::user::v1::*;
 use opsconductor_messaging::Cause;
+use opsconductor_platform::client::Clients;
 use opsconductor_platform::page::Page;
+use opsconductor_platform::principal::Principal;
 use opsconductor_platform::validate::Violations;
+use opsconductor_platform::ApiError;
 use tonic::{Request, Response, Status};
 
 use crate::store::{UserFilter, UserStore};
 use crate::{password, preferences, validate, UserError};
 
 const MUTABLE_FIELDS: [&str; 4] = ["email", "display_name", "role", "disabled"];
+/// What users may change about themselves; the rest is for administrators.
+const SELF_FIELDS: [&str; 2] = ["email", "display_name"];
 
 pub struct UserApi {
     store: UserStore,
+    clients: Arc<Clients>,
+}
+
+fn denied(message: &str) -> UserError {
+    UserError::Invalid(ApiError::PermissionDenied(message.to_string()))
 }
 
 impl UserApi {
-    pub fn new(store: UserStore) -> Self {
-        UserApi { store }
+    pub fn new(store: UserStore, clients: Arc<Clients>) -> Self {
+        UserApi { store, clients }
+    }
+
+    /// Ends every session and access token of a user whose standing changed (disabled,
+    /// deleted, new password, new role), through the auth service. One attempt now; if the
+    /// auth service cannot be reached, retries continue in the background (refreshes are
+    /// refused meanwhile anyway: the auth service checks the user on each).
+    async fn revoke_tokens(&self, user_id: &str, reason: RevocationReason) {
+        let request = RevokeAllTokensRequest {
+            user_id: user_id.to_string(),
+            reason: reason as i32,
+        };
+        let first = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            self.clients.auth().revoke_all_tokens(request.clone()),
+        )
+        .await;
+        if matches!(first, Ok(Ok(_))) {
+            return;
+        }
+        let clients = self.clients.clone();
+        let user_id = user_id.to_string();
+        tokio::spawn(async move {
+            let mut delay = std::time::Duration::from_millis(500);
+            for _ in 0..8 {
+                tokio::time::sleep(delay).await;
+                match clients.auth().revoke_all_tokens(request.clone()).await {
+                    Ok(_) => return,
+                    Err(status) => {
+                        tracing::warn!(%user_id, error = %status.message(), "revoking tokens failed; retrying");
+                    }
+                }
+                delay = (delay * 2).min(std::time::Duration::from_secs(30));
+            }
+            tracing::error!(%user_id, "could not revoke the user's tokens; they expire within 15 minutes");
+        });
     }
 
     async fn create(&self, req: CreateUserRequest, cause: &Cause) -> Result<User, UserError> {
@@ -41,14 +89,31 @@ impl UserApi {
         self.store.create(&user, hash, cause).await
     }
 
-    async fn update(&self, req: UpdateUserRequest, cause: &Cause) -> Result<User, UserError> {
+    async fn update(
+        &self,
+        req: UpdateUserRequest,
+        principal: &Principal,
+        cause: &Cause,
+    ) -> Result<(User, Vec<String>), UserError> {
         let mut v = Violations::new();
         let Some(patch) = req.user else {
             return Err(invalid("user", "is required"));
         };
         v.id("user.id", &patch.id);
-        let paths = v.update_mask(req.update_mask, &MUTABLE_FIELDS);
+        // A user's own update may only name the fields they may change.
+        let allowed: &[&str] = if principal.is_admin() {
+            &MUTABLE_FIELDS
+        } else {
+            &SELF_FIELDS
+        };
+        let paths = v.update_mask(req.update_mask.clone(), &MUTABLE_FIELDS);
         v.finish()?;
+        if !principal.may_act_for(&patch.id) {
+            return Err(denied("users may update only themselves"));
+        }
+        if let Some(path) = paths.iter().find(|p| !allowed.contains(&p.as_str())) {
+            return Err(denied(&format!("only administrators change {path}")));
+        }
         // Read, merge the masked fields, validate the result, write if unchanged meanwhile.
         let (mut user, version) = self.store.version(&patch.id).await?;
         for path in &paths {
@@ -63,12 +128,14 @@ impl UserApi {
         let mut v = Violations::new();
         validate::user_fields(&mut v, "user", &user);
         v.finish()?;
-        self.store.update(&user, version, &paths, cause).await
+        let updated = self.store.update(&user, version, &paths, cause).await?;
+        Ok((updated, paths))
     }
 
     async fn change_password(
         &self,
         req: ChangePasswordRequest,
+        principal: &Principal,
         cause: &Cause,
     ) -> Result<(), UserError> {
         let mut v = Violations::new();
@@ -81,6 +148,11 @@ impl UserApi {
             "must differ from the current password",
         );
         v.finish()?;
+        if principal.user_id() != Some(req.user_id.as_str()) {
+            return Err(denied(
+                "users change only their own password; administrators use SetPassword",
+            ));
+        }
         let Some(hash) = self.store.password_hash(&req.user_id).await? else {
             return Err(UserError::PasswordNotSet(req.user_id));
         };
@@ -119,6 +191,7 @@ impl UserApi {
     async fn update_preferences(
         &self,
         req: UpdateNotificationPreferencesRequest,
+        principal: &Principal,
         cause: &Cause,
     ) -> Result<NotificationPreferences, UserError> {
         let Some(prefs) = req.preferences else {
@@ -127,6 +200,9 @@ impl UserApi {
         let mut v = Violations::new();
         preferences::validate(&mut v, &prefs);
         v.finish()?;
+        if !principal.may_act_for(&prefs.user_id) {
+            return Err(denied("users manage only their own preferences"));
+        }
         self.store.put_preferences(&prefs, cause).await
     }
 }
@@ -199,8 +275,18 @@ impl UserService for UserApi {
         request: Request<UpdateUserRequest>,
     ) -> Result<Response<UpdateUserResponse>, Status> {
         let cause = Cause::from_request(&request);
-        let user = self.update(request.into_inner(), &cause).await?;
+        let principal = Principal::require(&request)?.clone();
+        let (user, paths) = self
+            .update(request.into_inner(), &principal, &cause)
+            .await?;
         tracing::info!(user_id = %user.id, "user updated");
+        if paths.iter().any(|p| p == "disabled") && user.disabled {
+            self.revoke_tokens(&user.id, RevocationReason::UserDisabled)
+                .await;
+        } else if paths.iter().any(|p| p == "role") {
+            self.revoke_tokens(&user.id, RevocationReason::RevokeAll)
+                .await;
+        }
         Ok(Response::new(UpdateUserResponse { user: Some(user) }))
     }
 
@@ -213,6 +299,8 @@ impl UserService for UserApi {
         require_id("id", &req.id)?;
         self.store.delete(&req.id, &cause).await?;
         tracing::info!(user_id = %req.id, "user deleted");
+        self.revoke_tokens(&req.id, RevocationReason::UserDisabled)
+            .await;
         Ok(Response::new(DeleteUserResponse {}))
     }
 
@@ -233,6 +321,8 @@ impl UserService for UserApi {
             .set_password_hash(&req.user_id, hash, "user.password_set", &cause)
             .await?;
         tracing::info!(user_id = %req.user_id, "password set");
+        self.revoke_tokens(&req.user_id, RevocationReason::PasswordChanged)
+            .await;
         Ok(Response::new(SetPasswordResponse {}))
     }
 
@@ -241,10 +331,13 @@ impl UserService for UserApi {
         request: Request<ChangePasswordRequest>,
     ) -> Result<Response<ChangePasswordResponse>, Status> {
         let cause = Cause::from_request(&request);
+        let principal = Principal::require(&request)?.clone();
         let req = request.into_inner();
         let user_id = req.user_id.clone();
-        self.change_password(req, &cause).await?;
+        self.change_password(req, &principal, &cause).await?;
         tracing::info!(user_id = %user_id, "password changed");
+        self.revoke_tokens(&user_id, RevocationReason::PasswordChanged)
+            .await;
         Ok(Response::new(ChangePasswordResponse {}))
     }
 
@@ -261,8 +354,13 @@ impl UserService for UserApi {
         &self,
         request: Request<GetNotificationPreferencesRequest>,
     ) -> Result<Response<GetNotificationPreferencesResponse>, Status> {
+        let principal = Principal::require(&request)?.clone();
         let req = request.into_inner();
         require_id("user_id", &req.user_id)?;
+        // A service (notification) reads anyone's; a user, their own unless administrator.
+        if principal.user.is_some() && !principal.may_act_for(&req.user_id) {
+            return Err(denied("users read only their own preferences").into());
+        }
         let user = self.store.get(&req.user_id).await?;
         let prefs = match self.store.preferences(&req.user_id).await? {
             Some(p) => p,
@@ -278,8 +376,9 @@ impl UserService for UserApi {
         request: Request<UpdateNotificationPreferencesRequest>,
     ) -> Result<Response<UpdateNotificationPreferencesResponse>, Status> {
         let cause = Cause::from_request(&request);
+        let principal = Principal::require(&request)?.clone();
         let prefs = self
-            .update_preferences(request.into_inner(), &cause)
+            .update_preferences(request.into_inner(), &principal, &cause)
             .await?;
         Ok(Response::new(UpdateNotificationPreferencesResponse {
             preferences: Some(prefs),

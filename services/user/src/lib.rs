@@ -2,6 +2,7 @@
 //! password check behind login, and notification preferences.
 
 mod api;
+mod bootstrap;
 mod error;
 mod password;
 mod preferences;
@@ -9,14 +10,15 @@ mod store;
 mod validate;
 
 use opsconductor_api::user::v1::user_service_server::UserServiceServer;
-use opsconductor_messaging::{BrokerConfig, ServiceMessaging, Topology};
-use opsconductor_platform::config::ServerConfig;
+use opsconductor_messaging::{ServiceMessaging, Topology};
 use opsconductor_platform::server::ServiceServer;
 use opsconductor_platform::ServiceKind;
+use opsconductor_runtime::ServiceContext;
 use opsconductor_storage::{Database, Migrations};
 use tonic::service::Routes;
 
 pub use api::UserApi;
+pub use bootstrap::AdminBootstrap;
 pub use error::UserError;
 pub use store::UserStore;
 
@@ -32,16 +34,21 @@ pub fn migrations() -> Migrations {
 
 /// Migrates `db`, connects to the broker and builds the server. Every change the service
 /// makes publishes an audit event through its outbox.
+/// `admin`, when given, is created unless a user of that name exists.
 pub async fn server(
     db: Database,
-    config: ServerConfig,
-    broker: BrokerConfig,
-) -> Result<ServiceServer, opsconductor_storage::StorageError> {
+    context: &ServiceContext,
+    admin: Option<AdminBootstrap>,
+) -> Result<ServiceServer, StartError> {
     db.migrate_all(&[&migrations(), &opsconductor_messaging::migrations()])
         .await?;
-    let messaging = ServiceMessaging::start(broker, Topology::new(), &db);
+    let messaging = ServiceMessaging::start(context.broker.clone(), Topology::new(), &db);
+    let config = context.server.clone();
     let store = UserStore::new(db.clone(), messaging.audit.clone());
-    let api = UserServiceServer::new(UserApi::new(store))
+    if let Some(admin) = admin {
+        admin.apply(&store).await?;
+    }
+    let api = UserServiceServer::new(UserApi::new(store, context.clients().clone()))
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
     let server = ServiceServer::new(
@@ -51,5 +58,15 @@ pub async fn server(
         [ServiceKind::User.grpc_name()],
     )
     .depends_on(db);
-    Ok(messaging.attach(server))
+    Ok(context.finish(server, &messaging)?)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Storage(#[from] opsconductor_storage::StorageError),
+    #[error(transparent)]
+    Policy(#[from] opsconductor_platform::policy::PolicyError),
+    #[error("creating the administrator failed: {0}")]
+    Bootstrap(#[from] UserError),
 }

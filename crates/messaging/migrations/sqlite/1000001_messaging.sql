@@ -17,7 +17,8 @@ CREATE TABLE messaging_outbox (
     create_time       BIGINT NOT NULL,
     attempts          BIGINT NOT NULL DEFAULT 0,
     next_attempt_time BIGINT NOT NULL DEFAULT 0,
-    last_error        TEXT
+    last_error        TEXT,
+    mandatory         BIGINT NOT NULL DEFAULT 1
 );
 CREATE INDEX messaging_outbox_due ON messaging_outbox (next_attempt_time, seq);
 

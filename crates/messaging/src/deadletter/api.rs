@@ -240,6 +240,7 @@ fn replayed(row: &DeadLetterRow) -> OutgoingMessage {
         trace,
         attempt: 1,
         headers: carried,
+        mandatory: true,
     }
 }
 

@@ -13,11 +13,13 @@ use opsconductor_messaging::{
     Broker, Consumer, DeadLetters, HandleError, Handlers, Inbox, Received, RunningConsumer,
     Topology, WorkQueue,
 };
+use opsconductor_platform::auth::AuthChannel;
 use opsconductor_platform::config::ServerConfig;
 use opsconductor_platform::server::ServiceServer;
 use opsconductor_storage::Backend;
-use opsconductor_testkit::{assert_code, assert_violations, grpcurl, Running, TestBroker};
-use tonic::transport::Channel;
+use opsconductor_testkit::{
+    assert_code, assert_violations, channel_as, grpcurl, Running, TestAuth, TestBroker,
+};
 use tonic::Code;
 
 use crate::support::{eventually, item, work_queue, Effects, WAIT};
@@ -32,6 +34,7 @@ struct Worker {
     broken: Arc<AtomicBool>,
     consumers: Vec<RunningConsumer>,
     server: Running,
+    auth: TestAuth,
 }
 
 impl Worker {
@@ -64,12 +67,14 @@ impl Worker {
         for consumer in &consumers {
             assert!(consumer.wait_subscribed(WAIT).await);
         }
+        let auth = TestAuth::new();
         let server = ServiceServer::new(
             "worker",
             ServerConfig::local("127.0.0.1:0".parse().unwrap()),
             tonic::service::Routes::new(dead_letters.service()),
             ["opsconductor.deadletters.v1.DeadLetterService"],
         )
+        .authenticate(auth.authenticator())
         .depends_on(broker.health_check())
         .bind()
         .await
@@ -82,13 +87,13 @@ impl Worker {
             broken,
             consumers,
             server: Running::start(server),
+            auth,
         }
     }
 
-    async fn client(&self) -> DeadLetterServiceClient<Channel> {
-        DeadLetterServiceClient::connect(self.server.url.clone())
-            .await
-            .expect("connect")
+    /// A client acting as an administrator (dead letters are theirs to handle).
+    async fn client(&self) -> DeadLetterServiceClient<AuthChannel> {
+        DeadLetterServiceClient::new(channel_as(&self.server.url, self.auth.admin_token()))
     }
 
     fn dlq(&self) -> String {
@@ -415,9 +420,26 @@ async fn operators_inspect_dead_letters_with_grpcurl() {
     })
     .await;
     let addr = w.server.url.trim_start_matches("http://").to_string();
+    // Without a token an operator's call is refused...
+    let anonymous = std::process::Command::new(grpcurl())
+        .args([
+            "-plaintext",
+            "-d",
+            "{}",
+            &addr,
+            "opsconductor.deadletters.v1.DeadLetterService/ListDeadLetters",
+        ])
+        .output()
+        .expect("run grpcurl");
+    assert!(!anonymous.status.success());
+    assert!(String::from_utf8_lossy(&anonymous.stderr).contains("Unauthenticated"));
+    // ...and with an administrator's, served.
+    let header = format!("authorization: Bearer {}", w.auth.admin_token());
     let out = std::process::Command::new(grpcurl())
         .args([
             "-plaintext",
+            "-H",
+            &header,
             "-d",
             "{}",
             &addr,

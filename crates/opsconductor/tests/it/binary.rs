@@ -1,18 +1,20 @@
-//! The `opsconductor` binary: `up` serves every implemented service and keeps data across
-//! restarts; SIGTERM turns health NOT_SERVING, lets an in-flight call finish and exits 0;
-//! bad configuration fails with the variable named; `healthcheck` exits by status.
+//! The `opsconductor` binary: `up` serves every implemented service with generated secrets
+//! and keeps data across restarts; `serve` runs a service from a `secrets init` directory;
+//! SIGTERM turns health NOT_SERVING, lets an in-flight call finish and exits 0; bad
+//! configuration fails with the variable named; `healthcheck` exits by status.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use opsconductor_api::auth::v1::{LoginRequest, LoginResponse};
 use opsconductor_api::targets::v1::targets_service_client::TargetsServiceClient;
 use opsconductor_api::targets::v1::{CreateTargetRequest, Target, TestTargetConnectivityRequest};
 use opsconductor_api::user::v1::user_service_client::UserServiceClient;
-use opsconductor_api::user::v1::{CreateUserRequest, GetUserRequest, User};
+use opsconductor_api::user::v1::{CreateUserRequest, GetUserRequest, ListUsersRequest, User};
 use opsconductor_platform::client::check_health;
 use opsconductor_platform::health::ServingStatusPb;
-use opsconductor_testkit::{free_port_base, TestBroker};
+use opsconductor_testkit::{channel_as, free_port, free_port_base, TestBroker};
 
 use crate::support::slow_target;
 
@@ -33,7 +35,7 @@ impl Process {
             .current_dir(dir)
             .env("OPSCONDUCTOR_LOG", "info")
             .env("OPSCONDUCTOR_AMQP_PREFIX", &broker.prefix)
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (k, v) in envs {
             cmd.env(k, v);
@@ -48,6 +50,21 @@ impl Process {
         // SAFETY: kill(2) with a pid we spawned and still own (not yet waited for).
         let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
         assert_eq!(rc, 0, "kill failed");
+    }
+
+    /// Everything the process wrote to stdout, once it exits (reading it waits for that).
+    fn take_stdout(&mut self) -> String {
+        let Some(mut out) = self.child.stdout.take() else {
+            return String::new();
+        };
+        let reader = std::thread::spawn(move || {
+            use std::io::Read;
+            let mut text = String::new();
+            let _ = out.read_to_string(&mut text);
+            text
+        });
+        // Reading ends at exit; the caller has signalled it already.
+        reader.join().unwrap_or_default()
     }
 
     /// Waits for exit, returning the exit code and what it logged.
@@ -75,6 +92,42 @@ impl Drop for Process {
     }
 }
 
+/// Signs in at the auth service behind `auth_url`.
+async fn login(auth_url: &str, username: &str, password: &str) -> LoginResponse {
+    let started = Instant::now();
+    loop {
+        let attempt = async {
+            opsconductor_api::auth::v1::auth_service_client::AuthServiceClient::connect(
+                auth_url.to_string(),
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .login(LoginRequest {
+                username: username.into(),
+                password: password.into(),
+            })
+            .await
+            .map_err(|e| e.to_string())
+        };
+        match attempt.await {
+            Ok(response) => return response.into_inner(),
+            Err(error) => assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "cannot sign in: {error}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The administrator's password `up` generated into the data directory.
+fn admin_password(data_dir: &Path) -> String {
+    std::fs::read_to_string(data_dir.join("secrets/admin-password"))
+        .expect("the generated admin password")
+        .trim()
+        .to_string()
+}
+
 async fn wait_serving(url: &str) {
     let started = Instant::now();
     loop {
@@ -89,34 +142,48 @@ async fn wait_serving(url: &str) {
     }
 }
 
+/// `up` with every service on ports from `base`, its data in `dir/state`.
+fn up(dir: &Path, base: u16, extra: &[(&str, String)]) -> Process {
+    let mut env = vec![("OPSCONDUCTOR_SHUTDOWN_DELAY_MS", "0".to_string())];
+    env.extend(extra.iter().cloned());
+    Process::start(
+        &[
+            "up",
+            "--port-base",
+            &base.to_string(),
+            "--data-dir",
+            "state",
+        ],
+        &env,
+        dir,
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_serves_every_implemented_service_and_keeps_data() {
     let dir = tempfile::tempdir().unwrap();
     let base = free_port_base();
+    let auth_url = format!("http://127.0.0.1:{}", base + 1);
     let user_url = format!("http://127.0.0.1:{}", base + 2);
     let targets_url = format!("http://127.0.0.1:{}", base + 5);
-    let args = [
-        "up",
-        "--port-base",
-        &base.to_string(),
-        "--data-dir",
-        "state",
-    ];
-    let env = [("OPSCONDUCTOR_SHUTDOWN_DELAY_MS", "0".to_string())];
 
-    let up = Process::start(&args, &env, dir.path());
+    let mut first = up(dir.path(), base, &[]);
+    wait_serving(&auth_url).await;
     wait_serving(&user_url).await;
     wait_serving(&targets_url).await;
-    // Only implemented services listen: nothing answers on the auth port yet.
+    // Only implemented services listen: nothing answers on the jobs port yet.
     assert!(check_health(
-        &format!("http://127.0.0.1:{}", base + 1),
+        &format!("http://127.0.0.1:{}", base + 6),
         "",
         Duration::from_millis(500)
     )
     .await
     .is_err());
 
-    let mut users = UserServiceClient::connect(user_url.clone()).await.unwrap();
+    // The administrator's password was generated, written to the data dir and shown once.
+    let password = admin_password(&dir.path().join("state"));
+    let session = login(&auth_url, "admin", &password).await;
+    let mut users = UserServiceClient::new(channel_as(&user_url, session.access_token.clone()));
     let user = users
         .create_user(CreateUserRequest {
             user: Some(User {
@@ -132,9 +199,8 @@ async fn up_serves_every_implemented_service_and_keeps_data() {
         .into_inner()
         .user
         .unwrap();
-    let mut targets = TargetsServiceClient::connect(targets_url.clone())
-        .await
-        .unwrap();
+    let mut targets =
+        TargetsServiceClient::new(channel_as(&targets_url, session.access_token.clone()));
     targets
         .create_target(CreateTargetRequest {
             target: Some(Target {
@@ -155,12 +221,18 @@ async fn up_serves_every_implemented_service_and_keeps_data() {
     assert!(status.status.success());
     assert_eq!(String::from_utf8_lossy(&status.stdout).trim(), "SERVING");
 
-    up.sigterm();
-    let (code, log) = up.wait(Duration::from_secs(30));
+    first.sigterm();
+    let stdout = first.take_stdout();
+    let (code, log) = first.wait(Duration::from_secs(30));
     assert_eq!(code, Some(0), "{log}");
     assert!(
-        dir.path().join("state/user.db").exists() && dir.path().join("state/targets.db").exists()
+        stdout.contains(&password),
+        "the password is shown once: {stdout}"
     );
+    assert!(!log.contains(&password), "and never logged");
+    for db in ["auth", "user", "targets"] {
+        assert!(dir.path().join(format!("state/{db}.db")).exists());
+    }
     let status = Command::new(BIN)
         .args(["healthcheck", &format!("127.0.0.1:{}", base + 2)])
         .output()
@@ -170,10 +242,12 @@ async fn up_serves_every_implemented_service_and_keeps_data() {
         "healthcheck must fail when nothing serves"
     );
 
-    // Restarted over the same data directory, the user is still there.
-    let again = Process::start(&args, &env, dir.path());
+    // Restarted over the same data directory: same keys and password, the user is still there,
+    // and the password is not shown again.
+    let mut again = up(dir.path(), base, &[]);
     wait_serving(&user_url).await;
-    let mut users = UserServiceClient::connect(user_url.clone()).await.unwrap();
+    let session = login(&auth_url, "admin", &password).await;
+    let mut users = UserServiceClient::new(channel_as(&user_url, session.access_token));
     let read = users
         .get_user(GetUserRequest {
             id: user.id.clone(),
@@ -185,29 +259,125 @@ async fn up_serves_every_implemented_service_and_keeps_data() {
         .unwrap();
     assert_eq!(read, user);
     again.sigterm();
+    let stdout = again.take_stdout();
     assert_eq!(again.wait(Duration::from_secs(30)).0, Some(0));
+    assert!(!stdout.contains(&password), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_runs_each_service_from_a_secrets_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets");
+    let init = Command::new(BIN)
+        .args(["secrets", "init", &secrets.display().to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let password = std::fs::read_to_string(secrets.join("admin-password"))
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(String::from_utf8_lossy(&init.stdout).contains(&password));
+    // Running it again keeps every secret.
+    let again = Command::new(BIN)
+        .args(["secrets", "init", &secrets.display().to_string()])
+        .output()
+        .unwrap();
+    assert!(again.status.success());
+    assert!(!String::from_utf8_lossy(&again.stdout).contains(&password));
+
+    let (auth_port, user_port) = (free_port(), free_port());
+    let auth_url = format!("http://127.0.0.1:{auth_port}");
+    let user_url = format!("http://127.0.0.1:{user_port}");
+    let file = |name: &str| secrets.join(name).display().to_string();
+    let common = |service: &str, port: u16| {
+        vec![
+            ("LISTEN_ADDR", format!("127.0.0.1:{port}")),
+            ("OPSCONDUCTOR_DATA_DIR", dir.path().display().to_string()),
+            ("SERVICE_ID", service.to_string()),
+            (
+                "SERVICE_SECRET_FILE",
+                file(&format!("service-{service}.secret")),
+            ),
+            ("AUTH_SERVICE_URL", auth_url.clone()),
+            ("USER_SERVICE_URL", user_url.clone()),
+            ("OPSCONDUCTOR_SHUTDOWN_DELAY_MS", "0".to_string()),
+        ]
+    };
+    let mut auth_env = common("auth", auth_port);
+    auth_env.push((
+        "AUTH_KEY_ENCRYPTION_KEY_FILE",
+        file("auth-key-encryption-key"),
+    ));
+    auth_env.push(("AUTH_SERVICE_IDENTITIES_FILE", file("service-identities")));
+    let auth = Process::start(&["serve", "auth"], &auth_env, dir.path());
+    let mut user_env = common("user", user_port);
+    user_env.push(("OPSCONDUCTOR_ADMIN_PASSWORD_FILE", file("admin-password")));
+    let user = Process::start(&["serve", "user"], &user_env, dir.path());
+    wait_serving(&auth_url).await;
+    wait_serving(&user_url).await;
+
+    // Login goes through the auth service, which checks the password with the user service
+    // under its own identity; the user service then accepts the token it signed.
+    let session = login(&auth_url, "admin", &password).await;
+    let mut users = UserServiceClient::new(channel_as(&user_url, session.access_token));
+    let listed = users
+        .list_users(ListUsersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .users;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].username, "admin");
+    user.sigterm();
+    auth.sigterm();
+    assert_eq!(user.wait(Duration::from_secs(30)).0, Some(0));
+    assert_eq!(auth.wait(Duration::from_secs(30)).0, Some(0));
+}
+
+/// An `up` with a slow target ready, signed in as the administrator.
+async fn up_with_a_slow_target(
+    delay_ms: &str,
+    grace_ms: &str,
+) -> (
+    Process,
+    tempfile::TempDir,
+    String,
+    TargetsServiceClient<opsconductor_platform::auth::AuthChannel>,
+    Target,
+    impl Sized,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_port_base();
+    let process = up(
+        dir.path(),
+        base,
+        &[
+            ("OPSCONDUCTOR_SHUTDOWN_DELAY_MS", delay_ms.to_string()),
+            ("OPSCONDUCTOR_SHUTDOWN_GRACE_MS", grace_ms.to_string()),
+        ],
+    );
+    let url = format!("http://127.0.0.1:{}", base + 5);
+    wait_serving(&url).await;
+    let session = login(
+        &format!("http://127.0.0.1:{}", base + 1),
+        "admin",
+        &admin_password(&dir.path().join("state")),
+    )
+    .await;
+    let mut client = TargetsServiceClient::new(channel_as(&url, session.access_token));
+    let (target, hole) = slow_target(&mut client).await;
+    (process, dir, url, client, target, hole)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_turns_health_off_drains_the_call_in_flight_and_exits_zero() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let url = format!("http://127.0.0.1:{port}");
-    let serve = Process::start(
-        &["serve", "targets"],
-        &[
-            ("LISTEN_ADDR", format!("127.0.0.1:{port}")),
-            ("OPSCONDUCTOR_DATA_DIR", dir.path().display().to_string()),
-            ("OPSCONDUCTOR_SHUTDOWN_DELAY_MS", "1500".to_string()),
-        ],
-        dir.path(),
-    );
-    wait_serving(&url).await;
-    let mut client = TargetsServiceClient::connect(url.clone()).await.unwrap();
-    let (target, _hole) = slow_target(&mut client).await;
+    let (serve, _dir, url, mut client, target, _hole) =
+        up_with_a_slow_target("1500", "30000").await;
 
     let in_flight = tokio::spawn(async move {
         let started = Instant::now();
@@ -309,6 +479,25 @@ fn bad_configuration_names_the_variable() {
     );
     let (ok, err) = run(&["up", "--port-base", "99999"], &[]);
     assert!(!ok && err.contains("OPSCONDUCTOR_PORT_BASE"), "{err}");
+    let (ok, err) = run(&["serve", "user"], &[("LISTEN_ADDR", "127.0.0.1:0")]);
+    assert!(!ok && err.contains("SERVICE_SECRET"), "{err}");
+    let (ok, err) = run(
+        &["serve", "auth"],
+        &[("LISTEN_ADDR", "127.0.0.1:0"), ("SERVICE_SECRET", "s")],
+    );
+    assert!(!ok && err.contains("AUTH_KEY_ENCRYPTION_KEY"), "{err}");
+    let (ok, err) = run(
+        &["serve", "user"],
+        &[
+            ("LISTEN_ADDR", "127.0.0.1:0"),
+            ("SERVICE_SECRET", "s"),
+            ("OPSCONDUCTOR_ADMIN_PASSWORD", "short"),
+        ],
+    );
+    assert!(
+        !ok && err.contains("OPSCONDUCTOR_ADMIN_PASSWORD") && !err.contains("short"),
+        "{err}"
+    );
     let (ok, err) = run(&["serve", "jobs"], &[]);
     assert!(!ok && err.contains("not part of this build"), "{err}");
     let (ok, err) = run(&["serve", "nonsense"], &[]);
@@ -317,25 +506,7 @@ fn bad_configuration_names_the_variable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_longer_than_the_grace_period_does_not_hold_shutdown() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let url = format!("http://127.0.0.1:{port}");
-    let serve = Process::start(
-        &["serve", "targets"],
-        &[
-            ("LISTEN_ADDR", format!("127.0.0.1:{port}")),
-            ("OPSCONDUCTOR_DATA_DIR", dir.path().display().to_string()),
-            ("OPSCONDUCTOR_SHUTDOWN_DELAY_MS", "0".to_string()),
-            ("OPSCONDUCTOR_SHUTDOWN_GRACE_MS", "500".to_string()),
-        ],
-        dir.path(),
-    );
-    wait_serving(&url).await;
-    let mut client = TargetsServiceClient::connect(url.clone()).await.unwrap();
-    let (target, _hole) = slow_target(&mut client).await;
+    let (serve, _dir, _url, mut client, target, _hole) = up_with_a_slow_target("0", "500").await;
     let in_flight = tokio::spawn(async move {
         client
             .test_target_connectivity(TestTargetConnectivityRequest {

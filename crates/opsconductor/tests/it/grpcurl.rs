@@ -22,10 +22,12 @@ fn run(args: &[&str]) -> (bool, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_lists_describes_and_calls_every_service() {
     let s = Sandbox::start(StorageBackend::Sqlite).await;
+    let auth = s.auth_addr.to_string();
     let user = s.user_addr.to_string();
     let targets = s.targets_addr.to_string();
 
     for (addr, service) in [
+        (&auth, "opsconductor.auth.v1.AuthService"),
         (&user, "opsconductor.user.v1.UserService"),
         (&targets, "opsconductor.targets.v1.TargetsService"),
     ] {
@@ -65,8 +67,53 @@ async fn grpcurl_lists_describes_and_calls_every_service() {
     let (ok, out) = run(&["-plaintext", &user, "describe", "opsconductor.user.v1.User"]);
     assert!(ok && out.contains("password_set"), "{out}");
 
+    // Signing in, as the README shows it: the access token goes into every later call.
+    let credentials = format!(
+        r#"{{"username":"admin","password":"{}"}}"#,
+        s.admin_password
+    );
     let (ok, out) = run(&[
         "-plaintext",
+        "-d",
+        &credentials,
+        &auth,
+        "opsconductor.auth.v1.AuthService/Login",
+    ]);
+    assert!(ok, "{out}");
+    let session: serde_json::Value = serde_json::from_str(&out).expect("a JSON session");
+    assert_eq!(session["tokenType"], "Bearer");
+    assert_eq!(session["role"], "ROLE_ADMIN");
+    let header = format!(
+        "authorization: Bearer {}",
+        session["accessToken"].as_str().unwrap()
+    );
+    let (ok, out) = run(&[
+        "-plaintext",
+        &auth,
+        "opsconductor.auth.v1.AuthService/GetJwks",
+    ]);
+    assert!(
+        ok && out.contains("\"kty\": \"OKP\"") && out.contains("\"alg\": \"EdDSA\""),
+        "{out}"
+    );
+
+    // Without the token: UNAUTHENTICATED, and grpcurl shows why.
+    let (ok, out) = run(&[
+        "-plaintext",
+        "-d",
+        "{}",
+        &user,
+        "opsconductor.user.v1.UserService/ListUsers",
+    ]);
+    assert!(
+        !ok && out.contains("Unauthenticated") && out.contains("TOKEN_MISSING"),
+        "{out}"
+    );
+
+    let (ok, out) = run(&[
+        "-plaintext",
+        "-H",
+        &header,
         "-d",
         r#"{"user":{"username":"grace","email":"grace@example.com","role":"ROLE_ADMIN"},"password":"a long enough password"}"#,
         &user,
@@ -84,6 +131,8 @@ async fn grpcurl_lists_describes_and_calls_every_service() {
 
     let (ok, out) = run(&[
         "-plaintext",
+        "-H",
+        &header,
         "-d",
         r#"{"target":{"name":"db-1","address":"10.1.2.3","port":5432,"os":"OPERATING_SYSTEM_LINUX","tags":["db"]}}"#,
         &targets,
@@ -92,6 +141,8 @@ async fn grpcurl_lists_describes_and_calls_every_service() {
     assert!(ok && out.contains("\"name\": \"db-1\""), "{out}");
     let (ok, out) = run(&[
         "-plaintext",
+        "-H",
+        &header,
         "-d",
         r#"{"tags":["db"]}"#,
         &targets,
@@ -102,6 +153,8 @@ async fn grpcurl_lists_describes_and_calls_every_service() {
     // Bad input through grpcurl: INVALID_ARGUMENT with the field named.
     let (ok, out) = run(&[
         "-plaintext",
+        "-H",
+        &header,
         "-d",
         r#"{"target":{"name":"Bad Name"}}"#,
         &targets,
@@ -110,6 +163,12 @@ async fn grpcurl_lists_describes_and_calls_every_service() {
     assert!(!ok, "{out}");
     assert!(
         out.contains("InvalidArgument") && out.contains("target.name"),
+        "{out}"
+    );
+    // The details decode: reflection serves google.rpc's error details too.
+    assert!(
+        out.contains("google.rpc.BadRequest") && out.contains("\"field\": \"target.name\"")
+            || out.contains("\"field\":\"target.name\""),
         "{out}"
     );
     s.stop().await;

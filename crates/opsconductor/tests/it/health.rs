@@ -32,12 +32,15 @@ async fn health_follows_the_database() {
     broker.track_platform();
     let mut config = ServerConfig::local(SocketAddr::from(([127, 0, 0, 1], 0)));
     config.health_interval = Duration::from_millis(200);
-    let server = opsconductor_user::server(test_db.db.clone(), config, broker.config("user"))
-        .await
-        .unwrap()
-        .bind()
-        .await
-        .unwrap();
+    let auth = opsconductor_testkit::TestAuth::new();
+    let server = opsconductor_testkit::standalone(
+        opsconductor_platform::ServiceKind::User,
+        test_db.db.clone(),
+        config,
+        &broker,
+        &auth,
+    )
+    .await;
     let running = opsconductor_testkit::Running::start(server);
     let url = running.url.clone();
     let service = "opsconductor.user.v1.UserService";

@@ -10,10 +10,21 @@ async fn python_client_generated_from_the_protos_calls_the_user_service() {
     let s = Sandbox::start(StorageBackend::Sqlite).await;
     let root = repo_root();
     let addr = s.user_addr.to_string();
+    let auth = s.auth_addr.to_string();
+    let password = s.admin_password.clone();
     let output = tokio::task::spawn_blocking(move || {
         Command::new(python())
             .arg(root.join("crates/opsconductor/tests/python/user_client.py"))
-            .args(["--addr", &addr, "--username", "pyuser"])
+            .args([
+                "--addr",
+                &addr,
+                "--auth-addr",
+                &auth,
+                "--username",
+                "pyuser",
+            ])
+            // The password travels in the environment, not on a command line others can read.
+            .env("OPSCONDUCTOR_PASSWORD", password)
             .arg("--proto-dir")
             .arg(root.join("proto"))
             .output()

@@ -6,7 +6,9 @@ use std::time::Duration;
 use opsconductor_api::targets::v1::targets_service_client::TargetsServiceClient;
 use opsconductor_api::targets::v1::{GetTargetRequest, TestTargetConnectivityRequest};
 use opsconductor_platform::config::ServerConfig;
+use opsconductor_platform::ServiceKind;
 use opsconductor_storage::testing::TestDatabase;
+use opsconductor_testkit::{channel_as, standalone, static_source, TestAuth};
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -19,17 +21,18 @@ async fn calls_beyond_the_limit_are_shed_with_retry_info() {
     broker.track_platform();
     let mut config = ServerConfig::local(SocketAddr::from(([127, 0, 0, 1], 0)));
     config.max_concurrent_requests = 1;
-    let server = opsconductor_targets::server(test_db.db.clone(), config, broker.config("targets"))
-        .await
-        .unwrap()
-        .bind()
-        .await
-        .unwrap();
+    let auth = TestAuth::new();
+    let server = standalone(
+        ServiceKind::Targets,
+        test_db.db.clone(),
+        config,
+        &broker,
+        &auth,
+    )
+    .await;
     let running = opsconductor_testkit::Running::start(server);
 
-    let mut client = TargetsServiceClient::connect(running.url.clone())
-        .await
-        .unwrap();
+    let mut client = TargetsServiceClient::new(channel_as(&running.url, auth.admin_token()));
     let (target, _hole) = slow_target(&mut client).await;
     let mut slow_client = client.clone();
     let id = target.id.clone();
@@ -98,8 +101,10 @@ async fn calls_beyond_the_limit_are_shed_with_retry_info() {
     running.stop().await.unwrap();
 }
 
+/// A user server on its own; its guards (database, broker prefix) live as long as it runs.
 async fn user_server(
     config: ServerConfig,
+    auth: &TestAuth,
 ) -> (
     opsconductor_testkit::Running,
     (TestDatabase, opsconductor_testkit::TestBroker),
@@ -107,12 +112,7 @@ async fn user_server(
     let test_db = TestDatabase::sqlite().await.unwrap();
     let broker = opsconductor_testkit::TestBroker::new();
     broker.track_platform();
-    let server = opsconductor_user::server(test_db.db.clone(), config, broker.config("user"))
-        .await
-        .unwrap()
-        .bind()
-        .await
-        .unwrap();
+    let server = standalone(ServiceKind::User, test_db.db.clone(), config, &broker, auth).await;
     (
         opsconductor_testkit::Running::start(server),
         (test_db, broker),
@@ -128,12 +128,12 @@ async fn clients_balance_calls_over_every_listed_replica() {
     let local = || ServerConfig::local(SocketAddr::from(([127, 0, 0, 1], 0)));
     // Two replicas over separate databases: a user created on one is unknown to the other,
     // so the mix of answers shows that both received calls.
-    let (a, _a_db) = user_server(local()).await;
-    let (b, _b_db) = user_server(local()).await;
-    let mut direct =
-        opsconductor_api::user::v1::user_service_client::UserServiceClient::connect(a.url.clone())
-            .await
-            .unwrap();
+    let auth = TestAuth::new();
+    let (a, _a_db) = user_server(local(), &auth).await;
+    let (b, _b_db) = user_server(local(), &auth).await;
+    let mut direct = opsconductor_api::user::v1::user_service_client::UserServiceClient::new(
+        channel_as(&a.url, auth.admin_token()),
+    );
     let user = direct
         .create_user(CreateUserRequest {
             user: Some(User {
@@ -153,7 +153,8 @@ async fn clients_balance_calls_over_every_listed_replica() {
         "USER_SERVICE_URL",
         format!("{},{}", a.url, b.url),
     )]))
-    .unwrap();
+    .unwrap()
+    .with_tokens(static_source(auth.admin_token()));
     let mut balanced = clients.user();
     let (mut on_a, mut on_b) = (0, 0);
     for _ in 0..60 {
@@ -182,12 +183,11 @@ async fn oversized_messages_are_refused() {
 
     let mut config = ServerConfig::local(SocketAddr::from(([127, 0, 0, 1], 0)));
     config.max_message_bytes = 1024;
-    let (server, _db) = user_server(config).await;
-    let mut client = opsconductor_api::user::v1::user_service_client::UserServiceClient::connect(
-        server.url.clone(),
-    )
-    .await
-    .unwrap();
+    let auth = TestAuth::new();
+    let (server, _db) = user_server(config, &auth).await;
+    let mut client = opsconductor_api::user::v1::user_service_client::UserServiceClient::new(
+        channel_as(&server.url, auth.admin_token()),
+    );
     let err = client
         .create_user(CreateUserRequest {
             user: Some(User {

@@ -32,7 +32,7 @@ pub async fn black_hole() -> (u16, Vec<tokio::net::TcpStream>, tokio::net::TcpLi
 /// keep the returned guard alive while the test runs.
 pub async fn slow_target(
     client: &mut opsconductor_api::targets::v1::targets_service_client::TargetsServiceClient<
-        tonic::transport::Channel,
+        opsconductor_platform::auth::AuthChannel,
     >,
 ) -> (
     opsconductor_api::targets::v1::Target,

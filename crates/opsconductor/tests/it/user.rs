@@ -2,7 +2,8 @@
 
 use opsconductor_api::common::v1::{NotificationChannel, Role};
 use opsconductor_api::user::v1::*;
-use opsconductor_testkit::{on_both_backends, Sandbox};
+use opsconductor_platform::ServiceKind;
+use opsconductor_testkit::{on_both_backends, unix_now, Sandbox};
 use prost_types::FieldMask;
 use tonic::Code;
 
@@ -31,6 +32,7 @@ async fn create(s: &Sandbox, username: &str, password: &str) -> User {
         .expect("user in response")
 }
 
+/// Users besides the bootstrapped administrator.
 async fn count_users(s: &Sandbox) -> usize {
     s.user()
         .list_users(ListUsersRequest {
@@ -42,7 +44,9 @@ async fn count_users(s: &Sandbox) -> usize {
         .expect("list")
         .into_inner()
         .users
-        .len()
+        .iter()
+        .filter(|u| u.username != "admin")
+        .count()
 }
 
 on_both_backends!(crud_round_trip);
@@ -148,7 +152,18 @@ async fn duplicates_and_missing(s: &Sandbox) {
         })
         .await
         .unwrap_err(),
-        c.change_password(ChangePasswordRequest {
+        // A user who no longer exists, with a token still alive, changing their own password.
+        s.clients_as(&s.mint(&opsconductor_tokens::Claims::user(
+            "opsconductor",
+            "opsconductor",
+            &id,
+            "viewer",
+            0,
+            unix_now(),
+            900,
+        )))
+        .user()
+        .change_password(ChangePasswordRequest {
             user_id: id.clone(),
             current_password: "whatever it was".into(),
             new_password: "long enough password".into(),
@@ -172,6 +187,16 @@ async fn duplicates_and_missing(s: &Sandbox) {
     for err in not_found {
         assert_code(&err, Code::NotFound, "RESOURCE_NOT_FOUND");
     }
+    // Not even an administrator changes someone else's password with ChangePassword.
+    let err = c
+        .change_password(ChangePasswordRequest {
+            user_id: id.clone(),
+            current_password: "whatever it was".into(),
+            new_password: "long enough password".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_code(&err, Code::PermissionDenied, "PERMISSION_DENIED");
 }
 
 on_both_backends!(bad_input_is_rejected_and_writes_nothing);
@@ -288,7 +313,9 @@ async fn bad_input_is_rejected_and_writes_nothing(s: &Sandbox) {
         .await
         .unwrap_err();
     assert_violations(&err, &["user_id", "current_password", "new_password"]);
-    let err = c
+    let err = s
+        .clients_as(&s.service_token(ServiceKind::Auth).await)
+        .user()
         .check_password(CheckPasswordRequest {
             username: String::new(),
             password: String::new(),
@@ -373,7 +400,13 @@ async fn bad_input_is_rejected_and_writes_nothing(s: &Sandbox) {
 on_both_backends!(passwords_are_checked_and_never_returned);
 async fn passwords_are_checked_and_never_returned(s: &Sandbox) {
     let user = create(s, "erin", "first password 1").await;
-    let mut c = s.user();
+    // CheckPassword is the auth service's; a password change is the user's own.
+    let mut c = s
+        .clients_as(&s.service_token(ServiceKind::Auth).await)
+        .user();
+    let mut erin = s
+        .clients_as(&s.login("erin", "first password 1").await.access_token)
+        .user();
     let check = |username: &str, password: &str| CheckPasswordRequest {
         username: username.into(),
         password: password.into(),
@@ -398,7 +431,7 @@ async fn passwords_are_checked_and_never_returned(s: &Sandbox) {
         .into_inner();
     assert!(!unknown.valid);
 
-    let err = c
+    let err = erin
         .change_password(ChangePasswordRequest {
             user_id: user.id.clone(),
             current_password: "not the password".into(),
@@ -407,7 +440,7 @@ async fn passwords_are_checked_and_never_returned(s: &Sandbox) {
         .await
         .unwrap_err();
     assert_violations(&err, &["current_password"]);
-    c.change_password(ChangePasswordRequest {
+    erin.change_password(ChangePasswordRequest {
         user_id: user.id.clone(),
         current_password: "first password 1".into(),
         new_password: "second password 2".into(),
@@ -429,12 +462,13 @@ async fn passwords_are_checked_and_never_returned(s: &Sandbox) {
             .valid
     );
 
-    c.set_password(SetPasswordRequest {
-        user_id: user.id.clone(),
-        new_password: "admin reset pw 3".into(),
-    })
-    .await
-    .unwrap();
+    s.user()
+        .set_password(SetPasswordRequest {
+            user_id: user.id.clone(),
+            new_password: "admin reset pw 3".into(),
+        })
+        .await
+        .unwrap();
     assert!(
         c.check_password(check("erin", "admin reset pw 3"))
             .await
@@ -444,18 +478,19 @@ async fn passwords_are_checked_and_never_returned(s: &Sandbox) {
     );
 
     // A disabled user's correct password does not pass.
-    c.update_user(UpdateUserRequest {
-        user: Some(User {
-            id: user.id.clone(),
-            disabled: true,
-            ..Default::default()
-        }),
-        update_mask: Some(FieldMask {
-            paths: vec!["disabled".into()],
-        }),
-    })
-    .await
-    .unwrap();
+    s.user()
+        .update_user(UpdateUserRequest {
+            user: Some(User {
+                id: user.id.clone(),
+                disabled: true,
+                ..Default::default()
+            }),
+            update_mask: Some(FieldMask {
+                paths: vec!["disabled".into()],
+            }),
+        })
+        .await
+        .unwrap();
     assert!(
         !c.check_password(check("erin", "admin reset pw 3"))
             .await
@@ -463,7 +498,7 @@ async fn passwords_are_checked_and_never_returned(s: &Sandbox) {
             .into_inner()
             .valid
     );
-    // Disabled users are hidden unless asked for.
+    // Disabled users are hidden unless asked for (the auth service sees the administrator).
     assert_eq!(
         c.list_users(ListUsersRequest::default())
             .await
@@ -471,7 +506,7 @@ async fn passwords_are_checked_and_never_returned(s: &Sandbox) {
             .into_inner()
             .users
             .len(),
-        0
+        1
     );
     assert_eq!(count_users(s).await, 1);
 
@@ -617,7 +652,10 @@ async fn list_filters_and_pages(s: &Sandbox) {
         token = page.next_page_token;
     }
     assert_eq!(pages, 3);
-    assert_eq!(seen, ids, "every user once, in creation order");
+    // The bootstrapped administrator came first.
+    let mut expected = vec![s.admin.user_id.clone()];
+    expected.extend(ids.clone());
+    assert_eq!(seen, expected, "every user once, in creation order");
 
     let viewers = c
         .list_users(ListUsersRequest {
@@ -645,7 +683,19 @@ async fn list_filters_and_pages(s: &Sandbox) {
 on_both_backends!(password_change_needs_a_password);
 async fn password_change_needs_a_password(s: &Sandbox) {
     let user = create(s, "nopass", "").await;
+    // Without a password the user cannot sign in: a token for them, signed by the auth
+    // service's key, stands in for a session.
+    let token = s.mint(&opsconductor_tokens::Claims::user(
+        "opsconductor",
+        "opsconductor",
+        &user.id,
+        "operator",
+        0,
+        unix_now(),
+        900,
+    ));
     let err = s
+        .clients_as(&token)
         .user()
         .change_password(ChangePasswordRequest {
             user_id: user.id.clone(),

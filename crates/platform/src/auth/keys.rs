@@ -1,0 +1,119 @@
+//! Where verifiers get public keys: the auth service's JWKS, fetched at start and again when a
+//! token names a key not seen before (at most once per interval), kept while the auth service
+//! is down; or, inside the auth service, its own key store.
+
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use futures::future::{BoxFuture, FutureExt};
+use opsconductor_api::auth::v1::auth_service_client::AuthServiceClient;
+use opsconductor_api::auth::v1::GetJwksRequest;
+use opsconductor_tokens::{Jwk, KeySet};
+use tonic::transport::Channel;
+
+/// Public keys to verify tokens with.
+pub trait KeySource: Send + Sync + 'static {
+    /// The keys known now.
+    fn keys(&self) -> Arc<KeySet>;
+    /// Called when a token names an unknown key: look again (the source may decline if it
+    /// looked very recently).
+    fn refresh(&self) -> BoxFuture<'_, Result<(), String>>;
+}
+
+/// A fixed key set, or one its owner replaces (the auth service's own keys; tests).
+#[derive(Default)]
+pub struct StaticKeys {
+    keys: RwLock<Arc<KeySet>>,
+}
+
+impl StaticKeys {
+    pub fn new(keys: KeySet) -> StaticKeys {
+        StaticKeys {
+            keys: RwLock::new(Arc::new(keys)),
+        }
+    }
+
+    pub fn replace(&self, keys: KeySet) {
+        *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
+    }
+}
+
+impl KeySource for StaticKeys {
+    fn keys(&self) -> Arc<KeySet> {
+        self.keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn refresh(&self) -> BoxFuture<'_, Result<(), String>> {
+        futures::future::ready(Ok(())).boxed()
+    }
+}
+
+/// The auth service's JWKS over gRPC (`GetJwks`, which needs no token).
+pub struct RemoteJwks {
+    client: AuthServiceClient<Channel>,
+    keys: RwLock<Arc<KeySet>>,
+    last_fetch: tokio::sync::Mutex<Option<Instant>>,
+    min_interval: Duration,
+}
+
+impl RemoteJwks {
+    pub fn new(channel: Channel, min_interval: Duration) -> RemoteJwks {
+        RemoteJwks {
+            client: AuthServiceClient::new(channel),
+            keys: RwLock::new(Arc::new(KeySet::default())),
+            last_fetch: tokio::sync::Mutex::new(None),
+            min_interval,
+        }
+    }
+
+    async fn fetch(&self) -> Result<(), String> {
+        let response = self
+            .client
+            .clone()
+            .get_jwks(GetJwksRequest {})
+            .await
+            .map_err(|status| format!("GetJwks: {}", status.message()))?
+            .into_inner();
+        let jwks: Vec<Jwk> = response
+            .keys
+            .into_iter()
+            .map(|k| Jwk {
+                kty: k.kty,
+                crv: k.crv,
+                x: k.x,
+                kid: k.kid,
+                alg: k.alg,
+                use_: k.r#use,
+            })
+            .collect();
+        let keys = KeySet::from_jwks(&jwks);
+        tracing::debug!(keys = keys.len(), "fetched the JWKS");
+        *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
+        Ok(())
+    }
+}
+
+impl KeySource for RemoteJwks {
+    fn keys(&self) -> Arc<KeySet> {
+        self.keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn refresh(&self) -> BoxFuture<'_, Result<(), String>> {
+        async move {
+            // One fetch at a time; callers that waited see its result.
+            let mut last = self.last_fetch.lock().await;
+            if last.is_some_and(|at| at.elapsed() < self.min_interval) {
+                return Ok(());
+            }
+            *last = Some(Instant::now());
+            self.fetch().await
+        }
+        .boxed()
+    }
+}

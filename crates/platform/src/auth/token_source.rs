@@ -1,0 +1,245 @@
+//! The client side: tokens for a service identity, fetched when needed, refreshed ahead of
+//! expiry in the background, and never fetched twice at once — however many calls wait.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock, Weak};
+use std::time::{Duration, SystemTime};
+
+use futures::future::{BoxFuture, FutureExt};
+use opsconductor_api::auth::v1::auth_service_client::AuthServiceClient;
+use opsconductor_api::auth::v1::ExchangeServiceTokenRequest;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+use super::AuthError;
+
+/// A token and when it stops being accepted.
+#[derive(Clone)]
+pub struct IssuedToken {
+    pub token: String,
+    pub expire_time: SystemTime,
+}
+
+impl fmt::Debug for IssuedToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IssuedToken")
+            .field("token", &"<redacted>")
+            .field("expire_time", &self.expire_time)
+            .finish()
+    }
+}
+
+/// Where tokens come from: the auth service's client-credentials exchange, or (inside the
+/// auth service) its own signing key.
+pub trait TokenFetcher: Send + Sync + 'static {
+    fn fetch(&self) -> BoxFuture<'_, Result<IssuedToken, AuthError>>;
+}
+
+/// Exchanges `SERVICE_ID` and `SERVICE_SECRET` for a service token.
+pub struct ServiceCredentials {
+    client: AuthServiceClient<Channel>,
+    service_id: String,
+    secret: String,
+}
+
+impl ServiceCredentials {
+    /// `channel` reaches the auth service (`ExchangeServiceToken` needs no token itself).
+    pub fn new(channel: Channel, service_id: &str, secret: &str) -> ServiceCredentials {
+        ServiceCredentials {
+            client: AuthServiceClient::new(channel),
+            service_id: service_id.to_string(),
+            secret: secret.to_string(),
+        }
+    }
+}
+
+impl fmt::Debug for ServiceCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceCredentials")
+            .field("service_id", &self.service_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenFetcher for ServiceCredentials {
+    fn fetch(&self) -> BoxFuture<'_, Result<IssuedToken, AuthError>> {
+        async move {
+            let response = self
+                .client
+                .clone()
+                .exchange_service_token(ExchangeServiceTokenRequest {
+                    service_id: self.service_id.clone(),
+                    service_secret: self.secret.clone(),
+                })
+                .await
+                .map_err(|status| {
+                    AuthError::Fetch(format!("{:?}: {}", status.code(), status.message()))
+                })?
+                .into_inner();
+            let expire_time = response
+                .expire_time
+                .and_then(|t| SystemTime::try_from(t).ok())
+                .ok_or_else(|| AuthError::Fetch("the token came without an expiry".into()))?;
+            Ok(IssuedToken {
+                token: response.access_token,
+                expire_time,
+            })
+        }
+        .boxed()
+    }
+}
+
+/// Always the same token (tests, tools that were handed a token).
+pub struct StaticToken(pub IssuedToken);
+
+impl TokenFetcher for StaticToken {
+    fn fetch(&self) -> BoxFuture<'_, Result<IssuedToken, AuthError>> {
+        futures::future::ready(Ok(self.0.clone())).boxed()
+    }
+}
+
+struct Current {
+    token: Arc<str>,
+    expire_time: SystemTime,
+    refresh_time: SystemTime,
+}
+
+struct Inner {
+    fetcher: Box<dyn TokenFetcher>,
+    current: RwLock<Option<Current>>,
+    /// Held while fetching: one fetch at a time.
+    fetching: tokio::sync::Mutex<()>,
+    fetches: AtomicU64,
+}
+
+/// Cached tokens of one identity. Cheap to clone.
+#[derive(Clone)]
+pub struct TokenSource {
+    inner: Arc<Inner>,
+}
+
+/// A token this close to its expiry is not handed out: it could expire on the way.
+const EXPIRY_MARGIN: Duration = Duration::from_secs(5);
+
+impl TokenSource {
+    pub fn new(fetcher: impl TokenFetcher) -> TokenSource {
+        TokenSource {
+            inner: Arc::new(Inner {
+                fetcher: Box::new(fetcher),
+                current: RwLock::new(None),
+                fetching: tokio::sync::Mutex::new(()),
+                fetches: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// A token to send now: the cached one while it is valid, else a fresh one. Callers
+    /// arriving while a fetch is under way wait for it instead of starting their own.
+    pub async fn token(&self) -> Result<Arc<str>, AuthError> {
+        if let Some(token) = self.valid() {
+            return Ok(token);
+        }
+        let _fetching = self.inner.fetching.lock().await;
+        if let Some(token) = self.valid() {
+            return Ok(token);
+        }
+        self.fetch_now().await
+    }
+
+    /// Tokens fetched so far.
+    pub fn fetches(&self) -> u64 {
+        self.inner.fetches.load(Ordering::SeqCst)
+    }
+
+    fn valid(&self) -> Option<Arc<str>> {
+        let current = self
+            .inner
+            .current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let current = current.as_ref()?;
+        (SystemTime::now() + EXPIRY_MARGIN < current.expire_time).then(|| current.token.clone())
+    }
+
+    fn needs_refresh(&self) -> bool {
+        let current = self
+            .inner
+            .current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        current
+            .as_ref()
+            .is_none_or(|c| SystemTime::now() >= c.refresh_time)
+    }
+
+    /// When the background refresher should next look.
+    fn next_refresh(&self) -> Duration {
+        let current = self
+            .inner
+            .current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        match current.as_ref() {
+            Some(c) => c
+                .refresh_time
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO),
+            None => Duration::ZERO,
+        }
+    }
+
+    async fn fetch_now(&self) -> Result<Arc<str>, AuthError> {
+        self.inner.fetches.fetch_add(1, Ordering::SeqCst);
+        let issued = self.inner.fetcher.fetch().await?;
+        let now = SystemTime::now();
+        let life = issued
+            .expire_time
+            .duration_since(now)
+            .unwrap_or(Duration::ZERO);
+        let token: Arc<str> = issued.token.into();
+        *self
+            .inner
+            .current
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Current {
+            token: token.clone(),
+            expire_time: issued.expire_time,
+            // Three quarters into its life: time to refresh before anyone has to wait.
+            refresh_time: now + life.mul_f64(0.75),
+        });
+        Ok(token)
+    }
+
+    /// Keeps the token fresh until every handle on this source is gone. While the auth service
+    /// cannot be reached the current token stays in use and retries back off (up to 30 s).
+    pub fn spawn_refresher(&self) -> JoinHandle<()> {
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(250);
+            loop {
+                let wait = match weak.upgrade() {
+                    Some(inner) => TokenSource { inner }.next_refresh(),
+                    None => return,
+                };
+                tokio::time::sleep(wait).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let source = TokenSource { inner };
+                let _fetching = source.inner.fetching.lock().await;
+                if !source.needs_refresh() {
+                    continue;
+                }
+                match source.fetch_now().await {
+                    Ok(_) => backoff = Duration::from_millis(250),
+                    Err(error) => {
+                        tracing::debug!(%error, retry_in = ?backoff, "token refresh failed");
+                        drop(_fetching);
+                        drop(source);
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                    }
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,339 @@
+//! The implemented services — auth, user, targets — started in this process on loopback ports,
+//! each over a fresh database, under a broker prefix of their own, wired to each other as in a
+//! deployment: every service has an identity and a secret, the auth service knows them, an
+//! administrator is bootstrapped and signed in.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use opsconductor_api::auth::v1::auth_service_client::AuthServiceClient;
+use opsconductor_api::auth::v1::{ExchangeServiceTokenRequest, LoginRequest, LoginResponse};
+use opsconductor_api::common::v1::Role;
+use opsconductor_api::targets::v1::targets_service_client::TargetsServiceClient;
+use opsconductor_api::user::v1::user_service_client::UserServiceClient;
+use opsconductor_api::user::v1::{CreateUserRequest, User};
+use opsconductor_auth::KeyRing;
+use opsconductor_platform::auth::{AuthChannel, IssuedToken, StaticToken, TokenSource};
+use opsconductor_platform::client::Clients;
+use opsconductor_platform::config::Env;
+use opsconductor_platform::ServiceKind;
+use opsconductor_runtime::ServiceContext;
+use opsconductor_storage::testing::TestDatabase;
+use opsconductor_storage::{Backend, Database};
+use opsconductor_tokens::Claims;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::{free_port, TestBroker};
+
+/// The password every sandbox user gets from [`Sandbox::user_with_role`].
+pub const PASSWORD: &str = "correct horse battery staple";
+
+pub struct Sandbox {
+    pub auth_addr: SocketAddr,
+    pub user_addr: SocketAddr,
+    pub targets_addr: SocketAddr,
+    pub backend: Backend,
+    pub broker: TestBroker,
+    /// The auth service's signing keys: tests sign tokens with any claims they need.
+    pub keys: Arc<KeyRing>,
+    /// The administrator's session.
+    pub admin: LoginResponse,
+    pub admin_password: String,
+    /// Every service identity's secret.
+    pub secrets: BTreeMap<ServiceKind, String>,
+    env: Env,
+    clients: Clients,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    databases: BTreeMap<ServiceKind, TestDatabase>,
+}
+
+fn random_secret() -> String {
+    URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
+}
+
+impl Sandbox {
+    pub async fn start(backend: Backend) -> Sandbox {
+        Sandbox::start_with(backend, &[]).await
+    }
+
+    /// With extra variables for every service (e.g. `AUTH_SERVICE_TOKEN_TTL_SECS`).
+    pub async fn start_with(backend: Backend, extra: &[(&str, &str)]) -> Sandbox {
+        let broker = TestBroker::new();
+        broker.track_platform();
+        let kinds = [ServiceKind::Auth, ServiceKind::User, ServiceKind::Targets];
+        let addrs: BTreeMap<ServiceKind, SocketAddr> = kinds
+            .iter()
+            .map(|k| (*k, SocketAddr::from(([127, 0, 0, 1], free_port()))))
+            .collect();
+        let secrets: BTreeMap<ServiceKind, String> = ServiceKind::ALL
+            .iter()
+            .map(|k| (*k, random_secret()))
+            .collect();
+        let identities: Vec<String> = secrets
+            .iter()
+            .map(|(k, s)| format!("{}={}", k.name(), opsconductor_auth::secret_digest(s)))
+            .collect();
+        let admin_password = random_secret();
+        let mut env = Env::isolated([
+            ("AMQP_URL", crate::amqp_url()),
+            ("OPSCONDUCTOR_AMQP_PREFIX", broker.prefix.clone()),
+            ("OPSCONDUCTOR_AMQP_RECONNECT_MIN_MS", "50".into()),
+            ("OPSCONDUCTOR_AMQP_RECONNECT_MAX_MS", "500".into()),
+            ("OPSCONDUCTOR_SHUTDOWN_DELAY_MS", "0".into()),
+            ("OPSCONDUCTOR_SHUTDOWN_GRACE_MS", "5000".into()),
+            (
+                "AUTH_KEY_ENCRYPTION_KEY",
+                STANDARD.encode(rand::random::<[u8; 32]>()),
+            ),
+            ("AUTH_SERVICE_IDENTITIES", identities.join(",")),
+            ("OPSCONDUCTOR_ADMIN_PASSWORD", admin_password.clone()),
+        ]);
+        for kind in ServiceKind::ALL {
+            let url = match addrs.get(&kind) {
+                Some(addr) => format!("http://{addr}"),
+                // Not part of the sandbox: nothing listens there.
+                None => format!("http://127.0.0.1:{}", free_port()),
+            };
+            env = env.with(kind.url_var(), url);
+        }
+        for (var, value) in extra {
+            env = env.with(*var, *value);
+        }
+
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let mut databases = BTreeMap::new();
+        let mut keys = None;
+        for kind in kinds {
+            let test_db = TestDatabase::new(backend)
+                .await
+                .unwrap_or_else(|e| panic!("{backend:?} test database: {e}"));
+            let service_env = env
+                .clone()
+                .with("SERVICE_ID", kind.name())
+                .with("SERVICE_SECRET", secrets[&kind].clone());
+            let listen = addrs[&kind];
+            let db = test_db.db.clone();
+            let server = match kind {
+                ServiceKind::Auth => {
+                    let built = opsconductor_auth::server(db, &service_env, listen)
+                        .await
+                        .unwrap_or_else(|e| panic!("auth: {e}"));
+                    keys = Some(built.keys);
+                    built.server
+                }
+                ServiceKind::User => {
+                    let context = ServiceContext::from_env(kind, &service_env, listen)
+                        .unwrap_or_else(|e| panic!("user context: {e}"));
+                    let admin = opsconductor_user::AdminBootstrap::from_env(&service_env)
+                        .unwrap_or_else(|e| panic!("admin: {e}"));
+                    opsconductor_user::server(db, &context, admin)
+                        .await
+                        .unwrap_or_else(|e| panic!("user: {e}"))
+                }
+                _ => {
+                    let context = ServiceContext::from_env(kind, &service_env, listen)
+                        .unwrap_or_else(|e| panic!("targets context: {e}"));
+                    opsconductor_targets::server(db, &context)
+                        .await
+                        .unwrap_or_else(|e| panic!("targets: {e}"))
+                }
+            };
+            let server = server
+                .bind()
+                .await
+                .unwrap_or_else(|e| panic!("{kind} bind: {e}"));
+            let mut stop_rx = stop_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                let _ = server
+                    .serve(async move {
+                        let _ = stop_rx.wait_for(|s| *s).await;
+                    })
+                    .await;
+            }));
+            databases.insert(kind, test_db);
+        }
+        let keys = keys.unwrap_or_else(|| unreachable!("auth starts first"));
+        let anonymous = Clients::from_env(&env).unwrap_or_else(|e| panic!("clients: {e}"));
+        let admin = login(&anonymous, "admin", &admin_password).await;
+        let clients = Clients::from_env(&env)
+            .unwrap_or_else(|e| panic!("clients: {e}"))
+            .with_tokens(session_source(&admin));
+        Sandbox {
+            auth_addr: addrs[&ServiceKind::Auth],
+            user_addr: addrs[&ServiceKind::User],
+            targets_addr: addrs[&ServiceKind::Targets],
+            backend,
+            broker,
+            keys,
+            admin,
+            admin_password,
+            secrets,
+            env,
+            clients,
+            stop,
+            tasks,
+            databases,
+        }
+    }
+
+    /// The variables the services were started with (URLs, broker prefix...).
+    pub fn env(&self) -> &Env {
+        &self.env
+    }
+
+    pub fn db(&self, kind: ServiceKind) -> &Database {
+        &self.databases[&kind].db
+    }
+
+    /// The user service's database (for assertions on what was stored).
+    pub fn user_db(&self) -> &Database {
+        self.db(ServiceKind::User)
+    }
+
+    pub fn targets_db(&self) -> &Database {
+        self.db(ServiceKind::Targets)
+    }
+
+    /// Clients acting as the administrator.
+    pub fn clients(&self) -> &Clients {
+        &self.clients
+    }
+
+    /// Clients sending `token` on every call.
+    pub fn clients_as(&self, token: &str) -> Clients {
+        Clients::from_env(&self.env)
+            .unwrap_or_else(|e| panic!("clients: {e}"))
+            .with_tokens(crate::auth::static_source(token.to_string()))
+    }
+
+    /// Clients sending no token at all.
+    pub fn anonymous(&self) -> Clients {
+        Clients::from_env(&self.env).unwrap_or_else(|e| panic!("clients: {e}"))
+    }
+
+    pub fn user(&self) -> UserServiceClient<AuthChannel> {
+        self.clients.user()
+    }
+
+    pub fn targets(&self) -> TargetsServiceClient<AuthChannel> {
+        self.clients.targets()
+    }
+
+    pub fn auth(&self) -> AuthServiceClient<AuthChannel> {
+        self.clients.auth()
+    }
+
+    pub async fn login(&self, username: &str, password: &str) -> LoginResponse {
+        login(&self.anonymous(), username, password).await
+    }
+
+    /// A new user with `role` and the password [`PASSWORD`], signed in.
+    pub async fn user_with_role(&self, username: &str, role: Role) -> (User, LoginResponse) {
+        let user = self
+            .user()
+            .create_user(CreateUserRequest {
+                user: Some(User {
+                    username: username.into(),
+                    email: format!("{username}@example.com"),
+                    role: role as i32,
+                    ..Default::default()
+                }),
+                password: PASSWORD.into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("create {username}: {e:?}"))
+            .into_inner()
+            .user
+            .unwrap_or_else(|| panic!("no user in the response"));
+        let session = self.login(username, PASSWORD).await;
+        (user, session)
+    }
+
+    /// A service token for `kind`, exchanged with its secret like the service itself does.
+    pub async fn service_token(&self, kind: ServiceKind) -> String {
+        self.anonymous()
+            .auth()
+            .exchange_service_token(ExchangeServiceTokenRequest {
+                service_id: kind.name().into(),
+                service_secret: self.secrets[&kind].clone(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("service token for {kind}: {e:?}"))
+            .into_inner()
+            .access_token
+    }
+
+    /// A token with exactly `claims`, signed by the auth service's active key.
+    pub fn mint(&self, claims: &Claims) -> String {
+        self.keys
+            .sign(claims)
+            .unwrap_or_else(|e| panic!("sign: {e}"))
+    }
+
+    /// Stops the servers and waits for them to drain.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+    }
+}
+
+async fn login(clients: &Clients, username: &str, password: &str) -> LoginResponse {
+    clients
+        .auth()
+        .login(LoginRequest {
+            username: username.into(),
+            password: password.into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("login {username}: {e:?}"))
+        .into_inner()
+}
+
+/// A token source over a session's access token.
+pub fn session_source(session: &LoginResponse) -> TokenSource {
+    let expire_time = session
+        .access_token_expire_time
+        .and_then(|t| SystemTime::try_from(t).ok())
+        .unwrap_or_else(|| SystemTime::now() + Duration::from_secs(600));
+    TokenSource::new(StaticToken(IssuedToken {
+        token: session.access_token.clone(),
+        expire_time,
+    }))
+}
+
+/// Runs `async fn $name(s: &Sandbox)` once per storage backend (a SQLite file, a fresh
+/// PostgreSQL database), as tests `$name::sqlite` and `$name::postgres`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let sandbox = $crate::Sandbox::start($crate::StorageBackend::Sqlite).await;
+                super::$name(&sandbox).await;
+                sandbox.stop().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let sandbox = $crate::Sandbox::start($crate::StorageBackend::Postgres).await;
+                super::$name(&sandbox).await;
+                sandbox.stop().await;
+            }
+        }
+    };
+}
+
+/// A role's user in the authorization matrix and elsewhere.
+pub fn role_label(role: Role) -> &'static str {
+    opsconductor_platform::principal::role_name(role)
+}
