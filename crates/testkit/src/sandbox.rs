@@ -48,8 +48,7 @@ pub struct Sandbox {
     pub secrets: BTreeMap<ServiceKind, String>,
     env: Env,
     clients: Clients,
-    stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    servers: BTreeMap<ServiceKind, (watch::Sender<bool>, JoinHandle<()>)>,
     databases: BTreeMap<ServiceKind, TestDatabase>,
 }
 
@@ -106,8 +105,7 @@ impl Sandbox {
             env = env.with(*var, *value);
         }
 
-        let (stop, stop_rx) = watch::channel(false);
-        let mut tasks = Vec::new();
+        let mut servers = BTreeMap::new();
         let mut databases = BTreeMap::new();
         let mut keys = None;
         for kind in kinds {
@@ -149,14 +147,15 @@ impl Sandbox {
                 .bind()
                 .await
                 .unwrap_or_else(|e| panic!("{kind} bind: {e}"));
-            let mut stop_rx = stop_rx.clone();
-            tasks.push(tokio::spawn(async move {
+            let (stop, mut stop_rx) = watch::channel(false);
+            let task = tokio::spawn(async move {
                 let _ = server
                     .serve(async move {
                         let _ = stop_rx.wait_for(|s| *s).await;
                     })
                     .await;
-            }));
+            });
+            servers.insert(kind, (stop, task));
             databases.insert(kind, test_db);
         }
         let keys = keys.unwrap_or_else(|| unreachable!("auth starts first"));
@@ -177,10 +176,44 @@ impl Sandbox {
             secrets,
             env,
             clients,
-            stop,
-            tasks,
+            servers,
             databases,
         }
+    }
+
+    /// Stops one service (the others keep running) and waits for it to drain.
+    pub async fn stop_service(&mut self, kind: ServiceKind) {
+        if let Some((stop, task)) = self.servers.remove(&kind) {
+            let _ = stop.send(true);
+            let _ = task.await;
+        }
+    }
+
+    /// Another replica of `kind` (user or targets) over a fresh database, with the sandbox's
+    /// identities and broker: it knows only what it learns after it starts.
+    pub async fn start_replica(&self, kind: ServiceKind) -> (crate::Running, TestDatabase) {
+        let test_db = TestDatabase::new(self.backend)
+            .await
+            .unwrap_or_else(|e| panic!("test database: {e}"));
+        let env = self
+            .env
+            .clone()
+            .with("SERVICE_ID", kind.name())
+            .with("SERVICE_SECRET", self.secrets[&kind].clone());
+        let listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        let context =
+            ServiceContext::from_env(kind, &env, listen).unwrap_or_else(|e| panic!("context: {e}"));
+        let server = match kind {
+            ServiceKind::User => opsconductor_user::server(test_db.db.clone(), &context, None)
+                .await
+                .unwrap_or_else(|e| panic!("user: {e}")),
+            ServiceKind::Targets => opsconductor_targets::server(test_db.db.clone(), &context)
+                .await
+                .unwrap_or_else(|e| panic!("targets: {e}")),
+            other => panic!("no replicas of {other} in the sandbox"),
+        };
+        let bound = server.bind().await.unwrap_or_else(|e| panic!("bind: {e}"));
+        (crate::Running::start(bound), test_db)
     }
 
     /// The variables the services were started with (URLs, broker prefix...).
@@ -279,8 +312,10 @@ impl Sandbox {
 
     /// Stops the servers and waits for them to drain.
     pub async fn stop(mut self) {
-        let _ = self.stop.send(true);
-        for task in self.tasks.drain(..) {
+        for (stop, _) in self.servers.values() {
+            let _ = stop.send(true);
+        }
+        for (_, (_, task)) in std::mem::take(&mut self.servers) {
             let _ = task.await;
         }
     }

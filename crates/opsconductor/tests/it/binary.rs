@@ -21,9 +21,24 @@ use crate::support::slow_target;
 const BIN: &str = env!("CARGO_BIN_EXE_opsconductor");
 
 /// A spawned `opsconductor`, with a broker prefix of its own (removed when it is dropped).
+/// Its output is drained as it comes, so a chatty process never blocks on a full pipe.
 struct Process {
     child: Child,
+    stdout: Option<std::thread::JoinHandle<String>>,
+    stderr: Option<std::thread::JoinHandle<String>>,
     _broker: TestBroker,
+}
+
+fn drain(
+    pipe: Option<impl std::io::Read + Send + 'static>,
+) -> Option<std::thread::JoinHandle<String>> {
+    pipe.map(|mut pipe| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+    })
 }
 
 impl Process {
@@ -40,8 +55,13 @@ impl Process {
         for (k, v) in envs {
             cmd.env(k, v);
         }
+        let mut child = cmd.spawn().expect("start opsconductor");
+        let stdout = drain(child.stdout.take());
+        let stderr = drain(child.stderr.take());
         Process {
-            child: cmd.spawn().expect("start opsconductor"),
+            child,
+            stdout,
+            stderr,
             _broker: broker,
         }
     }
@@ -52,19 +72,12 @@ impl Process {
         assert_eq!(rc, 0, "kill failed");
     }
 
-    /// Everything the process wrote to stdout, once it exits (reading it waits for that).
+    /// Everything the process wrote to stdout; waits for it to exit (signal it first).
     fn take_stdout(&mut self) -> String {
-        let Some(mut out) = self.child.stdout.take() else {
-            return String::new();
-        };
-        let reader = std::thread::spawn(move || {
-            use std::io::Read;
-            let mut text = String::new();
-            let _ = out.read_to_string(&mut text);
-            text
-        });
-        // Reading ends at exit; the caller has signalled it already.
-        reader.join().unwrap_or_default()
+        self.stdout
+            .take()
+            .and_then(|reader| reader.join().ok())
+            .unwrap_or_default()
     }
 
     /// Waits for exit, returning the exit code and what it logged.
@@ -72,11 +85,11 @@ impl Process {
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
-                let mut log = String::new();
-                if let Some(mut err) = self.child.stderr.take() {
-                    use std::io::Read;
-                    let _ = err.read_to_string(&mut log);
-                }
+                let log = self
+                    .stderr
+                    .take()
+                    .and_then(|reader| reader.join().ok())
+                    .unwrap_or_default();
                 return (status.code(), log);
             }
             assert!(started.elapsed() < limit, "did not exit within {limit:?}");
@@ -532,4 +545,174 @@ async fn a_call_longer_than_the_grace_period_does_not_hold_shutdown() {
     assert!(log.contains("grace period"), "{log}");
     // The abandoned call fails on the client instead of hanging.
     assert!(in_flight.await.unwrap().is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_never_contain_passwords_secrets_or_tokens() {
+    use opsconductor_api::auth::v1::auth_service_client::AuthServiceClient;
+    use opsconductor_api::auth::v1::{
+        ExchangeServiceTokenRequest, LogoutRequest, RefreshTokenRequest,
+    };
+    use opsconductor_api::user::v1::{ChangePasswordRequest, SetPasswordRequest};
+
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_port_base();
+    let url = |offset: u16| format!("http://127.0.0.1:{}", base + offset);
+    // Everything at debug, every crate: the most a log will ever hold.
+    let mut process = up(
+        dir.path(),
+        base,
+        &[("OPSCONDUCTOR_LOG", "debug".to_string())],
+    );
+    wait_serving(&url(1)).await;
+    wait_serving(&url(2)).await;
+    wait_serving(&url(5)).await;
+    let state = dir.path().join("state");
+    let admin_password = admin_password(&state);
+    let mut secrets = vec![admin_password.clone()];
+    for entry in std::fs::read_dir(state.join("secrets")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if name.ends_with(".secret") || name == "auth-key-encryption-key" {
+            secrets.push(std::fs::read_to_string(&path).unwrap().trim().to_string());
+        }
+    }
+    assert_eq!(
+        secrets.len(),
+        11,
+        "the admin password, 9 service secrets, the KEK"
+    );
+
+    let admin = login(&url(1), "admin", &admin_password).await;
+    let mut tokens = vec![admin.access_token.clone(), admin.refresh_token.clone()];
+    let mut auth = AuthServiceClient::connect(url(1)).await.unwrap();
+    // A wrong password, a service's exchange, a bad secret.
+    let _ = auth
+        .login(LoginRequest {
+            username: "admin".into(),
+            password: "a wrong password 123".into(),
+        })
+        .await
+        .unwrap_err();
+    secrets.push("a wrong password 123".into());
+    let jobs_secret = std::fs::read_to_string(state.join("secrets/service-jobs.secret"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let service = auth
+        .exchange_service_token(ExchangeServiceTokenRequest {
+            service_id: "jobs".into(),
+            service_secret: jobs_secret,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    tokens.push(service.access_token);
+    let _ = auth
+        .exchange_service_token(ExchangeServiceTokenRequest {
+            service_id: "jobs".into(),
+            service_secret: "not the jobs secret at all".into(),
+        })
+        .await
+        .unwrap_err();
+    secrets.push("not the jobs secret at all".into());
+
+    // A user with a password, changed and reset; refresh, reuse, logout.
+    let mut users = UserServiceClient::new(channel_as(&url(2), admin.access_token.clone()));
+    let user = users
+        .create_user(CreateUserRequest {
+            user: Some(User {
+                username: "logcheck".into(),
+                email: "l@example.com".into(),
+                role: 2,
+                ..Default::default()
+            }),
+            password: "first secret password".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    let session = login(&url(1), "logcheck", "first secret password").await;
+    tokens.extend([session.access_token.clone(), session.refresh_token.clone()]);
+    let refreshed = auth
+        .refresh_token(RefreshTokenRequest {
+            refresh_token: session.refresh_token.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    tokens.extend([
+        refreshed.access_token.clone(),
+        refreshed.refresh_token.clone(),
+    ]);
+    let _ = auth
+        .refresh_token(RefreshTokenRequest {
+            refresh_token: session.refresh_token.clone(),
+        })
+        .await
+        .unwrap_err();
+    let second = login(&url(1), "logcheck", "first secret password").await;
+    tokens.extend([second.access_token.clone(), second.refresh_token.clone()]);
+    UserServiceClient::new(channel_as(&url(2), second.access_token.clone()))
+        .change_password(ChangePasswordRequest {
+            user_id: user.id.clone(),
+            current_password: "first secret password".into(),
+            new_password: "second secret password".into(),
+        })
+        .await
+        .unwrap();
+    users
+        .set_password(SetPasswordRequest {
+            user_id: user.id.clone(),
+            new_password: "third secret password".into(),
+        })
+        .await
+        .unwrap();
+    let third = login(&url(1), "logcheck", "third secret password").await;
+    tokens.extend([third.access_token.clone(), third.refresh_token.clone()]);
+    opsconductor_api::auth::v1::auth_service_client::AuthServiceClient::new(channel_as(
+        &url(1),
+        third.access_token.clone(),
+    ))
+    .logout(LogoutRequest {
+        refresh_token: third.refresh_token.clone(),
+    })
+    .await
+    .unwrap();
+    // Revoked and garbage tokens presented to a service.
+    for token in [third.access_token.as_str(), "garbage.token.here"] {
+        let _ = TargetsServiceClient::new(channel_as(&url(5), token.to_string()))
+            .list_targets(opsconductor_api::targets::v1::ListTargetsRequest::default())
+            .await;
+    }
+    secrets.extend([
+        "first secret password".into(),
+        "second secret password".into(),
+        "third secret password".into(),
+    ]);
+
+    process.sigterm();
+    let _ = process.take_stdout();
+    let (code, log) = process.wait(Duration::from_secs(30));
+    assert_eq!(code, Some(0));
+    assert!(
+        log.len() > 10_000,
+        "debug logs were written: {} bytes",
+        log.len()
+    );
+    assert!(log.contains("signed in"), "the flows were logged");
+    for secret in &secrets {
+        assert!(!log.contains(secret.as_str()), "a secret is in the log");
+    }
+    for token in &tokens {
+        // The whole token, and its signature alone.
+        let signature = token.rsplit('.').next().unwrap();
+        assert!(!log.contains(token.as_str()), "a token is in the log");
+        assert!(
+            !log.contains(signature),
+            "a token's signature is in the log"
+        );
+    }
 }

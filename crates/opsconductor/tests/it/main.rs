@@ -3,6 +3,8 @@
 //! real grpcurl and a Python gRPC client — and isolates itself (own ports, own database).
 
 mod audit_events;
+mod auth;
+mod authz;
 mod binary;
 mod contracts;
 mod grpcurl;

@@ -106,10 +106,19 @@ impl KeySource for RemoteJwks {
 
     fn refresh(&self) -> BoxFuture<'_, Result<(), String>> {
         async move {
+            let asked = Instant::now();
             // One fetch at a time; callers that waited see its result.
             let mut last = self.last_fetch.lock().await;
-            if last.is_some_and(|at| at.elapsed() < self.min_interval) {
-                return Ok(());
+            if let Some(at) = *last {
+                if at >= asked {
+                    return Ok(());
+                }
+                // Fetches are spaced out (forged key ids cannot turn into a flood of them),
+                // but a new key after a rotation is waited for, not refused.
+                let since = at.elapsed();
+                if since < self.min_interval {
+                    tokio::time::sleep(self.min_interval - since).await;
+                }
             }
             *last = Some(Instant::now());
             self.fetch().await

@@ -14,8 +14,8 @@ pub struct TokenSettings {
     /// Verified tokens kept (`OPSCONDUCTOR_TOKEN_CACHE_SIZE`, default 100,000).
     pub cache_capacity: usize,
     /// Shortest time between two JWKS fetches caused by unknown key ids
-    /// (`OPSCONDUCTOR_JWKS_REFETCH_MS`, default 5000): a flood of forged key ids cannot turn
-    /// into a flood of fetches.
+    /// (`OPSCONDUCTOR_JWKS_REFETCH_MS`, default 1000): a flood of forged key ids cannot turn
+    /// into a flood of fetches, and a token signed by a new key waits at most this long.
     pub jwks_refetch_interval: Duration,
     /// The longest any token lives (user 15 min, service 10 min): how long a revocation must
     /// be remembered.
@@ -39,7 +39,7 @@ impl TokenSettings {
                 100_000,
                 16..=10_000_000,
             )? as usize,
-            jwks_refetch_interval: env.positive_millis("OPSCONDUCTOR_JWKS_REFETCH_MS", 5000)?,
+            jwks_refetch_interval: env.positive_millis("OPSCONDUCTOR_JWKS_REFETCH_MS", 1000)?,
             max_token_lifetime: Duration::from_secs(900),
         })
     }
