@@ -34,7 +34,7 @@ enum Bench {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
         /// Lifetime of the client's service tokens, in seconds (production: 600).
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 20)]
         token_ttl: u64,
     },
     /// Publish + consume through the platform vs raw lapin; outbox commit -> consumer latency.

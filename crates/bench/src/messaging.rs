@@ -238,22 +238,24 @@ async fn platform_round(
         consumer.wait_subscribed(Duration::from_secs(10)).await,
         "consumer did not subscribe"
     );
-    let exchange = publisher.names().exchange(&queue.exchange);
+    let template = OutgoingMessage::new(
+        publisher.names().exchange(&queue.exchange),
+        "bench.message",
+        &AuditEvent::default(),
+    );
     let started = Instant::now();
-    let mut sent = 0;
-    while sent < count {
-        let batch: Vec<OutgoingMessage> = (0..(count - sent).min(4 * WINDOW))
-            .map(|_| {
-                let mut message =
-                    OutgoingMessage::new(exchange.clone(), "bench.message", &AuditEvent::default());
-                message.body = body(clock());
-                message
-            })
-            .collect();
-        let results = publisher.publisher().publish_all(&batch).await;
-        anyhow::ensure!(results.iter().all(Result::is_ok), "platform publish failed");
-        sent += batch.len();
-    }
+    // One pipelined stream, like the raw side's single sliding window; each message is built
+    // and stamped only when the window has room for it.
+    let results = publisher
+        .publisher()
+        .publish_each((0..count).map(|_| {
+            let mut message = template.clone();
+            message.message_id = uuid::Uuid::now_v7().to_string();
+            message.body = body(clock());
+            message
+        }))
+        .await;
+    anyhow::ensure!(results.iter().all(Result::is_ok), "platform publish failed");
     tokio::time::timeout(Duration::from_secs(120), done.recv())
         .await
         .context("platform round did not finish")?;
@@ -328,7 +330,8 @@ async fn outbox_latency(
     Ok(figures(samples, elapsed, latencies))
 }
 
-async fn cleanup(url: &str, prefix: &str, queue: &WorkQueue) -> anyhow::Result<()> {
+/// Deletes the queues of `queue` under `prefix`, its exchange and the auth exchange.
+pub async fn cleanup(url: &str, prefix: &str, queue: &WorkQueue) -> anyhow::Result<()> {
     let connection = Connection::connect(url, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
     let names = opsconductor_messaging::Names::new(prefix);
@@ -339,12 +342,17 @@ async fn cleanup(url: &str, prefix: &str, queue: &WorkQueue) -> anyhow::Result<(
             .queue_delete(name.into(), QueueDeleteOptions::default())
             .await?;
     }
-    channel
-        .exchange_delete(
-            names.exchange(&queue.exchange).into(),
-            lapin::options::ExchangeDeleteOptions::default(),
-        )
-        .await?;
+    for exchange in [
+        queue.exchange.clone(),
+        opsconductor_messaging::topology::platform::auth_exchange(),
+    ] {
+        channel
+            .exchange_delete(
+                names.exchange(&exchange).into(),
+                lapin::options::ExchangeDeleteOptions::default(),
+            )
+            .await?;
+    }
     connection.close(200, "done".into()).await?;
     Ok(())
 }

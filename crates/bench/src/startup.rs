@@ -1,5 +1,6 @@
-//! Spawns the real `opsconductor up` over a fresh data directory and polls health every 5 ms
-//! until every implemented service is SERVING; then lets it idle and reads its RSS.
+//! Spawns the real `opsconductor up` over a fresh data directory (so migrations run, keys and
+//! secrets are generated and the administrator is created) and polls health every 5 ms until
+//! every implemented service is SERVING; then lets it idle and reads its RSS.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -8,7 +9,11 @@ use anyhow::{bail, Context};
 use opsconductor_platform::client::check_health;
 use opsconductor_platform::health::ServingStatusPb;
 
-const PORTS: [u16; 2] = [2, 5];
+/// auth, user, targets.
+const PORTS: [u16; 3] = [1, 2, 5];
+
+/// The broker names of every run, removed afterwards.
+const PREFIX: &str = "bench-startup";
 
 pub async fn run(runs: usize) -> anyhow::Result<()> {
     let bin = std::env::current_exe()?
@@ -31,6 +36,7 @@ pub async fn run(runs: usize) -> anyhow::Result<()> {
             .args(["up", "--port-base", &base.to_string(), "--data-dir"])
             .arg(dir.path())
             .env("OPSCONDUCTOR_LOG", "warn")
+            .env("OPSCONDUCTOR_AMQP_PREFIX", PREFIX)
             .env("OPSCONDUCTOR_SHUTDOWN_DELAY_MS", "0")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -74,7 +80,14 @@ pub async fn run(runs: usize) -> anyhow::Result<()> {
         startups[runs - 1].as_secs_f64() * 1e3,
         rss[runs / 2] as f64 / 1024.0
     );
-    Ok(())
+    let url = std::env::var("AMQP_URL")
+        .unwrap_or_else(|_| opsconductor_messaging::DEFAULT_AMQP_URL.to_string());
+    crate::messaging::cleanup(
+        &url,
+        PREFIX,
+        &opsconductor_messaging::topology::platform::audit_events(),
+    )
+    .await
 }
 
 fn vm_rss_kib(pid: u32) -> anyhow::Result<u64> {

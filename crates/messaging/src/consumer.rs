@@ -374,7 +374,7 @@ async fn consume(
     ended
 }
 
-async fn handle(context: &Context, delivery: Delivery) {
+async fn handle(context: &Context, mut delivery: Delivery) {
     let consumer = &context.consumer;
     let metrics = consumer.broker.counters();
     Metrics::add(&metrics.consumed, 1);
@@ -396,10 +396,11 @@ async fn handle(context: &Context, delivery: Delivery) {
         correlation_id = meta.correlation_id.as_deref().unwrap_or(""),
         trace_id = meta.trace.as_ref().map(|t| t.trace_id()).unwrap_or(""),
     );
+    // The delivery keeps only what acknowledging needs.
     let raw = RawMessage {
-        body: delivery.data.clone(),
+        body: std::mem::take(&mut delivery.data),
         meta,
-        properties: delivery.properties.clone(),
+        properties: std::mem::take(&mut delivery.properties),
     };
     async {
         let outcome = match tokio::time::timeout(

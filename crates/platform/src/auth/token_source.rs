@@ -119,8 +119,9 @@ pub struct TokenSource {
     inner: Arc<Inner>,
 }
 
-/// A token this close to its expiry is not handed out: it could expire on the way.
-const EXPIRY_MARGIN: Duration = Duration::from_secs(5);
+/// A token this close to its expiry is not handed out: it could expire on the way (servers
+/// allow 30 s of clock skew on top, so this only covers the trip).
+const EXPIRY_MARGIN: Duration = Duration::from_secs(2);
 
 impl TokenSource {
     pub fn new(fetcher: impl TokenFetcher) -> TokenSource {
@@ -198,6 +199,12 @@ impl TokenSource {
             .duration_since(now)
             .unwrap_or(Duration::ZERO);
         let token: Arc<str> = issued.token.into();
+        // Nine tenths into its life, and at least a moment before the margin: the background
+        // refresh lands before anyone has to wait, and a service fetches about one token per
+        // token lifetime.
+        let refresh_after = life
+            .mul_f64(0.9)
+            .min(life.saturating_sub(EXPIRY_MARGIN + Duration::from_secs(1)));
         *self
             .inner
             .current
@@ -205,8 +212,7 @@ impl TokenSource {
             .unwrap_or_else(PoisonError::into_inner) = Some(Current {
             token: token.clone(),
             expire_time: issued.expire_time,
-            // Three quarters into its life: time to refresh before anyone has to wait.
-            refresh_time: now + life.mul_f64(0.75),
+            refresh_time: now + refresh_after,
         });
         Ok(token)
     }
