@@ -60,10 +60,5 @@ use opsconductor_storage::Migrations;
 /// The messaging tables (outbox, inbox, dead letters), applied with a service's own
 /// migrations through `Database::migrate_all`.
 pub fn migrations() -> Migrations {
-    static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
-    static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
-    Migrations {
-        sqlite: &SQLITE,
-        postgres: &POSTGRES,
-    }
+    opsconductor_storage::embedded_migrations!()
 }

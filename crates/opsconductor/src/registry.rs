@@ -53,7 +53,5 @@ pub enum BuildError {
     #[error(transparent)]
     Auth(#[from] opsconductor_auth::AuthStartError),
     #[error(transparent)]
-    User(#[from] opsconductor_user::StartError),
-    #[error(transparent)]
-    Targets(#[from] opsconductor_targets::StartError),
+    Service(#[from] opsconductor_runtime::StartError),
 }

@@ -30,6 +30,18 @@ use opsconductor_platform::server::ServiceServer;
 use opsconductor_platform::validate::is_slug;
 use opsconductor_platform::ServiceKind;
 
+/// Why a service could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Storage(#[from] opsconductor_storage::StorageError),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// The service's own start-up step failed (e.g. creating the administrator).
+    #[error("{0}")]
+    Service(String),
+}
+
 /// Where a server catches up on revocations it may have missed while not listening.
 pub trait RevocationSource: Send + Sync + 'static {
     fn list(&self) -> BoxFuture<'_, Result<Vec<TokenRevoked>, String>>;

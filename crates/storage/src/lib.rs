@@ -13,3 +13,19 @@ pub mod testing;
 pub use database::{sqlite_url, Backend, Database, Migrations};
 pub use error::{is_unique_violation, StorageError};
 pub use sqlx;
+
+/// The calling crate's embedded migrations, one directory per backend:
+/// `migrations/sqlite` and `migrations/postgres` beside its `Cargo.toml`.
+#[macro_export]
+macro_rules! embedded_migrations {
+    () => {{
+        static SQLITE: $crate::sqlx::migrate::Migrator =
+            $crate::sqlx::migrate!("./migrations/sqlite");
+        static POSTGRES: $crate::sqlx::migrate::Migrator =
+            $crate::sqlx::migrate!("./migrations/postgres");
+        $crate::Migrations {
+            sqlite: &SQLITE,
+            postgres: &POSTGRES,
+        }
+    }};
+}

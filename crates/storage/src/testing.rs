@@ -69,32 +69,34 @@ impl TestDatabase {
     }
 }
 
+/// Runs a cleanup to completion from `Drop`: the test's own runtime may be shutting down, so it
+/// gets a thread and a small runtime of its own, and the caller waits for it.
+pub fn cleanup_on_own_runtime(cleanup: impl std::future::Future<Output = ()> + Send + 'static) {
+    let handle = std::thread::spawn(move || {
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            rt.block_on(cleanup);
+        }
+    });
+    let _ = handle.join();
+}
+
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         if let Cleanup::Postgres { admin_url, name } = &self.cleanup {
             let (admin_url, name) = (admin_url.clone(), name.clone());
             let pool = self.db.pool().clone();
-            // Drop runs inside the test's runtime, which may be shutting down: use a thread of
-            // our own with a small runtime so the database is really removed.
-            let handle = std::thread::spawn(move || {
-                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                else {
-                    return;
-                };
-                rt.block_on(async move {
-                    pool.close().await;
-                    if let Ok(admin) = Database::connect(&admin_url).await {
-                        let _ =
-                            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                                .execute(admin.pool())
-                                .await;
-                        admin.close().await;
-                    }
-                });
+            cleanup_on_own_runtime(async move {
+                pool.close().await;
+                if let Ok(admin) = Database::connect(&admin_url).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(admin.pool())
+                        .await;
+                    admin.close().await;
+                }
             });
-            let _ = handle.join();
         }
     }
 }

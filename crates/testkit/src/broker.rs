@@ -123,36 +123,26 @@ impl Drop for TestBroker {
             .iter()
             .map(|e| names.exchange(e))
             .collect();
-        // The test's runtime may be shutting down: clean up from a runtime of our own.
-        let cleanup = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
+        opsconductor_storage::testing::cleanup_on_own_runtime(async move {
+            let Ok(connection) =
+                Connection::connect(&amqp_url(), ConnectionProperties::default()).await
             else {
                 return;
             };
-            rt.block_on(async move {
-                let Ok(connection) =
-                    Connection::connect(&amqp_url(), ConnectionProperties::default()).await
-                else {
-                    return;
-                };
-                let Ok(channel) = connection.create_channel().await else {
-                    return;
-                };
-                for queue in queues {
-                    let _ = channel
-                        .queue_delete(queue.into(), QueueDeleteOptions::default())
-                        .await;
-                }
-                for exchange in exchanges {
-                    let _ = channel
-                        .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
-                        .await;
-                }
-                let _ = connection.close(200, "cleaned up".into()).await;
-            });
+            let Ok(channel) = connection.create_channel().await else {
+                return;
+            };
+            for queue in queues {
+                let _ = channel
+                    .queue_delete(queue.into(), QueueDeleteOptions::default())
+                    .await;
+            }
+            for exchange in exchanges {
+                let _ = channel
+                    .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+                    .await;
+            }
+            let _ = connection.close(200, "cleaned up".into()).await;
         });
-        let _ = cleanup.join();
     }
 }

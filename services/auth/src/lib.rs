@@ -36,12 +36,7 @@ pub use store::secret_digest;
 
 /// The embedded schema, per backend.
 pub fn migrations() -> Migrations {
-    static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
-    static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
-    Migrations {
-        sqlite: &SQLITE,
-        postgres: &POSTGRES,
-    }
+    opsconductor_storage::embedded_migrations!()
 }
 
 #[derive(Debug, thiserror::Error)]

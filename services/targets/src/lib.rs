@@ -11,7 +11,7 @@ use opsconductor_api::targets::v1::targets_service_server::TargetsServiceServer;
 use opsconductor_messaging::{ServiceMessaging, Topology};
 use opsconductor_platform::server::ServiceServer;
 use opsconductor_platform::ServiceKind;
-use opsconductor_runtime::ServiceContext;
+use opsconductor_runtime::{ServiceContext, StartError};
 use opsconductor_storage::{Database, Migrations};
 use tonic::service::Routes;
 
@@ -21,12 +21,7 @@ pub use store::TargetStore;
 
 /// The embedded schema, per backend.
 pub fn migrations() -> Migrations {
-    static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
-    static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
-    Migrations {
-        sqlite: &SQLITE,
-        postgres: &POSTGRES,
-    }
+    opsconductor_storage::embedded_migrations!()
 }
 
 /// Migrates `db`, connects to the broker and builds the server. Every change the service
@@ -48,12 +43,4 @@ pub async fn server(db: Database, context: &ServiceContext) -> Result<ServiceSer
     )
     .depends_on(db);
     Ok(context.finish(server, &messaging)?)
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(transparent)]
-    Storage(#[from] opsconductor_storage::StorageError),
-    #[error(transparent)]
-    Policy(#[from] opsconductor_platform::policy::PolicyError),
 }

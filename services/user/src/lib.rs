@@ -13,7 +13,7 @@ use opsconductor_api::user::v1::user_service_server::UserServiceServer;
 use opsconductor_messaging::{ServiceMessaging, Topology};
 use opsconductor_platform::server::ServiceServer;
 use opsconductor_platform::ServiceKind;
-use opsconductor_runtime::ServiceContext;
+use opsconductor_runtime::{ServiceContext, StartError};
 use opsconductor_storage::{Database, Migrations};
 use tonic::service::Routes;
 
@@ -24,12 +24,7 @@ pub use store::UserStore;
 
 /// The embedded schema, per backend.
 pub fn migrations() -> Migrations {
-    static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
-    static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
-    Migrations {
-        sqlite: &SQLITE,
-        postgres: &POSTGRES,
-    }
+    opsconductor_storage::embedded_migrations!()
 }
 
 /// Migrates `db`, connects to the broker and builds the server. Every change the service
@@ -46,7 +41,10 @@ pub async fn server(
     let config = context.server.clone();
     let store = UserStore::new(db.clone(), messaging.audit.clone());
     if let Some(admin) = admin {
-        admin.apply(&store).await?;
+        admin
+            .apply(&store)
+            .await
+            .map_err(|e| StartError::Service(format!("creating the administrator failed: {e}")))?;
     }
     let api = UserServiceServer::new(UserApi::new(store, context.clients().clone()))
         .max_decoding_message_size(config.max_message_bytes)
@@ -59,14 +57,4 @@ pub async fn server(
     )
     .depends_on(db);
     Ok(context.finish(server, &messaging)?)
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(transparent)]
-    Storage(#[from] opsconductor_storage::StorageError),
-    #[error(transparent)]
-    Policy(#[from] opsconductor_platform::policy::PolicyError),
-    #[error("creating the administrator failed: {0}")]
-    Bootstrap(#[from] UserError),
 }

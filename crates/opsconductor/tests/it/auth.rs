@@ -653,10 +653,11 @@ async fn with_the_auth_service_down_verified_tokens_keep_working() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_calls_at_token_expiry_cause_one_token_fetch() {
-    // Service tokens of 7 s: handed out while more than 5 s from expiry, so each lasts 2 s.
+    // Service tokens of 4 s, handed out while more than 2 s from expiry: each serves at most
+    // 2 s (less, since expiry is counted from the whole second it was issued in).
     let s = Sandbox::start_with(
         StorageBackend::Sqlite,
-        &[("AUTH_SERVICE_TOKEN_TTL_SECS", "7")],
+        &[("AUTH_SERVICE_TOKEN_TTL_SECS", "4")],
     )
     .await;
     let secret = s.secrets[&ServiceKind::Jobs].clone();

@@ -38,12 +38,14 @@ impl StaticKeys {
     }
 }
 
+/// The key set a lock holds now.
+fn current(keys: &RwLock<Arc<KeySet>>) -> Arc<KeySet> {
+    keys.read().unwrap_or_else(PoisonError::into_inner).clone()
+}
+
 impl KeySource for StaticKeys {
     fn keys(&self) -> Arc<KeySet> {
-        self.keys
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        current(&self.keys)
     }
 
     fn refresh(&self) -> BoxFuture<'_, Result<(), String>> {
@@ -98,10 +100,7 @@ impl RemoteJwks {
 
 impl KeySource for RemoteJwks {
     fn keys(&self) -> Arc<KeySet> {
-        self.keys
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        current(&self.keys)
     }
 
     fn refresh(&self) -> BoxFuture<'_, Result<(), String>> {
