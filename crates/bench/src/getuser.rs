@@ -38,10 +38,7 @@ struct Mint {
 impl TokenFetcher for Mint {
     fn fetch(&self) -> BoxFuture<'_, Result<IssuedToken, AuthError>> {
         self.fetches.fetch_add(1, Ordering::Relaxed);
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = opsconductor_platform::time::now_secs();
         let claims = Claims::service(
             "opsconductor",
             "opsconductor",

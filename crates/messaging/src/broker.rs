@@ -66,32 +66,12 @@ impl Session {
                 return Ok(channel.clone());
             }
         }
-        // Right after the broker closed a channel (a publish to a missing exchange), lapin may
-        // still be finishing that close: try a few times before giving up.
-        let mut attempt = 0;
-        loop {
-            let opened = async {
-                let channel = self.connection.create_channel().await?;
-                channel
-                    .confirm_select(ConfirmSelectOptions::default())
-                    .await?;
-                Ok::<_, lapin::Error>(channel)
-            }
-            .await;
-            match opened {
-                Ok(channel) => {
-                    *slot = Some(channel.clone());
-                    return Ok(channel);
-                }
-                Err(error) if attempt >= 5 || !self.connection.status().connected() => {
-                    return Err(error)
-                }
-                Err(_) => {
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(20 * attempt)).await;
-                }
-            }
-        }
+        let channel = self.connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        *slot = Some(channel.clone());
+        Ok(channel)
     }
 }
 

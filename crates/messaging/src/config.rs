@@ -105,7 +105,7 @@ impl BrokerConfig {
 
     /// The URL with its password masked, for logs.
     pub fn redacted_url(&self) -> String {
-        redact(&self.url)
+        opsconductor_storage::redact_url(&self.url)
     }
 }
 
@@ -142,17 +142,6 @@ fn validate_prefix(prefix: &str) -> Result<(), &'static str> {
         Err("must not start or end with '.'")
     } else {
         Ok(())
-    }
-}
-
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{}{}:***{}", &url[..scheme_end + 3], user, &url[at..])
-        }
-        _ => url.to_string(),
     }
 }
 

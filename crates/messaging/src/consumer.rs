@@ -534,7 +534,7 @@ fn forward(
         timestamp: raw
             .properties
             .timestamp()
-            .unwrap_or_else(crate::message::now_secs),
+            .unwrap_or_else(opsconductor_platform::time::now_secs),
         trace: meta.trace.clone(),
         attempt,
         headers: carried,

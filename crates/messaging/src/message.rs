@@ -129,7 +129,7 @@ impl OutgoingMessage {
             message_id: uuid::Uuid::now_v7().to_string(),
             correlation_id: None,
             body: message.encode_to_vec(),
-            timestamp: now_secs(),
+            timestamp: opsconductor_platform::time::now_secs(),
             trace: None,
             attempt: 1,
             headers: BTreeMap::new(),
@@ -320,13 +320,6 @@ pub(crate) fn short(value: &str) -> ShortString {
         end -= 1;
     }
     ShortString::try_new(&value[..end]).unwrap_or_default()
-}
-
-pub(crate) fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

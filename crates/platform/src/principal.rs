@@ -95,8 +95,7 @@ impl Principal {
         self.user.as_ref().map(|u| u.id.as_str())
     }
 
-    /// An administrator calling directly (not through a service on someone's behalf counts too:
-    /// the forwarded user is what matters).
+    /// Whether the user behind the call (direct, or forwarded by a service) is an administrator.
     pub fn is_admin(&self) -> bool {
         self.user.as_ref().is_some_and(|u| u.role == Role::Admin)
     }

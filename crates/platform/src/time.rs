@@ -9,6 +9,14 @@ pub fn now_micros() -> i64 {
         .unwrap_or_default()
 }
 
+/// Seconds since the Unix epoch (token claims, AMQP timestamps).
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
 pub fn to_timestamp(micros: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: micros.div_euclid(1_000_000),

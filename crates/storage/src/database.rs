@@ -40,7 +40,7 @@ impl Database {
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             Backend::Postgres
         } else {
-            return Err(StorageError::UnsupportedUrl(redact(url)));
+            return Err(StorageError::UnsupportedUrl(redact_url(url)));
         };
         let options: AnyConnectOptions = url.parse()?;
         let pool = match backend {
@@ -165,7 +165,7 @@ pub fn sqlite_url(path: &Path) -> String {
 }
 
 /// A URL with its password (if any) replaced, fit for an error message or a log line.
-fn redact(url: &str) -> String {
+pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let userinfo = &url[scheme_end + 3..at];
@@ -185,7 +185,7 @@ fn redact(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::redact_url as redact;
 
     #[test]
     fn redacts_passwords() {

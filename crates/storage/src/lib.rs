@@ -10,7 +10,7 @@ mod database;
 mod error;
 pub mod testing;
 
-pub use database::{sqlite_url, Backend, Database, Migrations};
+pub use database::{redact_url, sqlite_url, Backend, Database, Migrations};
 pub use error::{is_unique_violation, StorageError};
 pub use sqlx;
 

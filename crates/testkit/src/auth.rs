@@ -2,7 +2,7 @@
 //! behind a static key set, the same verifier and authenticator the platform uses.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use futures::future::{BoxFuture, FutureExt};
 use opsconductor_api::auth::v1::TokenRevoked;
@@ -15,16 +15,10 @@ use opsconductor_platform::auth::{
 use opsconductor_platform::client::Clients;
 use opsconductor_platform::config::{Env, ServerConfig};
 use opsconductor_platform::principal::role_name;
+use opsconductor_platform::time::now_secs;
 use opsconductor_platform::ServiceKind;
 use opsconductor_runtime::{RevocationSource, ServiceContext};
 use opsconductor_tokens::{Claims, KeySet, SigningKey};
-
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 /// A signing key and the verifier that trusts it.
 pub struct TestAuth {
@@ -78,7 +72,7 @@ impl TestAuth {
             user_id,
             role_name(role),
             0,
-            unix_now(),
+            now_secs(),
             900,
         ))
     }
@@ -92,7 +86,7 @@ impl TestAuth {
             &self.settings.issuer,
             &self.settings.audience,
             service,
-            unix_now(),
+            now_secs(),
             600,
         ))
     }

@@ -9,8 +9,9 @@ mod broker;
 mod sandbox;
 
 pub use assertions::{assert_code, assert_violations};
-pub use auth::{bearer, channel_as, static_source, unix_now, TestAuth};
+pub use auth::{bearer, channel_as, static_source, TestAuth};
 pub use broker::{amqp_url, TestBroker};
+pub use opsconductor_platform::time::now_secs;
 pub use sandbox::{role_label, session_source, Sandbox, PASSWORD};
 
 use std::path::PathBuf;
@@ -115,20 +116,27 @@ pub async fn standalone(
     broker: &TestBroker,
     auth: &TestAuth,
 ) -> opsconductor_platform::server::BoundServer {
-    use opsconductor_platform::ServiceKind;
     let env = opsconductor_platform::config::Env::isolated([("OPSCONDUCTOR_PORT_BASE", "3000")]);
     let context = auth.context(kind, config, broker.config(kind.name()), &env);
-    let server = match kind {
-        ServiceKind::User => opsconductor_user::server(db, &context, None)
-            .await
-            .unwrap_or_else(|e| panic!("user: {e}")),
-        ServiceKind::Targets => opsconductor_targets::server(db, &context)
-            .await
-            .unwrap_or_else(|e| panic!("targets: {e}")),
-        other => panic!("{other} cannot run standalone in tests"),
-    };
+    let server = build_service(kind, db, &context, None).await;
     server
         .bind()
         .await
         .unwrap_or_else(|e| panic!("{kind} bind: {e}"))
+}
+
+/// The user or targets server over `db`, as the sandbox and standalone tests build them.
+pub(crate) async fn build_service(
+    kind: opsconductor_platform::ServiceKind,
+    db: opsconductor_storage::Database,
+    context: &opsconductor_runtime::ServiceContext,
+    admin: Option<opsconductor_user::AdminBootstrap>,
+) -> opsconductor_platform::server::ServiceServer {
+    use opsconductor_platform::ServiceKind;
+    let built = match kind {
+        ServiceKind::User => opsconductor_user::server(db, context, admin).await,
+        ServiceKind::Targets => opsconductor_targets::server(db, context).await,
+        other => panic!("{other} is not built this way in tests"),
+    };
+    built.unwrap_or_else(|e| panic!("{kind}: {e}"))
 }

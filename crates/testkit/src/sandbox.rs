@@ -126,21 +126,13 @@ impl Sandbox {
                     keys = Some(built.keys);
                     built.server
                 }
-                ServiceKind::User => {
-                    let context = ServiceContext::from_env(kind, &service_env, listen)
-                        .unwrap_or_else(|e| panic!("user context: {e}"));
-                    let admin = opsconductor_user::AdminBootstrap::from_env(&service_env)
-                        .unwrap_or_else(|e| panic!("admin: {e}"));
-                    opsconductor_user::server(db, &context, admin)
-                        .await
-                        .unwrap_or_else(|e| panic!("user: {e}"))
-                }
                 _ => {
                     let context = ServiceContext::from_env(kind, &service_env, listen)
-                        .unwrap_or_else(|e| panic!("targets context: {e}"));
-                    opsconductor_targets::server(db, &context)
-                        .await
-                        .unwrap_or_else(|e| panic!("targets: {e}"))
+                        .unwrap_or_else(|e| panic!("{kind} context: {e}"));
+                    let admin = opsconductor_user::AdminBootstrap::from_env(&service_env)
+                        .unwrap_or_else(|e| panic!("admin: {e}"))
+                        .filter(|_| kind == ServiceKind::User);
+                    crate::build_service(kind, db, &context, admin).await
                 }
             };
             let server = server
@@ -203,15 +195,7 @@ impl Sandbox {
         let listen = SocketAddr::from(([127, 0, 0, 1], 0));
         let context =
             ServiceContext::from_env(kind, &env, listen).unwrap_or_else(|e| panic!("context: {e}"));
-        let server = match kind {
-            ServiceKind::User => opsconductor_user::server(test_db.db.clone(), &context, None)
-                .await
-                .unwrap_or_else(|e| panic!("user: {e}")),
-            ServiceKind::Targets => opsconductor_targets::server(test_db.db.clone(), &context)
-                .await
-                .unwrap_or_else(|e| panic!("targets: {e}")),
-            other => panic!("no replicas of {other} in the sandbox"),
-        };
+        let server = crate::build_service(kind, test_db.db.clone(), &context, None).await;
         let bound = server.bind().await.unwrap_or_else(|e| panic!("bind: {e}"));
         (crate::Running::start(bound), test_db)
     }

@@ -17,7 +17,7 @@ use opsconductor_platform::auth::Verifier;
 use opsconductor_platform::client::Clients;
 use opsconductor_platform::page::Page;
 use opsconductor_platform::principal::{role_name, Principal};
-use opsconductor_platform::time::{now_micros, to_timestamp};
+use opsconductor_platform::time::{now_micros, now_secs, to_timestamp};
 use opsconductor_platform::validate::Violations;
 use opsconductor_platform::ApiError;
 use opsconductor_tokens::Claims;
@@ -42,10 +42,6 @@ pub struct AuthApi {
 }
 
 type Result<T> = std::result::Result<T, AuthServiceError>;
-
-fn now_secs() -> u64 {
-    (now_micros() / 1_000_000).max(0) as u64
-}
 
 fn expiry(secs: u64) -> prost_types::Timestamp {
     prost_types::Timestamp::from(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))

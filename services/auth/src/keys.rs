@@ -259,10 +259,7 @@ pub struct LocalMint {
 impl TokenFetcher for LocalMint {
     fn fetch(&self) -> BoxFuture<'_, Result<IssuedToken, opsconductor_platform::auth::AuthError>> {
         async move {
-            let now = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
+            let now = opsconductor_platform::time::now_secs();
             let claims = Claims::service(
                 &self.issuer,
                 &self.audience,

@@ -11,7 +11,6 @@ use opsconductor_platform::client::Clients;
 use opsconductor_platform::page::Page;
 use opsconductor_platform::principal::Principal;
 use opsconductor_platform::validate::Violations;
-use opsconductor_platform::ApiError;
 use tonic::{Request, Response, Status};
 
 use crate::store::{UserFilter, UserStore};
@@ -27,7 +26,7 @@ pub struct UserApi {
 }
 
 fn denied(message: &str) -> UserError {
-    UserError::Invalid(ApiError::PermissionDenied(message.to_string()))
+    UserError::Forbidden(message.to_string())
 }
 
 impl UserApi {

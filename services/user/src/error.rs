@@ -9,6 +9,9 @@ pub enum UserError {
     Invalid(ApiError),
     #[error("user {0} not found")]
     NotFound(String),
+    /// The caller passed the method's policy but may not act on this user (or field).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("username {0} is taken")]
     UsernameTaken(String),
     #[error("the current password does not match")]
@@ -44,6 +47,7 @@ impl From<UserError> for ApiError {
         match err {
             UserError::Invalid(api) => api,
             UserError::NotFound(id) => ApiError::NotFound { kind: "user", id },
+            UserError::Forbidden(message) => ApiError::PermissionDenied(message),
             UserError::UsernameTaken(key) => ApiError::AlreadyExists { kind: "user", key },
             UserError::WrongPassword => {
                 ApiError::invalid("current_password", "does not match the current password")

@@ -236,7 +236,7 @@ fn replayed(row: &DeadLetterRow) -> OutgoingMessage {
         message_id: row.message_id.clone(),
         correlation_id: (!row.correlation_id.is_empty()).then(|| row.correlation_id.clone()),
         body: row.body.clone(),
-        timestamp: crate::message::now_secs(),
+        timestamp: opsconductor_platform::time::now_secs(),
         trace,
         attempt: 1,
         headers: carried,

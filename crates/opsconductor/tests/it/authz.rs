@@ -13,7 +13,7 @@ use opsconductor_api::auth::v1::RevokeAllTokensRequest;
 use opsconductor_api::common::v1::{CallerPolicy, Role};
 use opsconductor_platform::policy::PolicyTable;
 use opsconductor_platform::ServiceKind;
-use opsconductor_testkit::{role_label, unix_now, Sandbox, StorageBackend};
+use opsconductor_testkit::{now_secs, role_label, Sandbox, StorageBackend};
 use opsconductor_tokens::Claims;
 use tonic::transport::Channel;
 use tonic::Code;
@@ -85,7 +85,7 @@ fn user_claims(user_id: &str, role: Role) -> Claims {
         user_id,
         role_label(role),
         0,
-        unix_now(),
+        now_secs(),
         900,
     )
 }
@@ -93,7 +93,7 @@ fn user_claims(user_id: &str, role: Role) -> Claims {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_method_of_every_served_service_admits_exactly_its_declared_callers() {
     let s = Sandbox::start(StorageBackend::Sqlite).await;
-    let now = unix_now();
+    let now = now_secs();
     let id = || uuid::Uuid::now_v7().to_string();
 
     // Valid tokens for each role, real service tokens for each identity.

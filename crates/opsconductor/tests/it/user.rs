@@ -3,7 +3,7 @@
 use opsconductor_api::common::v1::{NotificationChannel, Role};
 use opsconductor_api::user::v1::*;
 use opsconductor_platform::ServiceKind;
-use opsconductor_testkit::{on_both_backends, unix_now, Sandbox};
+use opsconductor_testkit::{now_secs, on_both_backends, Sandbox};
 use prost_types::FieldMask;
 use tonic::Code;
 
@@ -159,7 +159,7 @@ async fn duplicates_and_missing(s: &Sandbox) {
             &id,
             "viewer",
             0,
-            unix_now(),
+            now_secs(),
             900,
         )))
         .user()
@@ -691,7 +691,7 @@ async fn password_change_needs_a_password(s: &Sandbox) {
         &user.id,
         "operator",
         0,
-        unix_now(),
+        now_secs(),
         900,
     ));
     let err = s

@@ -35,11 +35,3 @@ pub use verifier::{Verified, Verifier};
 pub const AUTHORIZATION: &str = "authorization";
 /// The header a service sets to the user's access token when it calls on that user's behalf.
 pub const ON_BEHALF_OF: &str = "x-on-behalf-of";
-
-/// Seconds since the Unix epoch.
-pub(crate) fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use opsconductor_api::auth::v1::TokenRevoked;
 use opsconductor_tokens::{decode_header, verify, Claims, Expiring, TokenError, VerifiedCache};
 
-use super::{unix_now, AuthError, KeySource, Revocations, TokenSettings};
+use super::{AuthError, KeySource, Revocations, TokenSettings};
 
 /// A token that passed verification: its claims and the key that signed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +50,7 @@ impl Verifier {
 
     /// Checks `token` and returns what it says.
     pub async fn verify(&self, token: &str) -> Result<Arc<Verified>, AuthError> {
-        let now = unix_now();
+        let now = crate::time::now_secs();
         if let Some(hit) = self.cache.get(token, now) {
             return Ok(hit);
         }
@@ -82,7 +82,7 @@ impl Verifier {
 
     /// Applies a revocation: later checks refuse the tokens, and cached ones are dropped now.
     pub fn revoke(&self, event: &TokenRevoked) -> usize {
-        if !self.revocations.apply(event, unix_now()) {
+        if !self.revocations.apply(event, crate::time::now_secs()) {
             return 0;
         }
         self.cache
