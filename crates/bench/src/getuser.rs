@@ -21,6 +21,7 @@ use opsconductor_platform::auth::{
 };
 use opsconductor_platform::client::Clients;
 use opsconductor_platform::config::{Env, ServerConfig};
+use opsconductor_platform::rate_limit::CredentialThrottle;
 use opsconductor_platform::server::ServiceServer;
 use opsconductor_platform::ServiceKind;
 use opsconductor_storage::Database;
@@ -88,6 +89,7 @@ pub async fn run(
         tonic::service::Routes::new(UserServiceServer::new(opsconductor_user::UserApi::new(
             store.clone(),
             clients.clone(),
+            CredentialThrottle::from_env(&Env::default()).unwrap_or_else(|e| panic!("{e}")),
         )))
     };
     let mut config = ServerConfig::local("127.0.0.1:0".parse()?);

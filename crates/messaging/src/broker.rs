@@ -327,6 +327,7 @@ async fn connect(inner: &Inner) -> Result<Connection, String> {
             &inner.names,
             &inner.topology,
             inner.config.dead_letter_strategy,
+            inner.config.declare,
         )
         .await?;
         channel.close(200, "declared".into()).await

@@ -16,6 +16,7 @@ pub const DEFAULT_PREFIX: &str = "opsconductor";
 #[derive(Clone)]
 pub struct BrokerConfig {
     url: String,
+    username: String,
     /// Prefix of every exchange and queue name ("opsconductor" → "opsconductor.audit.events").
     pub prefix: String,
     /// The producing service: the `app_id` of what it publishes and its connection's name.
@@ -29,6 +30,31 @@ pub struct BrokerConfig {
     pub confirm_window: usize,
     /// How the broker moves messages out of delay queues and into dead-letter queues.
     pub dead_letter_strategy: DeadLetterStrategy,
+    /// Whether this service declares the shared topology or only checks it exists.
+    pub declare: DeclareMode,
+}
+
+/// Who creates the exchanges and queues (`OPSCONDUCTOR_AMQP_DECLARE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeclareMode {
+    /// The service declares what it uses, idempotently (needs `configure` permission on it):
+    /// the default, for a broker account of its own or a development broker.
+    Declare,
+    /// The topology was created by the broker's administrator (the generated definitions
+    /// file); the service only checks that it exists. Its own per-instance broadcast queues
+    /// are still declared. For broker accounts with least privilege.
+    Verify,
+}
+
+impl std::str::FromStr for DeclareMode {
+    type Err = &'static str;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "declare" => Ok(DeclareMode::Declare),
+            "verify" => Ok(DeclareMode::Verify),
+            _ => Err("must be declare or verify"),
+        }
+    }
 }
 
 /// RabbitMQ's dead-lettering guarantee for the queues this service declares
@@ -63,6 +89,12 @@ impl BrokerConfig {
             .get("AMQP_URL")
             .unwrap_or_else(|| DEFAULT_AMQP_URL.to_string());
         validate_url(&url).map_err(|reason| ConfigError::invalid("AMQP_URL", &url, reason))?;
+        // The password may come apart from the URL, from a file of this service's own.
+        let url = match env.secret("AMQP_PASSWORD")? {
+            Some(password) => with_password(&url, &password)
+                .map_err(|reason| ConfigError::invalid("AMQP_URL", &url, reason))?,
+            None => url,
+        };
         let prefix = env
             .get("OPSCONDUCTOR_AMQP_PREFIX")
             .unwrap_or_else(|| DEFAULT_PREFIX.to_string());
@@ -77,8 +109,12 @@ impl BrokerConfig {
                 "must not be below OPSCONDUCTOR_AMQP_RECONNECT_MIN_MS",
             ));
         }
+        let username = AMQPUri::from_str(&url)
+            .map(|uri| uri.authority.userinfo.username)
+            .unwrap_or_default();
         Ok(BrokerConfig {
             url,
+            username,
             prefix,
             service: service.to_string(),
             reconnect_min,
@@ -90,6 +126,7 @@ impl BrokerConfig {
                 "OPSCONDUCTOR_AMQP_DEAD_LETTER_STRATEGY",
                 DeadLetterStrategy::AtMostOnce,
             )?,
+            declare: env.parse("OPSCONDUCTOR_AMQP_DECLARE", DeclareMode::Declare)?,
         })
     }
 
@@ -101,6 +138,12 @@ impl BrokerConfig {
 
     pub(crate) fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The broker account this service connects as: the `user_id` RabbitMQ validates on
+    /// everything it publishes.
+    pub fn username(&self) -> &str {
+        &self.username
     }
 
     /// The URL with its password masked, for logs.
@@ -127,6 +170,37 @@ fn validate_url(url: &str) -> Result<(), String> {
             "amqps is not supported by this build; terminate TLS in front of RabbitMQ".to_string(),
         ),
     }
+}
+
+/// `url` with its password replaced by `password` (percent-encoded).
+fn with_password(url: &str, password: &str) -> Result<String, String> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| "has no scheme".to_string())?;
+    let (authority_end, _) = rest
+        .char_indices()
+        .find(|(_, c)| *c == '/' || *c == '?')
+        .unwrap_or((rest.len(), ' '));
+    let (authority, tail) = rest.split_at(authority_end);
+    let (userinfo, host) = authority
+        .rsplit_once('@')
+        .ok_or_else(|| "names no user for AMQP_PASSWORD".to_string())?;
+    let user = userinfo.split(':').next().unwrap_or_default();
+    if user.is_empty() {
+        return Err("names no user for AMQP_PASSWORD".to_string());
+    }
+    let encoded: String = password
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let url = format!("{scheme}://{user}:{encoded}@{host}{tail}");
+    validate_url(&url)?;
+    Ok(url)
 }
 
 /// Names are `<prefix>.<name>`: the prefix takes the characters RabbitMQ tooling handles well.
@@ -162,5 +236,30 @@ mod tests {
         assert_eq!(err.var(), "OPSCONDUCTOR_AMQP_PREFIX");
         let err = BrokerConfig::new("not a url", "p", "s").err().unwrap();
         assert!(!err.to_string().contains("not a url"), "AMQP_URL is hidden");
+    }
+
+    #[test]
+    fn the_password_may_come_from_its_own_variable() {
+        let env = Env::isolated([
+            ("AMQP_URL", "amqp://targets@rabbitmq:5672/%2f"),
+            ("AMQP_PASSWORD", "s3cret/+="),
+        ]);
+        let config = BrokerConfig::from_env(&env, "targets").unwrap();
+        assert_eq!(
+            config.url(),
+            "amqp://targets:s3cret%2F%2B%3D@rabbitmq:5672/%2f"
+        );
+        assert_eq!(config.username(), "targets");
+        assert!(!format!("{config:?}").contains("s3cret"));
+        let env = Env::isolated([("AMQP_URL", "amqp://rabbitmq"), ("AMQP_PASSWORD", "x")]);
+        assert_eq!(
+            BrokerConfig::from_env(&env, "t").err().unwrap().var(),
+            "AMQP_URL"
+        );
+        let env = Env::isolated([("OPSCONDUCTOR_AMQP_DECLARE", "sometimes")]);
+        assert_eq!(
+            BrokerConfig::from_env(&env, "t").err().unwrap().var(),
+            "OPSCONDUCTOR_AMQP_DECLARE"
+        );
     }
 }

@@ -125,6 +125,17 @@ impl Consumer {
         self
     }
 
+    /// Hands on only messages signed by a key of `keys` (see [`crate::OutgoingMessage::signed`]);
+    /// the rest are dead-lettered (broadcasts: when they keep dead letters) and counted.
+    pub fn signed_by(mut self, keys: Arc<dyn opsconductor_platform::auth::KeySource>) -> Consumer {
+        self.dispatch = Arc::new(crate::signature::Signed {
+            inner: self.dispatch,
+            keys,
+            broker: self.broker.clone(),
+        });
+        self
+    }
+
     /// Runs after every (re)subscription, before the first delivery is handled: where a
     /// broadcast consumer rebuilds what it may have missed while disconnected.
     pub fn on_connect<F, Fut>(mut self, callback: F) -> Consumer
@@ -143,7 +154,7 @@ impl Consumer {
         match &self.source {
             Source::Work(q) => names.queue(q),
             Source::DeadLetters(q) => names.dead_letter_queue(q),
-            Source::Broadcast(b) => format!("{}.{}", names.prefix(), b.name),
+            Source::Broadcast(b) => names.broadcast_queue(b),
         }
     }
 
@@ -255,18 +266,27 @@ async fn subscribe(
     channel
         .basic_qos(consumer.options.prefetch, BasicQosOptions::default())
         .await?;
+    let config = consumer.broker.config();
     let queue = match &consumer.source {
         Source::Work(q) | Source::DeadLetters(q) => {
-            let strategy = consumer.broker.config().dead_letter_strategy;
-            topology::declare_work_queue(channel, names, q, strategy).await?;
+            topology::declare_work_queue(
+                channel,
+                names,
+                q,
+                config.dead_letter_strategy,
+                config.declare,
+            )
+            .await?;
             consumer.queue_name()
         }
         Source::Broadcast(b) => {
-            topology::declare_exchange(channel, names, &b.exchange).await?;
+            topology::declare_exchange(channel, names, &b.exchange, config.declare).await?;
+            if b.dead_letters {
+                topology::declare_broadcast_dead_letters(channel, names, b, config.declare).await?;
+            }
             let name = format!(
-                "{}.{}.{}",
-                names.prefix(),
-                b.name,
+                "{}.{}",
+                names.broadcast_queue(b),
                 uuid::Uuid::now_v7().simple()
             );
             let options = QueueDeclareOptions {
@@ -440,10 +460,22 @@ async fn settle(context: &Context, delivery: &Delivery, raw: &RawMessage, outcom
             tracing::warn!(%error, "dead letter not stored; it goes back to its queue");
             return requeue(delivery, consumer.options.failure_pause).await;
         }
-        Source::Broadcast(_) => {
-            // Nothing to retry into: broadcast state is rebuilt on reconnect instead.
-            tracing::warn!(%error, "broadcast message failed; dropped");
-            return ack(delivery, metrics).await;
+        Source::Broadcast(broadcast) => {
+            let names = consumer.broker.names();
+            if retryable || !broadcast.dead_letters {
+                // Nothing to retry into: broadcast state is rebuilt on reconnect instead.
+                tracing::warn!(%error, "broadcast message failed; dropped");
+                return ack(delivery, metrics).await;
+            }
+            let target = names.broadcast_dead_letter_queue(broadcast);
+            let message = forward(
+                raw,
+                &target,
+                raw.meta.attempt,
+                &error,
+                Some(names.broadcast_queue(broadcast)),
+            );
+            return dead_letter(consumer, delivery, &message, &error, &target).await;
         }
     };
     let names = consumer.broker.names();
@@ -468,15 +500,35 @@ async fn settle(context: &Context, delivery: &Delivery, raw: &RawMessage, outcom
         &error,
         dead.then(|| names.queue(queue)),
     );
+    if dead {
+        return dead_letter(consumer, delivery, &message, &error, &target).await;
+    }
     match consumer.broker.publisher().publish(&message).await {
         Ok(()) => {
-            if dead {
-                Metrics::add(&metrics.dead_lettered, 1);
-                tracing::warn!(%error, attempt, dead_letter_queue = %target, "message dead-lettered");
-            } else {
-                Metrics::add(&metrics.retried, 1);
-                tracing::info!(%error, attempt, delay_queue = %target, "message failed; retrying later");
-            }
+            Metrics::add(&metrics.retried, 1);
+            tracing::info!(%error, attempt, delay_queue = %target, "message failed; retrying later");
+            ack(delivery, metrics).await;
+        }
+        Err(publish_error) => {
+            tracing::warn!(%error, %publish_error, "cannot move the failed message on; it goes back to the queue");
+            requeue(delivery, consumer.options.failure_pause).await;
+        }
+    }
+}
+
+/// Moves a failed delivery to `target`, its dead-letter queue, then acknowledges it.
+async fn dead_letter(
+    consumer: &Consumer,
+    delivery: &Delivery,
+    message: &OutgoingMessage,
+    error: &str,
+    target: &str,
+) {
+    let metrics = consumer.broker.counters();
+    match consumer.broker.publisher().publish(message).await {
+        Ok(()) => {
+            Metrics::add(&metrics.dead_lettered, 1);
+            tracing::warn!(%error, attempt = message.attempt, dead_letter_queue = %target, "message dead-lettered");
             ack(delivery, metrics).await;
         }
         Err(publish_error) => {
@@ -518,6 +570,9 @@ fn forward(
         .or_insert_with(|| meta.routing_key.clone());
     if let Some(original_queue) = dead_from {
         carried.insert(headers::ORIGINAL_QUEUE.into(), original_queue);
+        if let Some(user_id) = &meta.user_id {
+            carried.insert(headers::ORIGINAL_USER_ID.into(), user_id.clone());
+        }
         carried.insert(
             headers::DEAD_LETTER_ID.into(),
             uuid::Uuid::now_v7().to_string(),

@@ -85,6 +85,7 @@ where
 }
 
 /// A delivery before decoding.
+#[derive(Clone)]
 pub(crate) struct RawMessage {
     pub body: Vec<u8>,
     pub meta: MessageMeta,

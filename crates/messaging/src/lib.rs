@@ -25,6 +25,7 @@
 //! # Ok(()) }
 //! ```
 
+mod access;
 mod audit;
 mod broker;
 mod config;
@@ -38,11 +39,13 @@ mod metrics;
 mod outbox;
 mod publisher;
 mod service;
+mod signature;
 pub mod topology;
 
+pub use access::{definitions, password_hash, Account, BrokerUse, Permissions};
 pub use audit::{AuditLog, Cause};
 pub use broker::{Broker, BrokerHealth};
-pub use config::{BrokerConfig, DeadLetterStrategy, DEFAULT_AMQP_URL, DEFAULT_PREFIX};
+pub use config::{BrokerConfig, DeadLetterStrategy, DeclareMode, DEFAULT_AMQP_URL, DEFAULT_PREFIX};
 pub use consumer::{Consumer, ConsumerOptions, RunningConsumer};
 pub use deadletter::{DeadLetterApi, DeadLetters};
 pub use error::{MessagingError, PublishError};

@@ -32,6 +32,12 @@ pub mod headers {
     pub const DEAD_LETTER_TIME: &str = "x-dead-letter-time";
     /// Added by RabbitMQ when it dead-letters a message itself (TTL, delivery limit).
     pub const X_DEATH: &str = "x-death";
+    /// A detached Ed25519 signature of the message (type and body) by its authority, and the
+    /// id of the key that made it (a key of the auth service's JWKS).
+    pub const SIGNATURE: &str = "x-signature";
+    pub const SIGNATURE_KID: &str = "x-signature-kid";
+    /// On a dead letter: the broker account that published the original.
+    pub const ORIGINAL_USER_ID: &str = "x-original-user-id";
 }
 
 /// A W3C `traceparent` (and optional `tracestate`), carried from a request to the messages it
@@ -154,8 +160,10 @@ impl OutgoingMessage {
         self
     }
 
-    /// AMQP properties and headers. `app_id` is the producing service.
-    pub(crate) fn properties(&self, app_id: &str) -> BasicProperties {
+    /// AMQP properties and headers. `app_id` is the producing service, `user_id` the broker
+    /// account it publishes as (RabbitMQ refuses a `user_id` that is not the connection's, so
+    /// consumers can trust it).
+    pub(crate) fn properties(&self, app_id: &str, user_id: &str) -> BasicProperties {
         let mut table = FieldTable::default();
         for (key, value) in &self.headers {
             if let Ok(key) = ShortString::try_new(key.as_str()) {
@@ -183,6 +191,9 @@ impl OutgoingMessage {
         if let Some(id) = &self.correlation_id {
             properties = properties.with_correlation_id(short(id));
         }
+        if !user_id.is_empty() {
+            properties = properties.with_user_id(short(user_id));
+        }
         properties
     }
 }
@@ -199,8 +210,10 @@ pub struct MessageMeta {
     pub redelivered: bool,
     pub exchange: String,
     pub routing_key: String,
-    /// The producing service.
+    /// The producing service, as it says.
     pub app_id: Option<String>,
+    /// The broker account that published it, as RabbitMQ validated it.
+    pub user_id: Option<String>,
     pub timestamp: Option<u64>,
     pub trace: Option<TraceContext>,
     /// Every header, as text (`x-death` summarized).
@@ -246,6 +259,7 @@ impl MessageMeta {
             exchange: exchange.to_string(),
             routing_key: routing_key.to_string(),
             app_id: properties.app_id().as_ref().map(|s| s.to_string()),
+            user_id: properties.user_id().as_ref().map(|s| s.to_string()),
             timestamp: *properties.timestamp(),
             trace,
             headers,

@@ -50,6 +50,7 @@ counters! {
     dead_lettered: "Deliveries moved to a dead-letter queue.",
     redelivered: "Deliveries the broker marked as redelivered.",
     duplicates: "Deliveries an inbox recognised as already processed.",
+    signatures_refused: "Deliveries refused for a missing or bad signature.",
     connections: "Connections established (the first one included).",
 }
 

@@ -97,7 +97,7 @@ impl Publisher {
                         ..BasicPublishOptions::default()
                     },
                     &message.body,
-                    message.properties(&config.service),
+                    message.properties(&config.service, config.username()),
                 )
                 .await;
             Metrics::add(&metrics.published, 1);

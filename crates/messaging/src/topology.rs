@@ -15,7 +15,7 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind as LapinKind};
 
-use crate::config::DeadLetterStrategy;
+use crate::config::{DeadLetterStrategy, DeclareMode};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExchangeKind {
@@ -104,6 +104,9 @@ pub struct Broadcast {
     pub name: String,
     pub exchange: Exchange,
     pub routing_keys: Vec<String>,
+    /// Whether messages refused by a consumer are kept in `<name>.dlq` (shared by every
+    /// instance) instead of dropped.
+    pub dead_letters: bool,
 }
 
 impl Broadcast {
@@ -112,7 +115,14 @@ impl Broadcast {
             name: name.to_string(),
             exchange,
             routing_keys: routing_keys.iter().map(|k| k.to_string()).collect(),
+            dead_letters: false,
         }
+    }
+
+    /// Keeps refused messages in a durable dead-letter queue, with the reason.
+    pub fn with_dead_letters(mut self) -> Broadcast {
+        self.dead_letters = true;
+        self
     }
 }
 
@@ -186,6 +196,16 @@ impl Names {
             .collect()
     }
 
+    /// What the per-instance queues of `broadcast` are called, before their unique suffix.
+    pub fn broadcast_queue(&self, broadcast: &Broadcast) -> String {
+        format!("{}.{}", self.prefix, broadcast.name)
+    }
+
+    /// Where the consumers of `broadcast` put what they refuse.
+    pub fn broadcast_dead_letter_queue(&self, broadcast: &Broadcast) -> String {
+        format!("{}.dlq", self.broadcast_queue(broadcast))
+    }
+
     /// Every queue a work queue brings: itself, its delay queues, its dead-letter queue.
     pub fn all_queues(&self, queue: &WorkQueue) -> Vec<String> {
         let mut names = vec![self.queue(queue)];
@@ -235,10 +255,36 @@ fn durable() -> QueueDeclareOptions {
     }
 }
 
+fn passive() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    }
+}
+
+/// Declares `name` (durable, quorum, with `args`), or in [`DeclareMode::Verify`] checks that
+/// it exists (a passive declare needs no `configure` permission).
+async fn declare_queue(
+    channel: &Channel,
+    name: &str,
+    args: FieldTable,
+    mode: DeclareMode,
+) -> lapin::Result<()> {
+    let (options, args) = match mode {
+        DeclareMode::Declare => (durable(), args),
+        DeclareMode::Verify => (passive(), FieldTable::default()),
+    };
+    channel
+        .queue_declare(ShortString::from(name), options, args)
+        .await
+        .map(|_| ())
+}
+
 pub(crate) async fn declare_exchange(
     channel: &Channel,
     names: &Names,
     exchange: &Exchange,
+    mode: DeclareMode,
 ) -> lapin::Result<()> {
     let kind = match exchange.kind {
         ExchangeKind::Direct => LapinKind::Direct,
@@ -251,6 +297,7 @@ pub(crate) async fn declare_exchange(
             kind,
             ExchangeDeclareOptions {
                 durable: true,
+                passive: mode == DeclareMode::Verify,
                 ..ExchangeDeclareOptions::default()
             },
             FieldTable::default(),
@@ -258,28 +305,24 @@ pub(crate) async fn declare_exchange(
         .await
 }
 
-/// Declares a work queue with its exchange, bindings, delay ladder and dead-letter queue.
-pub(crate) async fn declare_work_queue(
-    channel: &Channel,
+/// The arguments of each queue a work queue brings, by broker name: the queue itself (its
+/// dead-letter queue, delivery limit), its delay queues (TTL back into it), its dead-letter
+/// queue. What [`declare_work_queue`] declares, and what a definitions file must declare alike.
+pub fn work_queue_arguments(
     names: &Names,
     queue: &WorkQueue,
     strategy: DeadLetterStrategy,
-) -> lapin::Result<()> {
-    declare_exchange(channel, names, &queue.exchange).await?;
+) -> Vec<(String, FieldTable)> {
     let main = names.queue(queue);
     let dlq = names.dead_letter_queue(queue);
-    channel
-        .queue_declare(ShortString::from(dlq.clone()), durable(), quorum_args())
-        .await?;
+    let mut all = vec![(dlq.clone(), quorum_args())];
     let mut args = quorum_args();
     dead_letter_to(&mut args, &dlq, strategy);
     args.insert(
         "x-delivery-limit".into(),
         AMQPValue::LongLongInt(DELIVERY_LIMIT),
     );
-    channel
-        .queue_declare(ShortString::from(main.clone()), durable(), args)
-        .await?;
+    all.push((main.clone(), args));
     for (name, delay) in names
         .retry_queues(queue)
         .into_iter()
@@ -291,14 +334,31 @@ pub(crate) async fn declare_work_queue(
             "x-message-ttl".into(),
             AMQPValue::LongLongInt(delay.as_millis().min(i64::MAX as u128) as i64),
         );
-        channel
-            .queue_declare(ShortString::from(name), durable(), args)
-            .await?;
+        all.push((name, args));
+    }
+    all
+}
+
+/// Declares a work queue with its exchange, bindings, delay ladder and dead-letter queue (in
+/// [`DeclareMode::Verify`], checks they exist).
+pub(crate) async fn declare_work_queue(
+    channel: &Channel,
+    names: &Names,
+    queue: &WorkQueue,
+    strategy: DeadLetterStrategy,
+    mode: DeclareMode,
+) -> lapin::Result<()> {
+    declare_exchange(channel, names, &queue.exchange, mode).await?;
+    for (name, args) in work_queue_arguments(names, queue, strategy) {
+        declare_queue(channel, &name, args, mode).await?;
+    }
+    if mode == DeclareMode::Verify {
+        return Ok(());
     }
     for key in &queue.routing_keys {
         channel
             .queue_bind(
-                ShortString::from(main.clone()),
+                ShortString::from(names.queue(queue)),
                 ShortString::from(names.exchange(&queue.exchange)),
                 ShortString::from(key.as_str()),
                 QueueBindOptions::default(),
@@ -309,17 +369,34 @@ pub(crate) async fn declare_work_queue(
     Ok(())
 }
 
+/// The dead-letter queue of a broadcast (durable, quorum), declared or checked.
+pub(crate) async fn declare_broadcast_dead_letters(
+    channel: &Channel,
+    names: &Names,
+    broadcast: &Broadcast,
+    mode: DeclareMode,
+) -> lapin::Result<()> {
+    declare_queue(
+        channel,
+        &names.broadcast_dead_letter_queue(broadcast),
+        quorum_args(),
+        mode,
+    )
+    .await
+}
+
 pub(crate) async fn declare(
     channel: &Channel,
     names: &Names,
     topology: &Topology,
     strategy: DeadLetterStrategy,
+    mode: DeclareMode,
 ) -> lapin::Result<()> {
     for exchange in &topology.exchanges {
-        declare_exchange(channel, names, exchange).await?;
+        declare_exchange(channel, names, exchange, mode).await?;
     }
     for queue in &topology.queues {
-        declare_work_queue(channel, names, queue, strategy).await?;
+        declare_work_queue(channel, names, queue, strategy, mode).await?;
     }
     Ok(())
 }
@@ -345,8 +422,10 @@ pub mod platform {
 
     pub const TOKEN_REVOKED: &str = "token.revoked";
 
+    /// Revocations a server refuses (unsigned, badly signed, dated in the future) are kept
+    /// in `auth.revocations.dlq` for an operator to see.
     pub fn token_revocations() -> Broadcast {
-        Broadcast::new("auth.revocations", auth_exchange(), &[TOKEN_REVOKED])
+        Broadcast::new("auth.revocations", auth_exchange(), &[TOKEN_REVOKED]).with_dead_letters()
     }
 
     /// Run requests and cancellations from the jobs service to executors.

@@ -1,7 +1,6 @@
-//! The `opsconductor` binary's engine: which services exist, how each is started over its
-//! storage, and the three ways to run them (`up`, `serve`, `healthcheck`).
+//! The `opsconductor` binary's engine: the ways to run the services of the catalog (`up`,
+//! `serve`, `healthcheck`) and the deployment's secrets (`secrets init`).
 
-pub mod registry;
 pub mod run;
 pub mod secrets;
 

@@ -58,12 +58,15 @@ enum Command {
 
 #[derive(Subcommand)]
 enum SecretsCommand {
-    /// Generate what is missing in DIR: a secret per service identity, the auth service's
-    /// key-encryption key and identity list, and the administrator's password. Existing files
-    /// are kept.
+    /// Generate what is missing in DIR, one subdirectory per service holding exactly what it
+    /// reads (its identity, its own secrets, its broker password), and the broker's accounts
+    /// and topology in DIR/rabbitmq/definitions.json. Existing files are kept.
     Init {
-        /// The directory (created owner-only); mount it where the services read their secrets.
+        /// The directory (created owner-only); mount each service's subdirectory into it.
         dir: String,
+        /// The RabbitMQ virtual host the broker accounts are for.
+        #[arg(long, default_value = "/")]
+        vhost: String,
     },
 }
 
@@ -111,38 +114,18 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Serve { service } => {
             opsconductor_platform::telemetry::init(&env)?;
             let Some(kind) = ServiceKind::from_name(&service) else {
-                anyhow::bail!(
-                    "unknown service {service:?}; one of: {}",
-                    ServiceKind::ALL.map(|k| k.name()).join(", ")
-                );
+                let names: Vec<&str> = opsconductor_catalog::implemented()
+                    .map(ServiceKind::name)
+                    .collect();
+                anyhow::bail!("unknown service {service:?}; one of: {}", names.join(", "));
             };
             opsconductor::serve(kind, env).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Secrets {
-            command: SecretsCommand::Init { dir },
+            command: SecretsCommand::Init { dir, vhost },
         } => {
-            let dir = std::path::PathBuf::from(dir);
-            let secrets = opsconductor::secrets::Secrets::ensure(&dir, true)?;
-            println!("secrets in {}:", dir.display());
-            println!(
-                "  every service:  SERVICE_ID=<name>  SERVICE_SECRET_FILE={}",
-                dir.join("service-<name>.secret").display()
-            );
-            println!(
-                "  auth:           AUTH_KEY_ENCRYPTION_KEY_FILE={}  AUTH_SERVICE_IDENTITIES_FILE={}",
-                dir.join(opsconductor::secrets::KEY_ENCRYPTION_KEY).display(),
-                dir.join(opsconductor::secrets::IDENTITIES).display()
-            );
-            println!(
-                "  user:           OPSCONDUCTOR_ADMIN_PASSWORD_FILE={}",
-                dir.join(opsconductor::secrets::ADMIN_PASSWORD).display()
-            );
-            if let (true, Some(password)) =
-                (secrets.admin_password_generated, &secrets.admin_password)
-            {
-                println!("administrator \"admin\", password \"{password}\" (shown once)");
-            }
+            secrets_init(&env, std::path::PathBuf::from(dir), vhost)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Healthcheck {
@@ -160,4 +143,59 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+/// `secrets init`: generates the deployment's secrets and says where each service finds its own.
+fn secrets_init(env: &Env, dir: std::path::PathBuf, vhost: String) -> anyhow::Result<()> {
+    use opsconductor::secrets::{self, BrokerOptions, Options, Secrets};
+    let broker = opsconductor_messaging::BrokerConfig::from_env(env, "secrets")?;
+    let options = Options {
+        provided: Vec::new(),
+        broker: Some(BrokerOptions {
+            prefix: broker.prefix.clone(),
+            vhost,
+            strategy: broker.dead_letter_strategy,
+        }),
+    };
+    let generated = Secrets::ensure(&dir, opsconductor_catalog::SERVICES, &options)?;
+    println!("secrets in {}, one directory per service:", dir.display());
+    for module in opsconductor_catalog::SERVICES {
+        let kind = module.kind();
+        let mut vars: Vec<String> = Vec::new();
+        if secrets::has_identity(kind) {
+            vars.push(format!("SERVICE_ID={kind}"));
+            vars.push(format!(
+                "SERVICE_SECRET_FILE={}",
+                generated.path(kind, secrets::SERVICE_SECRET).display()
+            ));
+        }
+        for spec in module.secrets() {
+            vars.push(format!(
+                "{}_FILE={}",
+                spec.var,
+                generated.path(kind, spec.file).display()
+            ));
+        }
+        vars.push(format!(
+            "AMQP_PASSWORD_FILE={} (broker user \"{kind}\")",
+            generated.path(kind, secrets::AMQP_PASSWORD).display()
+        ));
+        println!("  {kind}:");
+        for var in vars {
+            println!("    {var}");
+        }
+    }
+    println!(
+        "  rabbitmq: load {} (definitions.import_backend = local_filesystem); run the services \
+         with OPSCONDUCTOR_AMQP_DECLARE=verify",
+        dir.join(secrets::BROKER_DIR)
+            .join(secrets::BROKER_DEFINITIONS)
+            .display()
+    );
+    for (var, password) in &generated.shown_once {
+        if var == "OPSCONDUCTOR_ADMIN_PASSWORD" {
+            println!("administrator \"admin\", password \"{password}\" (shown once)");
+        }
+    }
+    Ok(())
 }

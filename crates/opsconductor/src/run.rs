@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use opsconductor_catalog::SERVICES;
 use opsconductor_messaging::BrokerConfig;
 use opsconductor_platform::client::check_health;
 use opsconductor_platform::config::{ConfigError, Env, ServerConfig};
@@ -13,10 +14,9 @@ use opsconductor_platform::ServiceKind;
 use opsconductor_storage::Database;
 use tokio::sync::watch;
 
-use crate::registry::{self, IMPLEMENTED};
 use crate::secrets::{self, Secrets};
 
-/// How `opsconductor up` runs: every implemented service in this process, each on
+/// How `opsconductor up` runs: every service of the catalog in this process, each on
 /// `host:port_base+offset`, each with its own SQLite file in `data_dir`.
 #[derive(Debug, Clone)]
 pub struct UpOptions {
@@ -48,58 +48,69 @@ impl UpOptions {
     }
 }
 
-/// Runs every implemented service until SIGTERM/SIGINT. The deployment's secrets (service
+/// Runs every service of the catalog until SIGTERM/SIGINT. The deployment's secrets (service
 /// identities, the key-encryption key, the administrator's password unless
 /// `OPSCONDUCTOR_ADMIN_PASSWORD` is set) are generated once into `<data dir>/secrets`.
 pub async fn up(options: UpOptions, env: Env) -> anyhow::Result<()> {
     let started = Instant::now();
     let signal = TerminationSignal::install();
-    std::fs::create_dir_all(&options.data_dir).with_context(|| {
-        format!(
-            "cannot create data directory {}",
-            options.data_dir.display()
-        )
-    })?;
-    let admin_from_env = env.secret("OPSCONDUCTOR_ADMIN_PASSWORD")?.is_some();
-    let secrets_dir = options.data_dir.join("secrets");
-    let secrets = Secrets::ensure(&secrets_dir, !admin_from_env)
-        .with_context(|| format!("cannot prepare secrets in {}", secrets_dir.display()))?;
-    if secrets.admin_password_generated {
-        if let Some(password) = &secrets.admin_password {
-            // Shown once, on the terminal, never in the logs.
-            println!(
-                "OpsConductor administrator: username \"{}\", password \"{password}\"\n\
-                 (generated once and kept in {}; it is not shown again)",
-                env.get("OPSCONDUCTOR_ADMIN_USERNAME")
-                    .unwrap_or_else(|| "admin".into()),
-                secrets_dir.join(secrets::ADMIN_PASSWORD).display()
-            );
+    // The data directory holds every service's database and secrets: its owner's alone.
+    opsconductor_storage::create_private_dir(&options.data_dir)
+        .and_then(|()| restrict(&options.data_dir))
+        .with_context(|| {
+            format!(
+                "cannot create data directory {}",
+                options.data_dir.display()
+            )
+        })?;
+    let mut provided = Vec::new();
+    for module in SERVICES {
+        for spec in module.secrets() {
+            if env.secret(spec.var)?.is_some() {
+                provided.push(spec.var.to_string());
+            }
         }
     }
+    let secrets_dir = options.data_dir.join("secrets");
+    let secrets = Secrets::ensure(
+        &secrets_dir,
+        SERVICES,
+        &secrets::Options {
+            provided,
+            broker: None,
+        },
+    )
+    .with_context(|| format!("cannot prepare secrets in {}", secrets_dir.display()))?;
+    show_generated_passwords(&secrets, &env);
     let mut bound = Vec::new();
-    for kind in IMPLEMENTED {
+    for module in SERVICES {
+        let kind = module.kind();
         let listen = SocketAddr::new(options.host, options.port_base + kind.port_offset());
         let service_env = service_env(&env, &secrets, kind);
         let path = options.data_dir.join(format!("{}.db", kind.name()));
         let db = Database::open_sqlite_file(&path)
             .await
             .with_context(|| format!("{kind}: cannot open {}", path.display()))?;
-        let server = registry::build(kind, db, &service_env, listen)
+        let built = module
+            .build(db, &service_env, listen)
             .await
             .with_context(|| format!("{kind}: cannot start"))?;
-        let server = server
+        let server = built
+            .server
             .bind()
             .await
             .with_context(|| format!("{kind}: cannot start"))?;
         bound.push((kind, server));
     }
-    for (kind, server) in &bound {
-        tracing::info!(service = %kind, addr = %server.local_addr(), "listening");
-    }
-    let serving = bound.iter().all(|(_, s)| s.health().is_serving());
+    let serving: Vec<String> = bound
+        .iter()
+        .map(|(kind, server)| format!("{kind} {}", server.local_addr()))
+        .collect();
+    println!("OpsConductor is serving: {}", serving.join(", "));
+    let all_serving = bound.iter().all(|(_, s)| s.health().is_serving());
     tracing::info!(
         services = bound.len(),
-        serving,
+        serving = all_serving,
         elapsed_ms = started.elapsed().as_millis() as u64,
         data_dir = %options.data_dir.display(),
         "opsconductor up"
@@ -107,34 +118,37 @@ pub async fn up(options: UpOptions, env: Env) -> anyhow::Result<()> {
     run_until_signal(bound, signal).await
 }
 
+/// Passwords generated just now are shown once, on the terminal, never in the logs.
+fn show_generated_passwords(secrets: &Secrets, env: &Env) {
+    for (var, password) in &secrets.shown_once {
+        if var == "OPSCONDUCTOR_ADMIN_PASSWORD" {
+            println!(
+                "OpsConductor administrator: username \"{}\", password \"{password}\"\n\
+                 (generated once and kept in {}; it is not shown again)",
+                env.get("OPSCONDUCTOR_ADMIN_USERNAME")
+                    .unwrap_or_else(|| "admin".into()),
+                secrets.path(ServiceKind::User, "admin-password").display()
+            );
+        }
+    }
+}
+
+/// Sets an existing directory to 0700.
+fn restrict(dir: &std::path::Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
 /// What one service of `up` is configured with: the process environment plus its identity
-/// and, for auth, the key-encryption key and every identity; for user, the admin password.
+/// and its own secrets (each `<VAR>_FILE` cleared, the value given).
 fn service_env(env: &Env, secrets: &Secrets, kind: ServiceKind) -> Env {
-    let secret = secrets.services.get(&kind).cloned().unwrap_or_default();
-    let mut service = env
-        .clone()
-        .with("SERVICE_ID", kind.name())
-        .with("SERVICE_SECRET", secret)
-        .with("SERVICE_SECRET_FILE", "");
-    match kind {
-        ServiceKind::Auth => {
-            service = service
-                .with(
-                    "AUTH_KEY_ENCRYPTION_KEY",
-                    secrets.key_encryption_key.clone(),
-                )
-                .with("AUTH_KEY_ENCRYPTION_KEY_FILE", "")
-                .with("AUTH_SERVICE_IDENTITIES", secrets.identities())
-                .with("AUTH_SERVICE_IDENTITIES_FILE", "");
-        }
-        ServiceKind::User => {
-            if let Some(password) = &secrets.admin_password {
-                service = service
-                    .with("OPSCONDUCTOR_ADMIN_PASSWORD", password.clone())
-                    .with("OPSCONDUCTOR_ADMIN_PASSWORD_FILE", "");
-            }
-        }
-        _ => {}
+    let mut service = env.clone().with("SERVICE_ID", kind.name());
+    for (var, value) in secrets.vars(kind) {
+        service = service.with(var, value).with(format!("{var}_FILE"), "");
     }
     service
 }
@@ -144,9 +158,9 @@ fn service_env(env: &Env, secrets: &Secrets, kind: ServiceKind) -> Env {
 /// identity and secrets from the environment (docs/configuration.md).
 pub async fn serve(kind: ServiceKind, env: Env) -> anyhow::Result<()> {
     let signal = TerminationSignal::install();
-    if !registry::is_implemented(kind) {
-        bail!(registry::BuildError::NotImplemented(kind));
-    }
+    let Some(module) = opsconductor_catalog::module(kind) else {
+        bail!(opsconductor_catalog::not_implemented(kind));
+    };
     let default_listen = SocketAddr::from(([127, 0, 0, 1], kind.default_port()));
     let listen = env.parse("LISTEN_ADDR", default_listen)?;
     // Fail on configuration before touching the database.
@@ -167,10 +181,7 @@ pub async fn serve(kind: ServiceKind, env: Env) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot open {}", path.display()))?
         }
     };
-    let server = registry::build(kind, db, &env, listen)
-        .await?
-        .bind()
-        .await?;
+    let server = module.build(db, &env, listen).await?.server.bind().await?;
     run_until_signal(vec![(kind, server)], signal).await
 }
 
@@ -222,18 +233,19 @@ fn record(
     }
 }
 
-/// Exits 0 only when the server at `addr` reports SERVING for `service` ("" = overall).
+/// Exits 0 only when the server at `addr` reports SERVING for `service` ("" = overall; a
+/// service's short name, e.g. `user`, stands for its gRPC name).
 pub async fn healthcheck(addr: &str, service: &str, timeout: Duration) -> anyhow::Result<bool> {
     let url = if addr.contains("://") {
         addr.to_string()
     } else {
         format!("http://{addr}")
     };
+    let service = match ServiceKind::from_name(service) {
+        Some(kind) => kind.grpc_name(),
+        None => service,
+    };
     let status = check_health(&url, service, timeout).await?;
     println!("{}", status.as_str_name());
-    Ok(status == tonic_health_status_serving())
-}
-
-fn tonic_health_status_serving() -> opsconductor_platform::health::ServingStatusPb {
-    opsconductor_platform::health::ServingStatusPb::Serving
+    Ok(status == opsconductor_platform::health::ServingStatusPb::Serving)
 }

@@ -133,15 +133,36 @@ impl Clients {
     }
 }
 
+/// A generated client of one of the platform's services, over an [`AuthChannel`].
+pub trait ServiceClient: Sized {
+    const KIND: ServiceKind;
+    fn with_channel(channel: AuthChannel, max_message_bytes: usize) -> Self;
+}
+
+impl Clients {
+    /// A client of the service `C` talks to: `clients.client::<UserServiceClient<_>>()`.
+    pub fn client<C: ServiceClient>(&self) -> C {
+        C::with_channel(self.channel(C::KIND), self.config.max_message_bytes)
+    }
+}
+
 macro_rules! typed_clients {
     ($($fn:ident => $kind:ident, $client:path;)*) => {
+        $(
+            impl ServiceClient for $client {
+                const KIND: ServiceKind = ServiceKind::$kind;
+                fn with_channel(channel: AuthChannel, max_message_bytes: usize) -> Self {
+                    <$client>::new(channel)
+                        .max_decoding_message_size(max_message_bytes)
+                        .max_encoding_message_size(max_message_bytes)
+                }
+            }
+        )*
         impl Clients {
             $(
                 #[doc = concat!("A client of the ", stringify!($fn), " service.")]
                 pub fn $fn(&self) -> $client {
-                    <$client>::new(self.channel(ServiceKind::$kind))
-                        .max_decoding_message_size(self.config.max_message_bytes)
-                        .max_encoding_message_size(self.config.max_message_bytes)
+                    self.client::<$client>()
                 }
             )*
         }

@@ -12,6 +12,7 @@ pub mod layers;
 pub mod page;
 pub mod policy;
 pub mod principal;
+pub mod rate_limit;
 pub mod server;
 pub mod services;
 pub mod telemetry;

@@ -4,6 +4,8 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 
+use opsconductor_storage::Select;
+
 use crate::validate::Violations;
 
 pub const DEFAULT_PAGE_SIZE: i64 = 50;
@@ -44,6 +46,17 @@ impl Page {
     /// The row count to fetch: one more than the page, to learn whether another page follows.
     pub fn fetch_limit(&self) -> i64 {
         self.size + 1
+    }
+
+    /// Ends a listing with this page: rows after the token's id, in id order, one more than
+    /// the page (so [`Page::finish`] can tell whether another follows).
+    pub fn apply(&self, select: &mut Select, id_column: &str) {
+        if let Some(after) = &self.after {
+            select.and(&format!("{id_column} > {{}}"), after);
+        }
+        select
+            .push(&format!(" ORDER BY {id_column}"))
+            .limit(self.fetch_limit());
     }
 
     /// Trims a fetched list to the page and returns the next page token ("" on the last page).

@@ -44,6 +44,39 @@ pub trait Worker: Send + 'static {
     fn stop(self: Box<Self>, grace: Duration) -> BoxFuture<'static, ()>;
 }
 
+/// A generated gRPC server (`UserServiceServer<UserApi>` ...), limited to the platform's
+/// message size both ways.
+pub trait GrpcService: tonic::server::NamedService + Sized {
+    fn with_message_limit(self, max_bytes: usize) -> Self;
+}
+
+macro_rules! grpc_services {
+    ($($server:path),* $(,)?) => {
+        $(
+            impl<T> GrpcService for $server {
+                fn with_message_limit(self, max_bytes: usize) -> Self {
+                    self.max_decoding_message_size(max_bytes)
+                        .max_encoding_message_size(max_bytes)
+                }
+            }
+        )*
+    };
+}
+
+use opsconductor_api as api;
+grpc_services! {
+    api::auth::v1::auth_service_server::AuthServiceServer<T>,
+    api::user::v1::user_service_server::UserServiceServer<T>,
+    api::audit::v1::audit_service_server::AuditServiceServer<T>,
+    api::credentials::v1::credentials_service_server::CredentialsServiceServer<T>,
+    api::targets::v1::targets_service_server::TargetsServiceServer<T>,
+    api::jobs::v1::jobs_service_server::JobsServiceServer<T>,
+    api::notification::v1::notification_service_server::NotificationServiceServer<T>,
+    api::scheduler::v1::scheduler_service_server::SchedulerServiceServer<T>,
+    api::executor::v1::executor_service_server::ExecutorServiceServer<T>,
+    api::deadletters::v1::dead_letter_service_server::DeadLetterServiceServer<T>,
+}
+
 /// A service ready to be bound: its routes, the gRPC names it serves and what it depends on.
 pub struct ServiceServer {
     name: String,
@@ -77,6 +110,55 @@ impl ServiceServer {
             authenticator: None,
             unauthenticated: false,
         }
+    }
+
+    /// One generated gRPC service, limited to the configured message size both ways; its
+    /// every method must declare a caller policy.
+    pub fn grpc<S>(name: impl Into<String>, config: ServerConfig, service: S) -> Self
+    where
+        S: GrpcService
+            + tower::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = std::convert::Infallible,
+            > + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let routes = Routes::new(service.with_message_limit(config.max_message_bytes));
+        ServiceServer::new(name, config, routes, [S::NAME])
+    }
+
+    /// Serves another generated service beside the first (e.g. `DeadLetterService`).
+    pub fn also_serve<S>(mut self, service: S) -> Self
+    where
+        S: GrpcService
+            + tower::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = std::convert::Infallible,
+            > + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let service = service.with_message_limit(self.config.max_message_bytes);
+        self.routes = self.routes.add_service(service);
+        self.grpc_names.push(S::NAME.to_string());
+        self
+    }
+
+    /// The server's name in logs (the service's short name).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The configuration it will bind with.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
     }
 
     /// Checks every call's token and the method's caller policy (health and reflection stay
@@ -138,10 +220,12 @@ impl ServiceServer {
         let health = Health::new(reporter, self.grpc_names.clone(), self.checks);
         health.refresh().await;
 
-        // Advertise only what this server serves: the descriptor set holds every contract.
+        // Describe only what this server serves (and what that imports): reflection answers
+        // without a token, and the other services' contracts are not this server's to show.
+        let served = served_descriptors(&self.grpc_names)?;
         let reflection = || {
             let mut builder = tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(opsconductor_api::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(&served)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
                 // google.rpc error details, so grpcurl can print ErrorInfo and BadRequest.
                 .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
@@ -230,11 +314,13 @@ impl BoundServer {
             }
         };
 
+        // Token checks come before load shedding: a call whose token names a key not seen
+        // yet may wait for the key set to be fetched, and must not hold a slot meanwhile.
         let layers = tower::ServiceBuilder::new()
             .layer(RequestIdLayer)
             .layer(trace_layer())
-            .layer(LoadShedLayer::new(config.max_concurrent_requests))
             .option_layer(authenticator.map(AuthLayer::new))
+            .layer(LoadShedLayer::new(config.max_concurrent_requests))
             .into_inner();
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let server = tonic::transport::Server::builder()
@@ -260,6 +346,34 @@ impl BoundServer {
         tracing::info!(service = %name, "stopped");
         result
     }
+}
+
+/// The encoded descriptor set of the files declaring `services`, with every file they import.
+fn served_descriptors(services: &[String]) -> Result<Vec<u8>, ServerError> {
+    use prost::Message;
+    let pool = prost_reflect::DescriptorPool::decode(opsconductor_api::FILE_DESCRIPTOR_SET)
+        .map_err(|e| ServerError::Reflection(e.to_string()))?;
+    let mut wanted = std::collections::BTreeSet::new();
+    let mut pending = Vec::new();
+    for name in services {
+        let service = pool
+            .get_service_by_name(name)
+            .ok_or_else(|| PolicyError::UnknownService(name.clone()))?;
+        pending.push(service.parent_file());
+    }
+    while let Some(file) = pending.pop() {
+        if wanted.insert(file.name().to_string()) {
+            pending.extend(file.dependencies());
+        }
+    }
+    let set = prost_types::FileDescriptorSet {
+        file: pool
+            .file_descriptor_protos()
+            .filter(|file| wanted.contains(file.name()))
+            .cloned()
+            .collect(),
+    };
+    Ok(set.encode_to_vec())
 }
 
 /// SIGTERM and SIGINT (Ctrl-C), listened for from the moment this is created: install it

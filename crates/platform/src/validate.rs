@@ -103,6 +103,18 @@ impl Violations {
     }
 }
 
+/// A request whose only input is an id: `INVALID_ARGUMENT` unless `id` is a UUID.
+pub fn require_id(field: &str, id: &str) -> Result<(), ApiError> {
+    let mut v = Violations::new();
+    v.id(field, id);
+    v.finish()
+}
+
+/// A required message field: `INVALID_ARGUMENT` naming `field` when it is absent.
+pub fn required<T>(field: &str, value: Option<T>) -> Result<T, ApiError> {
+    value.ok_or_else(|| ApiError::invalid(field, "is required"))
+}
+
 /// `a-z` followed by `a-z 0-9 . _ -`, `min..=max` characters long.
 pub fn is_slug(value: &str, min: usize, max: usize, extra: &[char]) -> bool {
     let len = value.len();

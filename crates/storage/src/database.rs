@@ -74,14 +74,18 @@ impl Database {
         Ok(Database { pool, backend })
     }
 
-    /// Opens (creating it if needed) the SQLite file at `path`.
+    /// Opens (creating it if needed) the SQLite file at `path`. The file is the owning
+    /// service's alone: created (or tightened to) mode 0600, which SQLite gives its WAL and
+    /// shared-memory files too; a directory created for it is 0700.
     pub async fn open_sqlite_file(path: &Path) -> Result<Self, StorageError> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| StorageError::DataDir {
-                path: dir.display().to_string(),
-                source,
-            })?;
+        let data_dir = |source, dir: &Path| StorageError::DataDir {
+            path: dir.display().to_string(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            create_private_dir(dir).map_err(|e| data_dir(e, dir))?;
         }
+        create_private_file(path).map_err(|e| data_dir(e, path))?;
         Self::connect(&sqlite_url(path)).await
     }
 
@@ -149,6 +153,38 @@ impl MigrationSource<'static> for Merged {
     }
 }
 
+/// Creates `dir` (and missing parents) readable by its owner only; an existing directory is
+/// left as it is (it may be shared, like a system temp dir).
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
+}
+
+/// Creates `path` empty with mode 0600 unless it exists; an existing file is set to 0600.
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        options.mode(0o600);
+        options.open(path)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    #[cfg(not(unix))]
+    options.open(path)?;
+    Ok(())
+}
+
 /// The sqlx URL of a SQLite file, created on first open.
 pub fn sqlite_url(path: &Path) -> String {
     // sqlx percent-decodes the path: escape what would end it or be decoded.
@@ -186,6 +222,36 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::redact_url as redact;
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn database_files_and_their_directory_are_the_owners_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let path = dir.join("svc.db");
+        let db = super::Database::open_sqlite_file(&path).await.unwrap();
+        sqlx::query("CREATE TABLE t (x BIGINT)")
+            .execute(db.pool())
+            .await
+            .unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        let files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert!(files.len() >= 2, "the database and its WAL: {files:?}");
+        for file in &files {
+            assert_eq!(mode(file), 0o600, "{}", file.display());
+        }
+        db.close().await;
+        // A file left readable by an earlier version is tightened on open.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let db = super::Database::open_sqlite_file(&path).await.unwrap();
+        assert_eq!(mode(&path), 0o600);
+        db.close().await;
+    }
 
     #[test]
     fn redacts_passwords() {

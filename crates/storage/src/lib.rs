@@ -8,10 +8,12 @@
 
 mod database;
 mod error;
+mod select;
 pub mod testing;
 
-pub use database::{redact_url, sqlite_url, Backend, Database, Migrations};
+pub use database::{create_private_dir, redact_url, sqlite_url, Backend, Database, Migrations};
 pub use error::{is_unique_violation, StorageError};
+pub use select::{Arg, Select};
 pub use sqlx;
 
 /// The calling crate's embedded migrations, one directory per backend:

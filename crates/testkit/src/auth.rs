@@ -36,7 +36,7 @@ impl Default for TestAuth {
 struct NoRevocations;
 
 impl RevocationSource for NoRevocations {
-    fn list(&self) -> BoxFuture<'_, Result<Vec<TokenRevoked>, String>> {
+    fn list(&self) -> BoxFuture<'_, Result<Vec<TokenRevoked>, opsconductor_platform::ApiError>> {
         futures::future::ready(Ok(Vec::new())).boxed()
     }
 }

@@ -7,7 +7,9 @@ use std::sync::{Mutex, PoisonError};
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::{Connection, ConnectionProperties};
 use opsconductor_messaging::topology::platform;
-use opsconductor_messaging::{BrokerConfig, Exchange, Names, WorkQueue, DEFAULT_AMQP_URL};
+use opsconductor_messaging::{
+    Broadcast, BrokerConfig, Exchange, Names, WorkQueue, DEFAULT_AMQP_URL,
+};
 
 pub fn amqp_url() -> String {
     std::env::var("OPSCONDUCTOR_TEST_AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.to_string())
@@ -17,6 +19,8 @@ pub fn amqp_url() -> String {
 pub struct TestBroker {
     pub prefix: String,
     queues: Mutex<Vec<WorkQueue>>,
+    /// Other queues, by broker name (a broadcast's dead-letter queue).
+    named: Mutex<Vec<String>>,
     exchanges: Mutex<Vec<Exchange>>,
 }
 
@@ -33,6 +37,7 @@ impl TestBroker {
             // The tail of a UUIDv7 is random: unique per test, short in the management UI.
             prefix: format!("test-{}", &id[id.len() - 12..]),
             queues: Mutex::new(Vec::new()),
+            named: Mutex::new(Vec::new()),
             exchanges: Mutex::new(Vec::new()),
         }
     }
@@ -66,6 +71,18 @@ impl TestBroker {
             .push(exchange.clone());
     }
 
+    /// Removes `broadcast`'s exchange and dead-letter queue on drop (its per-instance queues
+    /// go away with their connections).
+    pub fn track_broadcast(&self, broadcast: &Broadcast) {
+        if broadcast.dead_letters {
+            self.named
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(self.names().broadcast_dead_letter_queue(broadcast));
+        }
+        self.track_exchange(&broadcast.exchange);
+    }
+
     /// Tracks every queue and exchange of the platform's topology.
     pub fn track_platform(&self) {
         self.track(&platform::audit_events());
@@ -74,7 +91,8 @@ impl TestBroker {
         for channel in platform::NOTIFICATION_CHANNELS {
             self.track(&platform::notification_queue(channel));
         }
-        self.track_exchange(&platform::auth_exchange());
+        self.track_broadcast(&platform::token_revocations());
+        self.track_broadcast(&platform::run_cancellations());
     }
 
     /// Messages in a queue right now (`name` is the broker name).
@@ -115,6 +133,13 @@ impl Drop for TestBroker {
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .flat_map(|q| names.all_queues(q))
+            .chain(
+                self.named
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .iter()
+                    .cloned(),
+            )
             .collect();
         let exchanges: Vec<String> = self
             .exchanges

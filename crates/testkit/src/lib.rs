@@ -1,16 +1,18 @@
-//! Sandboxes for tests: the implemented services on ephemeral loopback ports, each over a fresh
-//! database (a temporary SQLite file or a new PostgreSQL database) and a broker prefix of its
-//! own, with real service identities and tokens; and helpers for the real tools the suite
-//! drives (grpcurl, python, rabbitmqctl).
+//! Sandboxes for tests: the services of the catalog on ephemeral loopback ports, each over a
+//! fresh database (a temporary SQLite file or a new PostgreSQL database) and a broker prefix of
+//! its own, with real service identities and tokens; short calls on the generated clients; and
+//! helpers for the real tools the suite drives (grpcurl, python, rabbitmqctl).
 
 mod assertions;
 mod auth;
 mod broker;
+pub mod ext;
 mod sandbox;
 
 pub use assertions::{assert_code, assert_violations};
 pub use auth::{bearer, channel_as, static_source, TestAuth};
 pub use broker::{amqp_url, TestBroker};
+pub use ext::{AuthExt, TargetsExt, UsersExt};
 pub use opsconductor_platform::time::now_secs;
 pub use sandbox::{role_label, session_source, Sandbox, PASSWORD};
 
@@ -118,25 +120,15 @@ pub async fn standalone(
 ) -> opsconductor_platform::server::BoundServer {
     let env = opsconductor_platform::config::Env::isolated([("OPSCONDUCTOR_PORT_BASE", "3000")]);
     let context = auth.context(kind, config, broker.config(kind.name()), &env);
-    let server = build_service(kind, db, &context, None).await;
-    server
+    let module = opsconductor_catalog::module(kind)
+        .unwrap_or_else(|| panic!("{}", opsconductor_catalog::not_implemented(kind)));
+    let built = module
+        .assemble(db, std::sync::Arc::new(context), &env)
+        .await
+        .unwrap_or_else(|e| panic!("{kind}: {e}"));
+    built
+        .server
         .bind()
         .await
         .unwrap_or_else(|e| panic!("{kind} bind: {e}"))
-}
-
-/// The user or targets server over `db`, as the sandbox and standalone tests build them.
-pub(crate) async fn build_service(
-    kind: opsconductor_platform::ServiceKind,
-    db: opsconductor_storage::Database,
-    context: &opsconductor_runtime::ServiceContext,
-    admin: Option<opsconductor_user::AdminBootstrap>,
-) -> opsconductor_platform::server::ServiceServer {
-    use opsconductor_platform::ServiceKind;
-    let built = match kind {
-        ServiceKind::User => opsconductor_user::server(db, context, admin).await,
-        ServiceKind::Targets => opsconductor_targets::server(db, context).await,
-        other => panic!("{other} is not built this way in tests"),
-    };
-    built.unwrap_or_else(|e| panic!("{kind}: {e}"))
 }

@@ -1,27 +1,25 @@
-//! The implemented services — auth, user, targets — started in this process on loopback ports,
-//! each over a fresh database, under a broker prefix of their own, wired to each other as in a
-//! deployment: every service has an identity and a secret, the auth service knows them, an
-//! administrator is bootstrapped and signed in.
+//! The services of the catalog started in this process on loopback ports, each over a fresh
+//! database, under a broker prefix of their own, wired to each other as in a deployment:
+//! every service has an identity and a secret, the auth service knows them, an administrator
+//! is bootstrapped and signed in.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
-use opsconductor_api::auth::v1::auth_service_client::AuthServiceClient;
 use opsconductor_api::auth::v1::{ExchangeServiceTokenRequest, LoginRequest, LoginResponse};
 use opsconductor_api::common::v1::Role;
-use opsconductor_api::targets::v1::targets_service_client::TargetsServiceClient;
-use opsconductor_api::user::v1::user_service_client::UserServiceClient;
 use opsconductor_api::user::v1::{CreateUserRequest, User};
-use opsconductor_auth::KeyRing;
-use opsconductor_platform::auth::{AuthChannel, IssuedToken, StaticToken, TokenSource};
+use opsconductor_auth::{AuthCounters, AuthHandle, KeyRing};
+use opsconductor_catalog::SERVICES;
+use opsconductor_platform::auth::{IssuedToken, StaticToken, TokenSource};
 use opsconductor_platform::client::Clients;
 use opsconductor_platform::config::Env;
 use opsconductor_platform::ServiceKind;
-use opsconductor_runtime::ServiceContext;
 use opsconductor_storage::testing::TestDatabase;
 use opsconductor_storage::{Backend, Database};
 use opsconductor_tokens::Claims;
@@ -34,18 +32,18 @@ use crate::{free_port, TestBroker};
 pub const PASSWORD: &str = "correct horse battery staple";
 
 pub struct Sandbox {
-    pub auth_addr: SocketAddr,
-    pub user_addr: SocketAddr,
-    pub targets_addr: SocketAddr,
     pub backend: Backend,
     pub broker: TestBroker,
     /// The auth service's signing keys: tests sign tokens with any claims they need.
     pub keys: Arc<KeyRing>,
+    /// What the auth service counts (replays, throttled checks).
+    pub auth_counters: Arc<AuthCounters>,
     /// The administrator's session.
     pub admin: LoginResponse,
     pub admin_password: String,
-    /// Every service identity's secret.
+    /// Every service identity's secret (every service but auth, which mints its own token).
     pub secrets: BTreeMap<ServiceKind, String>,
+    addrs: BTreeMap<ServiceKind, SocketAddr>,
     env: Env,
     clients: Clients,
     servers: BTreeMap<ServiceKind, (watch::Sender<bool>, JoinHandle<()>)>,
@@ -54,6 +52,14 @@ pub struct Sandbox {
 
 fn random_secret() -> String {
     URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
+}
+
+/// Clients acting as the administrator: `s.targets()`, `s.user()`, `s.client::<C>()`.
+impl Deref for Sandbox {
+    type Target = Clients;
+    fn deref(&self) -> &Clients {
+        &self.clients
+    }
 }
 
 impl Sandbox {
@@ -65,13 +71,13 @@ impl Sandbox {
     pub async fn start_with(backend: Backend, extra: &[(&str, &str)]) -> Sandbox {
         let broker = TestBroker::new();
         broker.track_platform();
-        let kinds = [ServiceKind::Auth, ServiceKind::User, ServiceKind::Targets];
-        let addrs: BTreeMap<ServiceKind, SocketAddr> = kinds
+        let addrs: BTreeMap<ServiceKind, SocketAddr> = SERVICES
             .iter()
-            .map(|k| (*k, SocketAddr::from(([127, 0, 0, 1], free_port()))))
+            .map(|m| (m.kind(), SocketAddr::from(([127, 0, 0, 1], free_port()))))
             .collect();
         let secrets: BTreeMap<ServiceKind, String> = ServiceKind::ALL
             .iter()
+            .filter(|k| **k != ServiceKind::Auth)
             .map(|k| (*k, random_secret()))
             .collect();
         let identities: Vec<String> = secrets
@@ -96,7 +102,7 @@ impl Sandbox {
         for kind in ServiceKind::ALL {
             let url = match addrs.get(&kind) {
                 Some(addr) => format!("http://{addr}"),
-                // Not part of the sandbox: nothing listens there.
+                // Not part of this build: nothing listens there.
                 None => format!("http://127.0.0.1:{}", free_port()),
             };
             env = env.with(kind.url_var(), url);
@@ -107,35 +113,28 @@ impl Sandbox {
 
         let mut servers = BTreeMap::new();
         let mut databases = BTreeMap::new();
-        let mut keys = None;
-        for kind in kinds {
+        let mut auth = None;
+        for module in SERVICES {
+            let kind = module.kind();
             let test_db = TestDatabase::new(backend)
                 .await
                 .unwrap_or_else(|e| panic!("{backend:?} test database: {e}"));
-            let service_env = env
-                .clone()
-                .with("SERVICE_ID", kind.name())
-                .with("SERVICE_SECRET", secrets[&kind].clone());
-            let listen = addrs[&kind];
-            let db = test_db.db.clone();
-            let server = match kind {
-                ServiceKind::Auth => {
-                    let built = opsconductor_auth::server(db, &service_env, listen)
-                        .await
-                        .unwrap_or_else(|e| panic!("auth: {e}"));
-                    keys = Some(built.keys);
-                    built.server
-                }
-                _ => {
-                    let context = ServiceContext::from_env(kind, &service_env, listen)
-                        .unwrap_or_else(|e| panic!("{kind} context: {e}"));
-                    let admin = opsconductor_user::AdminBootstrap::from_env(&service_env)
-                        .unwrap_or_else(|e| panic!("admin: {e}"))
-                        .filter(|_| kind == ServiceKind::User);
-                    crate::build_service(kind, db, &context, admin).await
-                }
-            };
-            let server = server
+            let built = module
+                .build(
+                    test_db.db.clone(),
+                    &service_env(&env, &secrets, kind),
+                    addrs[&kind],
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{kind}: {e}"));
+            if let Some(handle) = built
+                .extra
+                .and_then(|extra| extra.downcast::<AuthHandle>().ok())
+            {
+                auth = Some(handle);
+            }
+            let server = built
+                .server
                 .bind()
                 .await
                 .unwrap_or_else(|e| panic!("{kind} bind: {e}"));
@@ -150,27 +149,36 @@ impl Sandbox {
             servers.insert(kind, (stop, task));
             databases.insert(kind, test_db);
         }
-        let keys = keys.unwrap_or_else(|| unreachable!("auth starts first"));
+        let auth = auth.unwrap_or_else(|| panic!("the catalog has no auth service"));
         let anonymous = Clients::from_env(&env).unwrap_or_else(|e| panic!("clients: {e}"));
         let admin = login(&anonymous, "admin", &admin_password).await;
         let clients = Clients::from_env(&env)
             .unwrap_or_else(|e| panic!("clients: {e}"))
             .with_tokens(session_source(&admin));
         Sandbox {
-            auth_addr: addrs[&ServiceKind::Auth],
-            user_addr: addrs[&ServiceKind::User],
-            targets_addr: addrs[&ServiceKind::Targets],
             backend,
             broker,
-            keys,
+            keys: auth.keys.clone(),
+            auth_counters: auth.counters.clone(),
             admin,
             admin_password,
             secrets,
+            addrs,
             env,
             clients,
             servers,
             databases,
         }
+    }
+
+    /// Where `kind` listens.
+    pub fn addr(&self, kind: ServiceKind) -> SocketAddr {
+        self.addrs[&kind]
+    }
+
+    /// `http://` and where `kind` listens.
+    pub fn url(&self, kind: ServiceKind) -> String {
+        format!("http://{}", self.addr(kind))
     }
 
     /// Stops one service (the others keep running) and waits for it to drain.
@@ -181,22 +189,25 @@ impl Sandbox {
         }
     }
 
-    /// Another replica of `kind` (user or targets) over a fresh database, with the sandbox's
-    /// identities and broker: it knows only what it learns after it starts.
+    /// Another replica of `kind` over a fresh database, with the sandbox's identities and
+    /// broker: it knows only what it learns after it starts.
     pub async fn start_replica(&self, kind: ServiceKind) -> (crate::Running, TestDatabase) {
         let test_db = TestDatabase::new(self.backend)
             .await
             .unwrap_or_else(|e| panic!("test database: {e}"));
-        let env = self
-            .env
-            .clone()
-            .with("SERVICE_ID", kind.name())
-            .with("SERVICE_SECRET", self.secrets[&kind].clone());
+        let env = service_env(&self.env, &self.secrets, kind);
         let listen = SocketAddr::from(([127, 0, 0, 1], 0));
-        let context =
-            ServiceContext::from_env(kind, &env, listen).unwrap_or_else(|e| panic!("context: {e}"));
-        let server = crate::build_service(kind, test_db.db.clone(), &context, None).await;
-        let bound = server.bind().await.unwrap_or_else(|e| panic!("bind: {e}"));
+        let module = opsconductor_catalog::module(kind)
+            .unwrap_or_else(|| panic!("{}", opsconductor_catalog::not_implemented(kind)));
+        let built = module
+            .build(test_db.db.clone(), &env, listen)
+            .await
+            .unwrap_or_else(|e| panic!("{kind}: {e}"));
+        let bound = built
+            .server
+            .bind()
+            .await
+            .unwrap_or_else(|e| panic!("bind: {e}"));
         (crate::Running::start(bound), test_db)
     }
 
@@ -209,16 +220,7 @@ impl Sandbox {
         &self.databases[&kind].db
     }
 
-    /// The user service's database (for assertions on what was stored).
-    pub fn user_db(&self) -> &Database {
-        self.db(ServiceKind::User)
-    }
-
-    pub fn targets_db(&self) -> &Database {
-        self.db(ServiceKind::Targets)
-    }
-
-    /// Clients acting as the administrator.
+    /// Clients acting as the administrator (also what the sandbox derefs to).
     pub fn clients(&self) -> &Clients {
         &self.clients
     }
@@ -233,18 +235,6 @@ impl Sandbox {
     /// Clients sending no token at all.
     pub fn anonymous(&self) -> Clients {
         Clients::from_env(&self.env).unwrap_or_else(|e| panic!("clients: {e}"))
-    }
-
-    pub fn user(&self) -> UserServiceClient<AuthChannel> {
-        self.clients.user()
-    }
-
-    pub fn targets(&self) -> TargetsServiceClient<AuthChannel> {
-        self.clients.targets()
-    }
-
-    pub fn auth(&self) -> AuthServiceClient<AuthChannel> {
-        self.clients.auth()
     }
 
     pub async fn login(&self, username: &str, password: &str) -> LoginResponse {
@@ -273,8 +263,18 @@ impl Sandbox {
         (user, session)
     }
 
-    /// A service token for `kind`, exchanged with its secret like the service itself does.
+    /// A service token for `kind`, exchanged with its secret like the service itself does
+    /// (the auth service has no secret: its token is signed, as it signs its own).
     pub async fn service_token(&self, kind: ServiceKind) -> String {
+        if kind == ServiceKind::Auth {
+            return self.mint(&Claims::service(
+                "opsconductor",
+                "opsconductor",
+                "auth",
+                crate::now_secs(),
+                600,
+            ));
+        }
         self.anonymous()
             .auth()
             .exchange_service_token(ExchangeServiceTokenRequest {
@@ -302,6 +302,15 @@ impl Sandbox {
         for (_, (_, task)) in std::mem::take(&mut self.servers) {
             let _ = task.await;
         }
+    }
+}
+
+/// What `kind` is started with: the sandbox's variables plus its identity.
+fn service_env(env: &Env, secrets: &BTreeMap<ServiceKind, String>, kind: ServiceKind) -> Env {
+    let env = env.clone().with("SERVICE_ID", kind.name());
+    match secrets.get(&kind) {
+        Some(secret) => env.with("SERVICE_SECRET", secret.clone()),
+        None => env,
     }
 }
 

@@ -79,6 +79,15 @@ impl<V: Expiring> VerifiedCache<V> {
         shard.insert(digest, entry);
     }
 
+    /// Forgets one token.
+    pub fn remove(&self, token: &str) {
+        let digest = digest(token);
+        self.shard(&digest)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&digest);
+    }
+
     /// Drops every cached token whose entry matches (a revocation).
     pub fn revoke(&self, matches: impl Fn(&V) -> bool) -> usize {
         let mut dropped = 0;

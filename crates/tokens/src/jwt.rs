@@ -80,6 +80,18 @@ pub fn decode_header(token: &str) -> Result<Header, TokenError> {
     serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed("header is not JSON"))
 }
 
+/// The `iat` a token claims, unverified: only for deciding whether its unknown key could be
+/// newer than the key set at hand, never for trusting anything.
+pub fn unverified_issued_at(token: &str) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct Issued {
+        iat: u64,
+    }
+    let (_, payload, _) = split(token).ok()?;
+    let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
+    serde_json::from_slice::<Issued>(&bytes).ok().map(|i| i.iat)
+}
+
 /// Verifies signature, then `exp`, `nbf`, `iss` and `aud` at time `now` (Unix seconds).
 pub fn verify(
     token: &str,

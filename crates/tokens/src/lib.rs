@@ -24,5 +24,5 @@ pub use cache::{Expiring, VerifiedCache};
 pub use claims::{Claims, Kind};
 pub use error::TokenError;
 pub use jwk::Jwk;
-pub use jwt::{decode_header, verify, Header, Validation};
+pub use jwt::{decode_header, unverified_issued_at, verify, Header, Validation};
 pub use keys::{KeySet, PublicKey, SigningKey};

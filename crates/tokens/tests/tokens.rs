@@ -221,3 +221,53 @@ fn cache_hits_until_expiry_and_stays_bounded() {
         "revoked tokens leave the cache"
     );
 }
+
+#[test]
+fn detached_signatures_bind_key_context_and_payload() {
+    let (key, _, _) = setup();
+    let other = SigningKey::generate();
+    let keys = KeySet::from_keys([key.public(), other.public()]);
+    let signature = key.sign_detached("ctx.v1", b"payload");
+    assert!(keys
+        .verify_detached(key.kid(), "ctx.v1", b"payload", &signature)
+        .is_ok());
+    for (kid, context, payload, sig) in [
+        (key.kid(), "ctx.v1", &b"payloaD"[..], signature.as_str()),
+        (key.kid(), "ctx.v2", &b"payload"[..], signature.as_str()),
+        (other.kid(), "ctx.v1", &b"payload"[..], signature.as_str()),
+        (key.kid(), "ctx.v1", &b"payload"[..], "not base64!"),
+        (key.kid(), "ctx.v1", &b"payload"[..], "AAAA"),
+    ] {
+        assert!(
+            keys.verify_detached(kid, context, payload, sig).is_err(),
+            "{kid} {context}"
+        );
+    }
+    assert!(matches!(
+        KeySet::from_keys([other.public()]).verify_detached(
+            key.kid(),
+            "ctx.v1",
+            b"payload",
+            &signature
+        ),
+        Err(TokenError::UnknownKey(_))
+    ));
+    // A token's signature is not a detached signature of anything.
+    let token = key.sign(&user_claims()).unwrap();
+    let (signed, jws_signature) = token.rsplit_once('.').unwrap();
+    assert!(keys
+        .verify_detached(key.kid(), "", signed.as_bytes(), jws_signature)
+        .is_err());
+}
+
+#[test]
+fn the_claimed_issue_time_is_readable_unverified() {
+    let (key, _, _) = setup();
+    let claims = user_claims();
+    let token = key.sign(&claims).unwrap();
+    assert_eq!(
+        opsconductor_tokens::unverified_issued_at(&token),
+        Some(claims.iat)
+    );
+    assert_eq!(opsconductor_tokens::unverified_issued_at("garbage"), None);
+}

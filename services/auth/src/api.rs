@@ -1,6 +1,9 @@
 //! The generated `AuthService` trait: sign-in, rotating refresh tokens, logout and revoke-all,
-//! service tokens, the JWKS, key rotation, sessions and revocations.
+//! service tokens, the JWKS, key rotation, sessions and revocations. Each trait method only
+//! unwraps the request and wraps the answer; the inherent method of the same name does the work.
 
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -17,17 +20,18 @@ use opsconductor_platform::auth::Verifier;
 use opsconductor_platform::client::Clients;
 use opsconductor_platform::page::Page;
 use opsconductor_platform::principal::{role_name, Principal};
+use opsconductor_platform::rate_limit::CredentialThrottle;
 use opsconductor_platform::time::{now_micros, now_secs, to_timestamp};
 use opsconductor_platform::validate::Violations;
 use opsconductor_platform::ApiError;
-use opsconductor_tokens::Claims;
+use opsconductor_tokens::{Claims, SigningKey};
 use sqlx::AnyConnection;
 use tonic::{Code, Request, Response, Status};
 
 use crate::keys::KeyRing;
 use crate::settings::AuthSettings;
 use crate::store::{same, secret_digest, token_digest, AuthStore, SessionRow};
-use crate::AuthServiceError;
+use crate::{AuthCounters, AuthServiceError};
 
 pub struct AuthApi {
     pub(crate) store: AuthStore,
@@ -39,6 +43,9 @@ pub struct AuthApi {
     pub(crate) outbox: Outbox,
     /// The broker name of the exchange TokenRevoked is broadcast on.
     pub(crate) revocations_exchange: String,
+    /// Failed sign-ins and service-token exchanges, per account and per peer.
+    pub(crate) throttle: CredentialThrottle,
+    pub(crate) counters: Arc<AuthCounters>,
 }
 
 type Result<T> = std::result::Result<T, AuthServiceError>;
@@ -100,13 +107,26 @@ impl AuthApi {
         })
     }
 
-    /// Records a revocation and stages its broadcast, inside `tx`. Apply it locally with
-    /// `self.verifier.revoke` once committed.
+    /// Records a revocation and stages its broadcast, signed by the active key, inside `tx`.
+    /// Apply it locally with `self.verifier.revoke` once committed.
     async fn stage_revocation(
         &self,
         tx: &mut AnyConnection,
         cause: &Cause,
+        event: TokenRevoked,
+    ) -> Result<TokenRevoked> {
+        self.stage_revocation_signed(tx, cause, event, &self.keys.active())
+            .await
+    }
+
+    /// [`AuthApi::stage_revocation`], signed by `signer` (a rotation signs the revocation
+    /// of the previous key with the new one).
+    async fn stage_revocation_signed(
+        &self,
+        tx: &mut AnyConnection,
+        cause: &Cause,
         mut event: TokenRevoked,
+        signer: &SigningKey,
     ) -> Result<TokenRevoked> {
         event.revoke_time = Some(prost_types::Timestamp::from(SystemTime::now()));
         event.actor = Some(cause.actor.clone());
@@ -115,9 +135,21 @@ impl AuthApi {
             OutgoingMessage::new(self.revocations_exchange.clone(), TOKEN_REVOKED, &event)
                 .with_correlation_id(cause.request_id.clone())
                 // Servers not connected right now catch up with ListRevocations.
-                .broadcast();
+                .broadcast()
+                // Anyone who can publish to the broker could send one: servers apply only
+                // what the auth service signed.
+                .signed(signer);
         self.outbox.stage(tx, &message).await?;
         Ok(event)
+    }
+
+    /// Refuses a credential check while `account` or `peer` is over its failure limit.
+    fn throttled(&self, account: &str, peer: Option<IpAddr>) -> Result<()> {
+        self.throttle.check(account, peer).map_err(|refused| {
+            self.counters.throttled.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(account = %truncate(account, 64), "credential check throttled");
+            AuthServiceError::Api(refused)
+        })
     }
 
     async fn login(
@@ -125,11 +157,13 @@ impl AuthApi {
         req: LoginRequest,
         mut cause: Cause,
         client: (String, String),
+        peer: Option<IpAddr>,
     ) -> Result<LoginResponse> {
         let mut v = Violations::new();
         v.required_max("username", &req.username, 64);
         v.required_max("password", &req.password, 1024);
         invalid(v)?;
+        self.throttled(&req.username, peer)?;
         let checked = self
             .clients
             .user()
@@ -145,9 +179,14 @@ impl AuthApi {
             }
             // A username the user service finds malformed cannot match anyone.
             Err(status) if status.code() == Code::InvalidArgument => None,
-            Err(status) => return Err(AuthServiceError::UserService(status.message().to_string())),
+            Err(status) => {
+                return Err(AuthServiceError::UserService(ApiError::from_status(
+                    &status,
+                )))
+            }
         };
         let Some(user) = user else {
+            self.throttle.failed(&req.username, peer);
             let mut tx = self.store.db().pool().begin().await?;
             let details = [("username", truncate(&req.username, 64))];
             self.audit
@@ -203,16 +242,27 @@ impl AuthApi {
     }
 
     /// Ends a session because its refresh token came back a second time: whoever holds the
-    /// family now, it is not only its owner.
+    /// family now, it is not only its owner. The family ends once: replaying the token again
+    /// (or any token of the ended family) is refused with no effect but a counter, so replays
+    /// cannot multiply revocations, broadcasts or audit events.
     async fn reuse_detected(&self, session: &SessionRow, cause: &Cause) -> Result<()> {
         let mut tx = self.store.db().pool().begin().await?;
-        self.store
+        let ended = self
+            .store
             .end_session(
                 &mut tx,
                 &session.id,
                 RevocationReason::RefreshTokenReuse as i32,
             )
             .await?;
+        if !ended {
+            drop(tx);
+            self.counters
+                .refresh_token_replays
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(session_id = %session.id, "refresh token of an ended session replayed");
+            return Ok(());
+        }
         let event = self
             .stage_revocation(
                 &mut tx,
@@ -274,7 +324,11 @@ impl AuthApi {
         {
             Ok(response) => response.into_inner().user.filter(|u| !u.disabled),
             Err(status) if status.code() == Code::NotFound => None,
-            Err(status) => return Err(AuthServiceError::UserService(status.message().to_string())),
+            Err(status) => {
+                return Err(AuthServiceError::UserService(ApiError::from_status(
+                    &status,
+                )))
+            }
         };
         let mut tx = self.store.db().pool().begin().await?;
         let version = self.store.token_version(&mut tx, &session.user_id).await?;
@@ -439,14 +493,20 @@ impl AuthApi {
         &self,
         req: ExchangeServiceTokenRequest,
         cause: Cause,
+        peer: Option<IpAddr>,
     ) -> Result<ExchangeServiceTokenResponse> {
         let mut v = Violations::new();
         v.required_max("service_id", &req.service_id, 64);
         v.required_max("service_secret", &req.service_secret, 512);
         invalid(v)?;
+        // Service secrets are 256 bits; the limit keeps a broken client from filling the
+        // audit trail, and is per service id so one cannot lock another out.
+        let account = format!("service:{}", req.service_id);
+        self.throttled(&account, peer)?;
         let presented = secret_digest(&req.service_secret);
         let known = self.store.identity_digest(&req.service_id).await?;
         if !known.is_some_and(|stored| same(&stored, &presented)) {
+            self.throttle.failed(&account, peer);
             let mut tx = self.store.db().pool().begin().await?;
             let details = [("service_id", truncate(&req.service_id, 64))];
             self.audit
@@ -485,8 +545,10 @@ impl AuthApi {
         let mut tx = self.store.db().pool().begin().await?;
         let rotation = self.keys.rotate(&mut tx, req.revoke_previous).await?;
         let revoked = if req.revoke_previous {
+            // Signed by the new key: the revoked one leaves the JWKS at once, and servers
+            // that refetch it could no longer check a signature made with it.
             Some(
-                self.stage_revocation(
+                self.stage_revocation_signed(
                     &mut tx,
                     &cause,
                     TokenRevoked {
@@ -494,6 +556,7 @@ impl AuthApi {
                         reason: RevocationReason::KeyRetired as i32,
                         ..Default::default()
                     },
+                    &rotation.signer,
                 )
                 .await?,
             )
@@ -528,6 +591,65 @@ impl AuthApi {
     }
 }
 
+impl AuthApi {
+    async fn list_sessions(
+        &self,
+        req: ListSessionsRequest,
+        principal: &Principal,
+    ) -> Result<ListSessionsResponse> {
+        let mut v = Violations::new();
+        let page = Page::parse(req.page_size, &req.page_token, &mut v);
+        if req.user_id.is_empty() {
+            v.check(
+                principal.is_admin(),
+                "user_id",
+                "is required unless you are an administrator",
+            );
+        } else {
+            v.id("user_id", &req.user_id);
+        }
+        invalid(v)?;
+        if !req.user_id.is_empty() && !principal.may_act_for(&req.user_id) {
+            return Err(ApiError::PermissionDenied(
+                "only administrators list other users' sessions".into(),
+            )
+            .into());
+        }
+        let user = (!req.user_id.is_empty()).then_some(req.user_id.as_str());
+        let (sessions, next_page_token) = self.store.live_sessions(user, &page).await?;
+        Ok(ListSessionsResponse {
+            sessions,
+            next_page_token,
+        })
+    }
+
+    /// Revocations within the longest token lifetime (plus skew), a bounded page at a time.
+    async fn list_revocations(
+        &self,
+        req: ListRevocationsRequest,
+    ) -> Result<ListRevocationsResponse> {
+        let mut v = Violations::new();
+        let page = Page::parse(req.page_size, &req.page_token, &mut v);
+        invalid(v)?;
+        let page = Page {
+            // The default page is the largest: a catch-up takes as few calls as it can.
+            size: if req.page_size == 0 {
+                opsconductor_platform::page::MAX_PAGE_SIZE
+            } else {
+                page.size
+            },
+            ..page
+        };
+        let keep = self.settings.max_token_lifetime() + opsconductor_platform::auth::CLOCK_SKEW;
+        let since = now_micros() - keep.as_micros() as i64;
+        let (events, next_page_token) = self.store.revocations_page(since, &page).await?;
+        Ok(ListRevocationsResponse {
+            revocations: events.into_iter().map(|(_, event)| event).collect(),
+            next_page_token,
+        })
+    }
+}
+
 fn client_of<T>(request: &Request<T>) -> (String, String) {
     let address = request
         .remote_addr()
@@ -542,6 +664,10 @@ fn client_of<T>(request: &Request<T>) -> (String, String) {
     (address, agent)
 }
 
+fn peer<T>(request: &Request<T>) -> Option<IpAddr> {
+    request.remote_addr().map(|a| a.ip())
+}
+
 #[tonic::async_trait]
 impl AuthService for AuthApi {
     async fn login(
@@ -550,8 +676,10 @@ impl AuthService for AuthApi {
     ) -> std::result::Result<Response<LoginResponse>, Status> {
         let cause = Cause::from_request(&request);
         let client = client_of(&request);
+        let peer = peer(&request);
         Ok(Response::new(
-            self.login(request.into_inner(), cause, client).await?,
+            self.login(request.into_inner(), cause, client, peer)
+                .await?,
         ))
     }
 
@@ -592,8 +720,9 @@ impl AuthService for AuthApi {
         request: Request<ExchangeServiceTokenRequest>,
     ) -> std::result::Result<Response<ExchangeServiceTokenResponse>, Status> {
         let cause = Cause::from_request(&request);
+        let peer = peer(&request);
         Ok(Response::new(
-            self.exchange(request.into_inner(), cause).await?,
+            self.exchange(request.into_inner(), cause, peer).await?,
         ))
     }
 
@@ -621,48 +750,17 @@ impl AuthService for AuthApi {
         request: Request<ListSessionsRequest>,
     ) -> std::result::Result<Response<ListSessionsResponse>, Status> {
         let principal = Principal::require(&request)?.clone();
-        let req = request.into_inner();
-        let mut v = Violations::new();
-        let page = Page::parse(req.page_size, &req.page_token, &mut v);
-        if req.user_id.is_empty() {
-            v.check(
-                principal.is_admin(),
-                "user_id",
-                "is required unless you are an administrator",
-            );
-        } else {
-            v.id("user_id", &req.user_id);
-        }
-        v.finish()?;
-        if !req.user_id.is_empty() && !principal.may_act_for(&req.user_id) {
-            return Err(ApiError::PermissionDenied(
-                "only administrators list other users' sessions".into(),
-            )
-            .into());
-        }
-        let user = (!req.user_id.is_empty()).then_some(req.user_id.as_str());
-        let (sessions, next_page_token) = self
-            .store
-            .live_sessions(user, &page)
-            .await
-            .map_err(ApiError::from)?;
-        Ok(Response::new(ListSessionsResponse {
-            sessions,
-            next_page_token,
-        }))
+        Ok(Response::new(
+            self.list_sessions(request.into_inner(), &principal).await?,
+        ))
     }
 
     async fn list_revocations(
         &self,
-        _request: Request<ListRevocationsRequest>,
+        request: Request<ListRevocationsRequest>,
     ) -> std::result::Result<Response<ListRevocationsResponse>, Status> {
-        let keep = self.settings.max_token_lifetime() + Duration::from_secs(60);
-        let since = now_micros() - keep.as_micros() as i64;
-        let revocations = self
-            .store
-            .revocations_since(since)
-            .await
-            .map_err(ApiError::from)?;
-        Ok(Response::new(ListRevocationsResponse { revocations }))
+        Ok(Response::new(
+            self.list_revocations(request.into_inner()).await?,
+        ))
     }
 }

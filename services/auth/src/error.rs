@@ -1,5 +1,5 @@
 use opsconductor_platform::ApiError;
-use opsconductor_storage::StorageError;
+use opsconductor_runtime::Infra;
 use thiserror::Error;
 
 /// What the auth service can fail with; mapped to a gRPC status once, through [`ApiError`].
@@ -17,23 +17,18 @@ pub enum AuthServiceError {
     InvalidRefreshToken,
     #[error("session {0} not found")]
     SessionNotFound(String),
-    #[error("the user service could not be reached: {0}")]
-    UserService(String),
+    /// The user service answered with an error (decoded) or could not be reached.
+    #[error("the user service failed: {0}")]
+    UserService(ApiError),
     #[error("signing failed: {0}")]
     Signing(String),
     #[error("signing keys cannot be used: {0}")]
     Keys(String),
     #[error(transparent)]
-    Storage(#[from] StorageError),
-    #[error(transparent)]
-    Outbox(#[from] opsconductor_messaging::MessagingError),
+    Infra(#[from] Infra),
 }
 
-impl From<sqlx::Error> for AuthServiceError {
-    fn from(err: sqlx::Error) -> Self {
-        AuthServiceError::Storage(err.into())
-    }
-}
+opsconductor_runtime::service_error!(AuthServiceError);
 
 impl From<AuthServiceError> for ApiError {
     fn from(err: AuthServiceError) -> ApiError {
@@ -55,19 +50,19 @@ impl From<AuthServiceError> for ApiError {
                 kind: "session",
                 id,
             },
-            AuthServiceError::UserService(message) => ApiError::Unavailable {
-                message: format!("the user service could not be reached: {message}"),
-                retry_after: std::time::Duration::from_secs(1),
+            // Whatever the user service said, the sign-in cannot be decided now.
+            AuthServiceError::UserService(upstream) => ApiError::Unavailable {
+                message: format!(
+                    "the user service could not check the credentials: {} ({})",
+                    upstream.reason(),
+                    upstream
+                ),
+                retry_after: upstream
+                    .retry_after()
+                    .unwrap_or(std::time::Duration::from_secs(1)),
             },
             e @ (AuthServiceError::Signing(_) | AuthServiceError::Keys(_)) => ApiError::internal(e),
-            AuthServiceError::Storage(e) => ApiError::from(e),
-            AuthServiceError::Outbox(e) => ApiError::from(e),
+            AuthServiceError::Infra(e) => e.into(),
         }
-    }
-}
-
-impl From<AuthServiceError> for tonic::Status {
-    fn from(err: AuthServiceError) -> tonic::Status {
-        ApiError::from(err).into()
     }
 }

@@ -46,6 +46,8 @@ pub struct KeyRing {
 /// What a rotation did.
 pub struct Rotation {
     pub key: Jwk,
+    /// The new key itself: it signs the revocation of the previous one.
+    pub signer: Arc<SigningKey>,
     pub previous_kid: String,
     /// Micros; when the previous key leaves the JWKS.
     pub previous_expire_time: i64,
@@ -95,6 +97,11 @@ impl KeyRing {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// The key that signs now.
+    pub fn active(&self) -> Arc<SigningKey> {
+        self.ring().active.clone()
     }
 
     pub fn active_kid(&self) -> String {
@@ -159,6 +166,7 @@ impl KeyRing {
         let key = insert_new(tx, &self.kek).await?;
         Ok(Rotation {
             key: jwk(&key),
+            signer: Arc::new(key),
             previous_kid,
             previous_expire_time: expire,
         })
@@ -235,7 +243,7 @@ impl KeySource for KeyRing {
         self.ring().published.clone()
     }
 
-    fn refresh(&self) -> BoxFuture<'_, Result<(), String>> {
+    fn refresh<'a>(&'a self, _kid: &'a str, _issued_at: u64) -> BoxFuture<'a, Result<(), String>> {
         async move {
             // Another replica may have rotated; at most one reload a second.
             if self.last_reload.lock().await.elapsed() < Duration::from_secs(1) {

@@ -5,9 +5,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use opsconductor_api::auth::v1::{Session, TokenRevoked};
 use opsconductor_api::common::v1::Actor;
-use opsconductor_platform::page::Page;
+use opsconductor_platform::page::{Page, MAX_PAGE_SIZE};
 use opsconductor_platform::time::{now_micros, to_timestamp};
-use opsconductor_storage::Database;
+use opsconductor_storage::{Database, Select};
 use sha2::{Digest, Sha256};
 use sqlx::AnyConnection;
 
@@ -73,6 +73,7 @@ impl SessionRow {
 
 #[derive(sqlx::FromRow)]
 struct RevocationRow {
+    id: String,
     user_id: String,
     token_version: i64,
     session_id: String,
@@ -270,30 +271,15 @@ impl AuthStore {
         user_id: Option<&str>,
         page: &Page,
     ) -> Result<(Vec<Session>, String), AuthServiceError> {
-        let mut sql = format!(
-            "SELECT {SESSION_COLUMNS} FROM sessions WHERE end_time IS NULL AND expire_time > $1"
-        );
-        let mut n = 1;
-        if user_id.is_some() {
-            n += 1;
-            sql += &format!(" AND user_id = ${n}");
-        }
-        if page.after.is_some() {
-            n += 1;
-            sql += &format!(" AND id > ${n}");
-        }
-        sql += &format!(" ORDER BY id LIMIT ${}", n + 1);
-        let mut query = sqlx::query_as::<_, SessionRow>(&sql).bind(now_micros());
+        let mut select = Select::new(format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE end_time IS NULL"
+        ));
+        select.and("expire_time > {}", now_micros());
         if let Some(user_id) = user_id {
-            query = query.bind(user_id.to_string());
+            select.and("user_id = {}", user_id);
         }
-        if let Some(after) = &page.after {
-            query = query.bind(after.clone());
-        }
-        let rows = query
-            .bind(page.fetch_limit())
-            .fetch_all(self.db.pool())
-            .await?;
+        page.apply(&mut select, "id");
+        let rows: Vec<SessionRow> = select.fetch_all(self.db.pool()).await?;
         let mut sessions: Vec<Session> = rows.into_iter().map(SessionRow::into_session).collect();
         let token = page.finish(&mut sessions, |s| &s.id);
         Ok((sessions, token))
@@ -368,28 +354,55 @@ impl AuthStore {
         &self,
         since: i64,
     ) -> Result<Vec<TokenRevoked>, AuthServiceError> {
-        let rows: Vec<RevocationRow> = sqlx::query_as(
-            "SELECT user_id, token_version, session_id, kid, reason, revoke_time, actor_user_id, \
-             actor_service_id FROM revocations WHERE revoke_time > $1 ORDER BY revoke_time, id",
-        )
-        .bind(since)
-        .fetch_all(self.db.pool())
-        .await?;
-        Ok(rows
+        let mut all = Vec::new();
+        let mut page = Page {
+            size: MAX_PAGE_SIZE,
+            after: None,
+        };
+        loop {
+            let (mut rows, next) = self.revocations_page(since, &page).await?;
+            page.after = rows.last().map(|(id, _)| id.clone());
+            all.extend(rows.drain(..).map(|(_, event)| event));
+            if next.is_empty() {
+                return Ok(all);
+            }
+        }
+    }
+
+    /// One page of the revocations since `since` (micros), oldest first, with their ids; and
+    /// the next page's token.
+    pub async fn revocations_page(
+        &self,
+        since: i64,
+        page: &Page,
+    ) -> Result<(Vec<(String, TokenRevoked)>, String), AuthServiceError> {
+        let mut select = Select::new(
+            "SELECT id, user_id, token_version, session_id, kid, reason, revoke_time, \
+             actor_user_id, actor_service_id FROM revocations WHERE 1 = 1",
+        );
+        select.and("revoke_time > {}", since);
+        page.apply(&mut select, "id");
+        let rows: Vec<RevocationRow> = select.fetch_all(self.db.pool()).await?;
+        let mut events: Vec<(String, TokenRevoked)> = rows
             .into_iter()
-            .map(|r| TokenRevoked {
-                user_id: r.user_id,
-                token_version: r.token_version.max(0) as u64,
-                session_id: r.session_id,
-                kid: r.kid,
-                reason: r.reason as i32,
-                revoke_time: Some(to_timestamp(r.revoke_time)),
-                actor: Some(Actor {
-                    user_id: r.actor_user_id,
-                    service_id: r.actor_service_id,
-                }),
+            .map(|r| {
+                let event = TokenRevoked {
+                    user_id: r.user_id,
+                    token_version: r.token_version.max(0) as u64,
+                    session_id: r.session_id,
+                    kid: r.kid,
+                    reason: r.reason as i32,
+                    revoke_time: Some(to_timestamp(r.revoke_time)),
+                    actor: Some(Actor {
+                        user_id: r.actor_user_id,
+                        service_id: r.actor_service_id,
+                    }),
+                };
+                (r.id, event)
             })
-            .collect())
+            .collect();
+        let next = page.finish(&mut events, |(id, _)| id);
+        Ok((events, next))
     }
 }
 

@@ -1,17 +1,20 @@
-//! The generated `TargetsService` trait, implemented over [`TargetStore`].
+//! The generated `TargetsService` trait, implemented over [`TargetStore`]. Each trait method
+//! only unwraps the request and wraps the answer; the inherent method of the same name does
+//! the work.
 
 use opsconductor_api::targets::v1::targets_service_server::TargetsService;
 use opsconductor_api::targets::v1::*;
 use opsconductor_messaging::Cause;
 use opsconductor_platform::page::Page;
 use opsconductor_platform::time::to_std_duration;
-use opsconductor_platform::validate::Violations;
-use opsconductor_platform::ApiError;
+use opsconductor_platform::validate::{require_id, required, Violations};
 use tonic::{Request, Response, Status};
 
 use crate::connectivity::{self, DEFAULT_TIMEOUT, MAX_TIMEOUT};
 use crate::store::{TargetFilter, TargetStore};
 use crate::{validate, TargetsError};
+
+type Result<T> = std::result::Result<T, TargetsError>;
 
 const MUTABLE_FIELDS: [&str; 8] = [
     "name",
@@ -33,82 +36,22 @@ impl TargetsApi {
         TargetsApi { store }
     }
 
-    async fn update(
-        &self,
-        req: UpdateTargetRequest,
-        cause: &Cause,
-    ) -> Result<Target, TargetsError> {
-        let Some(patch) = req.target else {
-            return Err(ApiError::invalid("target", "is required").into());
-        };
-        let mut v = Violations::new();
-        v.id("target.id", &patch.id);
-        let paths = v.update_mask(req.update_mask, &MUTABLE_FIELDS);
-        v.finish()?;
-        let (mut target, version) = self.store.versioned(&patch.id).await?;
-        for path in &paths {
-            match path.as_str() {
-                "name" => target.name = patch.name.clone(),
-                "address" => target.address = patch.address.clone(),
-                "port" => target.port = patch.port,
-                "os" => target.os = patch.os,
-                "tags" => target.tags = patch.tags.clone(),
-                "labels" => target.labels = patch.labels.clone(),
-                "credential_refs" => target.credential_refs = patch.credential_refs.clone(),
-                "description" => target.description = patch.description.clone(),
-                _ => {}
-            }
-        }
+    async fn create(&self, req: CreateTargetRequest, cause: &Cause) -> Result<Target> {
+        let target = required("target", req.target)?;
         let mut v = Violations::new();
         validate::target(&mut v, &target);
         v.finish()?;
-        self.store.update(&target, version, &paths, cause).await
-    }
-}
-
-fn require_id(field: &str, id: &str) -> Result<(), TargetsError> {
-    let mut v = Violations::new();
-    v.id(field, id);
-    Ok(v.finish()?)
-}
-
-#[tonic::async_trait]
-impl TargetsService for TargetsApi {
-    async fn create_target(
-        &self,
-        request: Request<CreateTargetRequest>,
-    ) -> Result<Response<CreateTargetResponse>, Status> {
-        let cause = Cause::from_request(&request);
-        let Some(target) = request.into_inner().target else {
-            return Err(TargetsError::from(ApiError::invalid("target", "is required")).into());
-        };
-        let mut v = Violations::new();
-        validate::target(&mut v, &target);
-        v.finish().map_err(TargetsError::from)?;
-        let target = self.store.create(&target, &cause).await?;
+        let target = self.store.create(&target, cause).await?;
         tracing::info!(target_id = %target.id, name = %target.name, "target created");
-        Ok(Response::new(CreateTargetResponse {
-            target: Some(target),
-        }))
+        Ok(target)
     }
 
-    async fn get_target(
-        &self,
-        request: Request<GetTargetRequest>,
-    ) -> Result<Response<GetTargetResponse>, Status> {
-        let req = request.into_inner();
+    async fn get(&self, req: GetTargetRequest) -> Result<Target> {
         require_id("id", &req.id)?;
-        let target = self.store.get(&req.id).await?;
-        Ok(Response::new(GetTargetResponse {
-            target: Some(target),
-        }))
+        self.store.get(&req.id).await
     }
 
-    async fn list_targets(
-        &self,
-        request: Request<ListTargetsRequest>,
-    ) -> Result<Response<ListTargetsResponse>, Status> {
-        let req = request.into_inner();
+    async fn list(&self, req: ListTargetsRequest) -> Result<ListTargetsResponse> {
         let mut v = Violations::new();
         let page = Page::parse(req.page_size, &req.page_token, &mut v);
         v.check(
@@ -131,7 +74,7 @@ impl TargetsService for TargetsApi {
                 None
             }
         };
-        v.finish().map_err(TargetsError::from)?;
+        v.finish()?;
         let mut tags = req.tags;
         tags.sort();
         tags.dedup();
@@ -141,41 +84,51 @@ impl TargetsService for TargetsApi {
             names: req.names,
         };
         let (targets, next_page_token) = self.store.list(&filter, &page).await?;
-        Ok(Response::new(ListTargetsResponse {
+        Ok(ListTargetsResponse {
             targets,
             next_page_token,
-        }))
+        })
     }
 
-    async fn update_target(
-        &self,
-        request: Request<UpdateTargetRequest>,
-    ) -> Result<Response<UpdateTargetResponse>, Status> {
-        let cause = Cause::from_request(&request);
-        let target = self.update(request.into_inner(), &cause).await?;
+    async fn update(&self, req: UpdateTargetRequest, cause: &Cause) -> Result<Target> {
+        let patch = required("target", req.target)?;
+        let mut v = Violations::new();
+        v.id("target.id", &patch.id);
+        let paths = v.update_mask(req.update_mask, &MUTABLE_FIELDS);
+        v.finish()?;
+        let (mut target, version) = self.store.versioned(&patch.id).await?;
+        for path in &paths {
+            match path.as_str() {
+                "name" => target.name = patch.name.clone(),
+                "address" => target.address = patch.address.clone(),
+                "port" => target.port = patch.port,
+                "os" => target.os = patch.os,
+                "tags" => target.tags = patch.tags.clone(),
+                "labels" => target.labels = patch.labels.clone(),
+                "credential_refs" => target.credential_refs = patch.credential_refs.clone(),
+                "description" => target.description = patch.description.clone(),
+                _ => {}
+            }
+        }
+        let mut v = Violations::new();
+        validate::target(&mut v, &target);
+        v.finish()?;
+        let target = self.store.update(&target, version, &paths, cause).await?;
         tracing::info!(target_id = %target.id, "target updated");
-        Ok(Response::new(UpdateTargetResponse {
-            target: Some(target),
-        }))
+        Ok(target)
     }
 
-    async fn delete_target(
-        &self,
-        request: Request<DeleteTargetRequest>,
-    ) -> Result<Response<DeleteTargetResponse>, Status> {
-        let cause = Cause::from_request(&request);
-        let req = request.into_inner();
+    async fn delete(&self, req: DeleteTargetRequest, cause: &Cause) -> Result<()> {
         require_id("id", &req.id)?;
-        self.store.delete(&req.id, &cause).await?;
+        self.store.delete(&req.id, cause).await?;
         tracing::info!(target_id = %req.id, "target deleted");
-        Ok(Response::new(DeleteTargetResponse {}))
+        Ok(())
     }
 
-    async fn test_target_connectivity(
+    async fn test_connectivity(
         &self,
-        request: Request<TestTargetConnectivityRequest>,
-    ) -> Result<Response<TestTargetConnectivityResponse>, Status> {
-        let req = request.into_inner();
+        req: TestTargetConnectivityRequest,
+    ) -> Result<TestTargetConnectivityResponse> {
         let mut v = Violations::new();
         v.id("id", &req.id);
         v.check(req.port <= 65535, "port", "must be between 1 and 65535");
@@ -189,7 +142,7 @@ impl TargetsService for TargetsApi {
                 }
             },
         };
-        v.finish().map_err(TargetsError::from)?;
+        v.finish()?;
         let target = self.store.get(&req.id).await?;
         let port = if req.port == 0 { target.port } else { req.port };
         let result = connectivity::probe(&target.address, port as u16, timeout).await;
@@ -198,6 +151,66 @@ impl TargetsService for TargetsApi {
             reachable = result.reachable,
             "connectivity tested"
         );
-        Ok(Response::new(result))
+        Ok(result)
+    }
+}
+
+#[tonic::async_trait]
+impl TargetsService for TargetsApi {
+    async fn create_target(
+        &self,
+        request: Request<CreateTargetRequest>,
+    ) -> std::result::Result<Response<CreateTargetResponse>, Status> {
+        let cause = Cause::from_request(&request);
+        let target = self.create(request.into_inner(), &cause).await?;
+        Ok(Response::new(CreateTargetResponse {
+            target: Some(target),
+        }))
+    }
+
+    async fn get_target(
+        &self,
+        request: Request<GetTargetRequest>,
+    ) -> std::result::Result<Response<GetTargetResponse>, Status> {
+        let target = self.get(request.into_inner()).await?;
+        Ok(Response::new(GetTargetResponse {
+            target: Some(target),
+        }))
+    }
+
+    async fn list_targets(
+        &self,
+        request: Request<ListTargetsRequest>,
+    ) -> std::result::Result<Response<ListTargetsResponse>, Status> {
+        Ok(Response::new(self.list(request.into_inner()).await?))
+    }
+
+    async fn update_target(
+        &self,
+        request: Request<UpdateTargetRequest>,
+    ) -> std::result::Result<Response<UpdateTargetResponse>, Status> {
+        let cause = Cause::from_request(&request);
+        let target = self.update(request.into_inner(), &cause).await?;
+        Ok(Response::new(UpdateTargetResponse {
+            target: Some(target),
+        }))
+    }
+
+    async fn delete_target(
+        &self,
+        request: Request<DeleteTargetRequest>,
+    ) -> std::result::Result<Response<DeleteTargetResponse>, Status> {
+        let cause = Cause::from_request(&request);
+        self.delete(request.into_inner(), &cause).await?;
+        Ok(Response::new(DeleteTargetResponse {}))
+    }
+
+    async fn test_target_connectivity(
+        &self,
+        request: Request<TestTargetConnectivityRequest>,
+    ) -> std::result::Result<Response<TestTargetConnectivityResponse>, Status> {
+        Ok(Response::new(
+            self.test_connectivity(request.into_inner()).await?,
+        ))
     }
 }

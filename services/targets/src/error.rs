@@ -1,12 +1,12 @@
 use opsconductor_platform::ApiError;
-use opsconductor_storage::StorageError;
+use opsconductor_runtime::Infra;
 use thiserror::Error;
 
 /// What the targets service can fail with; mapped to a gRPC status once, through [`ApiError`].
 #[derive(Debug, Error)]
 pub enum TargetsError {
     #[error(transparent)]
-    Invalid(#[from] ApiError),
+    Api(#[from] ApiError),
     #[error("target {0} not found")]
     NotFound(String),
     #[error("target name {0} is taken")]
@@ -16,21 +16,15 @@ pub enum TargetsError {
     #[error("stored target {0} cannot be decoded: {1}")]
     Corrupt(String, prost::DecodeError),
     #[error(transparent)]
-    Storage(#[from] StorageError),
-    #[error(transparent)]
-    Outbox(#[from] opsconductor_messaging::MessagingError),
+    Infra(#[from] Infra),
 }
 
-impl From<sqlx::Error> for TargetsError {
-    fn from(err: sqlx::Error) -> Self {
-        TargetsError::Storage(err.into())
-    }
-}
+opsconductor_runtime::service_error!(TargetsError);
 
 impl From<TargetsError> for ApiError {
     fn from(err: TargetsError) -> ApiError {
         match err {
-            TargetsError::Invalid(api) => api,
+            TargetsError::Api(api) => api,
             TargetsError::NotFound(id) => ApiError::NotFound { kind: "target", id },
             TargetsError::NameTaken(key) => ApiError::AlreadyExists {
                 kind: "target",
@@ -41,14 +35,7 @@ impl From<TargetsError> for ApiError {
                 message: format!("target {id} was changed concurrently; read it again and retry"),
             },
             e @ TargetsError::Corrupt(..) => ApiError::internal(e.to_string()),
-            TargetsError::Storage(e) => ApiError::from(e),
-            TargetsError::Outbox(e) => ApiError::from(e),
+            TargetsError::Infra(e) => e.into(),
         }
-    }
-}
-
-impl From<TargetsError> for tonic::Status {
-    fn from(err: TargetsError) -> tonic::Status {
-        ApiError::from(err).into()
     }
 }

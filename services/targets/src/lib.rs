@@ -7,13 +7,14 @@ mod error;
 mod store;
 mod validate;
 
+use std::sync::Arc;
+
+use futures::future::{BoxFuture, FutureExt};
 use opsconductor_api::targets::v1::targets_service_server::TargetsServiceServer;
-use opsconductor_messaging::{ServiceMessaging, Topology};
-use opsconductor_platform::server::ServiceServer;
+use opsconductor_platform::config::Env;
 use opsconductor_platform::ServiceKind;
-use opsconductor_runtime::{ServiceContext, StartError};
+use opsconductor_runtime::{Built, ServiceContext, ServiceModule, StartError};
 use opsconductor_storage::{Database, Migrations};
-use tonic::service::Routes;
 
 pub use api::TargetsApi;
 pub use error::TargetsError;
@@ -24,23 +25,31 @@ pub fn migrations() -> Migrations {
     opsconductor_storage::embedded_migrations!()
 }
 
-/// Migrates `db`, connects to the broker and builds the server. Every change the service
-/// makes publishes an audit event through its outbox.
-pub async fn server(db: Database, context: &ServiceContext) -> Result<ServiceServer, StartError> {
-    db.migrate_all(&[&migrations(), &opsconductor_messaging::migrations()])
-        .await?;
-    let messaging = ServiceMessaging::start(context.broker.clone(), Topology::new(), &db);
-    let config = context.server.clone();
-    let store = TargetStore::new(db.clone(), messaging.audit.clone());
-    let api = TargetsServiceServer::new(TargetsApi::new(store))
-        .max_decoding_message_size(config.max_message_bytes)
-        .max_encoding_message_size(config.max_message_bytes);
-    let server = ServiceServer::new(
-        ServiceKind::Targets.name(),
-        config,
-        Routes::new(api),
-        [ServiceKind::Targets.grpc_name()],
-    )
-    .depends_on(db);
-    Ok(context.finish(server, &messaging)?)
+/// The targets service, as the catalog lists it. Every change it makes publishes an audit
+/// event through its outbox.
+pub struct Targets;
+
+impl ServiceModule for Targets {
+    fn kind(&self) -> ServiceKind {
+        ServiceKind::Targets
+    }
+
+    fn assemble<'a>(
+        &'a self,
+        db: Database,
+        context: Arc<ServiceContext>,
+        _env: &'a Env,
+    ) -> BoxFuture<'a, Result<Built, StartError>> {
+        async move {
+            let topology = opsconductor_runtime::broker_use(self).topology;
+            let messaging = context
+                .start_messaging(&db, &migrations(), topology)
+                .await?;
+            let store = TargetStore::new(db.clone(), messaging.audit.clone());
+            let api = TargetsServiceServer::new(TargetsApi::new(store));
+            let server = context.serve(api, db, &messaging)?;
+            Ok(Built::new(server, context))
+        }
+        .boxed()
+    }
 }

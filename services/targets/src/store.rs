@@ -5,7 +5,7 @@ use opsconductor_api::targets::v1::Target;
 use opsconductor_messaging::{AuditLog, Cause};
 use opsconductor_platform::page::Page;
 use opsconductor_platform::time::{now_micros, to_timestamp};
-use opsconductor_storage::{is_unique_violation, Database};
+use opsconductor_storage::{is_unique_violation, Database, Select};
 use prost::Message;
 use sqlx::{Any, Transaction};
 
@@ -112,51 +112,28 @@ impl TargetStore {
         filter: &TargetFilter,
         page: &Page,
     ) -> Result<(Vec<Target>, String), TargetsError> {
-        let mut sql = String::from(
+        let mut select = Select::new(
             "SELECT t.id, t.spec, t.create_time, t.update_time FROM targets t WHERE 1 = 1",
         );
-        let mut n = 0;
-        let mut next = || {
-            n += 1;
-            format!("${n}")
-        };
         if !filter.tags.is_empty() {
-            let list: Vec<String> = filter.tags.iter().map(|_| next()).collect();
-            sql += &format!(
-                " AND (SELECT COUNT(*) FROM target_tags g WHERE g.target_id = t.id AND g.tag IN ({})) = {}",
-                list.join(", "),
-                filter.tags.len()
+            // Every tag asked for: as many matching tag rows as tags.
+            select.and_in(
+                &format!(
+                    "(SELECT COUNT(*) FROM target_tags g WHERE g.target_id = t.id \
+                     AND g.tag IN ({{}})) = {}",
+                    filter.tags.len()
+                ),
+                &filter.tags,
             );
         }
-        if filter.os.is_some() {
-            sql += &format!(" AND t.os = {}", next());
+        if let Some(os) = filter.os {
+            select.and("t.os = {}", os);
         }
         if !filter.names.is_empty() {
-            let list: Vec<String> = filter.names.iter().map(|_| next()).collect();
-            sql += &format!(" AND t.name IN ({})", list.join(", "));
+            select.and_in("t.name IN ({})", &filter.names);
         }
-        if page.after.is_some() {
-            sql += &format!(" AND t.id > {}", next());
-        }
-        sql += &format!(" ORDER BY t.id LIMIT {}", next());
-
-        let mut query = sqlx::query_as::<_, TargetRow>(&sql);
-        for tag in &filter.tags {
-            query = query.bind(tag.clone());
-        }
-        if let Some(os) = filter.os {
-            query = query.bind(i64::from(os));
-        }
-        for name in &filter.names {
-            query = query.bind(name.clone());
-        }
-        if let Some(after) = &page.after {
-            query = query.bind(after.clone());
-        }
-        let rows = query
-            .bind(page.fetch_limit())
-            .fetch_all(self.db.pool())
-            .await?;
+        page.apply(&mut select, "t.id");
+        let rows: Vec<TargetRow> = select.fetch_all(self.db.pool()).await?;
         let mut targets = rows
             .into_iter()
             .map(TargetRow::into_target)

@@ -1,4 +1,5 @@
-//! The generated `UserService` trait, implemented over [`UserStore`].
+//! The generated `UserService` trait, implemented over [`UserStore`]. Each trait method only
+//! unwraps the request and wraps the answer; the inherent method of the same name does the work.
 
 use std::sync::Arc;
 
@@ -10,7 +11,9 @@ use opsconductor_messaging::Cause;
 use opsconductor_platform::client::Clients;
 use opsconductor_platform::page::Page;
 use opsconductor_platform::principal::Principal;
-use opsconductor_platform::validate::Violations;
+use opsconductor_platform::rate_limit::CredentialThrottle;
+use opsconductor_platform::validate::{require_id, required, Violations};
+use opsconductor_platform::ApiError;
 use tonic::{Request, Response, Status};
 
 use crate::store::{UserFilter, UserStore};
@@ -20,9 +23,13 @@ const MUTABLE_FIELDS: [&str; 4] = ["email", "display_name", "role", "disabled"];
 /// What users may change about themselves; the rest is for administrators.
 const SELF_FIELDS: [&str; 2] = ["email", "display_name"];
 
+type Result<T> = std::result::Result<T, UserError>;
+
 pub struct UserApi {
     store: UserStore,
     clients: Arc<Clients>,
+    /// Failed current-password checks, per user and per peer.
+    throttle: CredentialThrottle,
 }
 
 fn denied(message: &str) -> UserError {
@@ -30,8 +37,12 @@ fn denied(message: &str) -> UserError {
 }
 
 impl UserApi {
-    pub fn new(store: UserStore, clients: Arc<Clients>) -> Self {
-        UserApi { store, clients }
+    pub fn new(store: UserStore, clients: Arc<Clients>, throttle: CredentialThrottle) -> Self {
+        UserApi {
+            store,
+            clients,
+            throttle,
+        }
     }
 
     /// Ends every session and access token of a user whose standing changed (disabled,
@@ -60,7 +71,9 @@ impl UserApi {
                 match clients.auth().revoke_all_tokens(request.clone()).await {
                     Ok(_) => return,
                     Err(status) => {
-                        tracing::warn!(%user_id, error = %status.message(), "revoking tokens failed; retrying");
+                        let error = ApiError::from_status(&status);
+                        tracing::warn!(%user_id, code = ?error.code(), reason = error.reason(),
+                            %error, "revoking tokens failed; retrying");
                     }
                 }
                 delay = (delay * 2).min(std::time::Duration::from_secs(30));
@@ -69,10 +82,8 @@ impl UserApi {
         });
     }
 
-    async fn create(&self, req: CreateUserRequest, cause: &Cause) -> Result<User, UserError> {
-        let Some(user) = req.user else {
-            return Err(invalid("user", "is required"));
-        };
+    async fn create(&self, req: CreateUserRequest, cause: &Cause) -> Result<User> {
+        let user = required("user", req.user)?;
         let mut v = Violations::new();
         validate::username(&mut v, "user.username", &user.username);
         validate::user_fields(&mut v, "user", &user);
@@ -85,7 +96,41 @@ impl UserApi {
         } else {
             Some(password::hash(req.password).await?)
         };
-        self.store.create(&user, hash, cause).await
+        let user = self.store.create(&user, hash, cause).await?;
+        tracing::info!(user_id = %user.id, username = %user.username, "user created");
+        Ok(user)
+    }
+
+    async fn get(&self, req: GetUserRequest) -> Result<User> {
+        require_id("id", &req.id)?;
+        self.store.get(&req.id).await
+    }
+
+    async fn list(&self, req: ListUsersRequest) -> Result<ListUsersResponse> {
+        let mut v = Violations::new();
+        let page = Page::parse(req.page_size, &req.page_token, &mut v);
+        let role = match Role::try_from(req.role) {
+            Ok(Role::Unspecified) => None,
+            Ok(role) => Some(role as i32),
+            Err(_) => {
+                v.add("role", format!("{} is not a role", req.role));
+                None
+            }
+        };
+        if !req.username.is_empty() {
+            validate::username(&mut v, "username", &req.username);
+        }
+        v.finish()?;
+        let filter = UserFilter {
+            role,
+            username: (!req.username.is_empty()).then_some(req.username),
+            show_disabled: req.show_disabled,
+        };
+        let (users, next_page_token) = self.store.list(&filter, &page).await?;
+        Ok(ListUsersResponse {
+            users,
+            next_page_token,
+        })
     }
 
     async fn update(
@@ -93,11 +138,9 @@ impl UserApi {
         req: UpdateUserRequest,
         principal: &Principal,
         cause: &Cause,
-    ) -> Result<(User, Vec<String>), UserError> {
+    ) -> Result<User> {
         let mut v = Violations::new();
-        let Some(patch) = req.user else {
-            return Err(invalid("user", "is required"));
-        };
+        let patch = required("user", req.user)?;
         v.id("user.id", &patch.id);
         // A user's own update may only name the fields they may change.
         let allowed: &[&str] = if principal.is_admin() {
@@ -127,8 +170,42 @@ impl UserApi {
         let mut v = Violations::new();
         validate::user_fields(&mut v, "user", &user);
         v.finish()?;
-        let updated = self.store.update(&user, version, &paths, cause).await?;
-        Ok((updated, paths))
+        let user = self.store.update(&user, version, &paths, cause).await?;
+        tracing::info!(user_id = %user.id, "user updated");
+        if paths.iter().any(|p| p == "disabled") && user.disabled {
+            self.revoke_tokens(&user.id, RevocationReason::UserDisabled)
+                .await;
+        } else if paths.iter().any(|p| p == "role") {
+            self.revoke_tokens(&user.id, RevocationReason::RevokeAll)
+                .await;
+        }
+        Ok(user)
+    }
+
+    async fn delete(&self, req: DeleteUserRequest, cause: &Cause) -> Result<()> {
+        require_id("id", &req.id)?;
+        self.store.delete(&req.id, cause).await?;
+        tracing::info!(user_id = %req.id, "user deleted");
+        self.revoke_tokens(&req.id, RevocationReason::UserDisabled)
+            .await;
+        Ok(())
+    }
+
+    async fn set_password(&self, req: SetPasswordRequest, cause: &Cause) -> Result<()> {
+        let mut v = Violations::new();
+        v.id("user_id", &req.user_id);
+        validate::new_password(&mut v, "new_password", &req.new_password);
+        v.finish()?;
+        // Existence first: hashing costs tens of milliseconds.
+        self.store.get(&req.user_id).await?;
+        let hash = password::hash(req.new_password).await?;
+        self.store
+            .set_password_hash(&req.user_id, hash, "user.password_set", cause)
+            .await?;
+        tracing::info!(user_id = %req.user_id, "password set");
+        self.revoke_tokens(&req.user_id, RevocationReason::PasswordChanged)
+            .await;
+        Ok(())
     }
 
     async fn change_password(
@@ -136,7 +213,8 @@ impl UserApi {
         req: ChangePasswordRequest,
         principal: &Principal,
         cause: &Cause,
-    ) -> Result<(), UserError> {
+        peer: Option<std::net::IpAddr>,
+    ) -> Result<()> {
         let mut v = Violations::new();
         v.id("user_id", &req.user_id);
         v.required("current_password", &req.current_password);
@@ -152,22 +230,35 @@ impl UserApi {
                 "users change only their own password; administrators use SetPassword",
             ));
         }
+        // Someone holding a user's session could otherwise guess the password behind it.
+        self.throttle.check(&req.user_id, peer)?;
         let Some(hash) = self.store.password_hash(&req.user_id).await? else {
             return Err(UserError::PasswordNotSet(req.user_id));
         };
         if !password::verify(req.current_password, Some(hash)).await? {
+            self.throttle.failed(&req.user_id, peer);
+            self.store
+                .audit_failure(cause, "user.password_change", &req.user_id, &[])
+                .await?;
             return Err(UserError::WrongPassword);
         }
         let new_hash = password::hash(req.new_password).await?;
         self.store
             .set_password_hash(&req.user_id, new_hash, "user.password_change", cause)
-            .await
+            .await?;
+        tracing::info!(user_id = %req.user_id, "password changed");
+        self.revoke_tokens(&req.user_id, RevocationReason::PasswordChanged)
+            .await;
+        Ok(())
     }
 
+    /// The check behind login (the auth service throttles sign-in attempts); a failed check
+    /// is audited here too.
     async fn check_password(
         &self,
         req: CheckPasswordRequest,
-    ) -> Result<CheckPasswordResponse, UserError> {
+        cause: &Cause,
+    ) -> Result<CheckPasswordResponse> {
         let mut v = Violations::new();
         v.required("username", &req.username);
         v.required("password", &req.password);
@@ -181,9 +272,33 @@ impl UserApi {
         };
         let matches = password::verify(req.password, hash).await?;
         let valid = matches && user.as_ref().is_some_and(|u| !u.disabled);
+        if !valid {
+            let user_id = user.as_ref().map(|u| u.id.as_str()).unwrap_or("");
+            let details = [("username", req.username.clone())];
+            self.store
+                .audit_failure(cause, "user.password_check", user_id, &details)
+                .await?;
+        }
         Ok(CheckPasswordResponse {
             valid,
             user: if valid { user } else { None },
+        })
+    }
+
+    async fn get_preferences(
+        &self,
+        req: GetNotificationPreferencesRequest,
+        principal: &Principal,
+    ) -> Result<NotificationPreferences> {
+        require_id("user_id", &req.user_id)?;
+        // A service (notification) reads anyone's; a user, their own unless administrator.
+        if principal.user.is_some() && !principal.may_act_for(&req.user_id) {
+            return Err(denied("users read only their own preferences"));
+        }
+        let user = self.store.get(&req.user_id).await?;
+        Ok(match self.store.preferences(&req.user_id).await? {
+            Some(p) => p,
+            None => preferences::defaults(&user),
         })
     }
 
@@ -192,10 +307,8 @@ impl UserApi {
         req: UpdateNotificationPreferencesRequest,
         principal: &Principal,
         cause: &Cause,
-    ) -> Result<NotificationPreferences, UserError> {
-        let Some(prefs) = req.preferences else {
-            return Err(invalid("preferences", "is required"));
-        };
+    ) -> Result<NotificationPreferences> {
+        let prefs = required("preferences", req.preferences)?;
         let mut v = Violations::new();
         preferences::validate(&mut v, &prefs);
         v.finish()?;
@@ -206,14 +319,8 @@ impl UserApi {
     }
 }
 
-fn invalid(field: &str, description: &str) -> UserError {
-    UserError::Invalid(opsconductor_platform::ApiError::invalid(field, description))
-}
-
-fn require_id(field: &str, id: &str) -> Result<(), UserError> {
-    let mut v = Violations::new();
-    v.id(field, id);
-    Ok(v.finish()?)
+fn peer<T>(request: &Request<T>) -> Option<std::net::IpAddr> {
+    request.remote_addr().map(|a| a.ip())
 }
 
 #[tonic::async_trait]
@@ -221,159 +328,96 @@ impl UserService for UserApi {
     async fn create_user(
         &self,
         request: Request<CreateUserRequest>,
-    ) -> Result<Response<CreateUserResponse>, Status> {
+    ) -> std::result::Result<Response<CreateUserResponse>, Status> {
         let cause = Cause::from_request(&request);
         let user = self.create(request.into_inner(), &cause).await?;
-        tracing::info!(user_id = %user.id, username = %user.username, "user created");
         Ok(Response::new(CreateUserResponse { user: Some(user) }))
     }
 
     async fn get_user(
         &self,
         request: Request<GetUserRequest>,
-    ) -> Result<Response<GetUserResponse>, Status> {
-        let req = request.into_inner();
-        require_id("id", &req.id)?;
-        let user = self.store.get(&req.id).await?;
+    ) -> std::result::Result<Response<GetUserResponse>, Status> {
+        let user = self.get(request.into_inner()).await?;
         Ok(Response::new(GetUserResponse { user: Some(user) }))
     }
 
     async fn list_users(
         &self,
         request: Request<ListUsersRequest>,
-    ) -> Result<Response<ListUsersResponse>, Status> {
-        let req = request.into_inner();
-        let mut v = Violations::new();
-        let page = Page::parse(req.page_size, &req.page_token, &mut v);
-        let role = match Role::try_from(req.role) {
-            Ok(Role::Unspecified) => None,
-            Ok(role) => Some(role as i32),
-            Err(_) => {
-                v.add("role", format!("{} is not a role", req.role));
-                None
-            }
-        };
-        if !req.username.is_empty() {
-            validate::username(&mut v, "username", &req.username);
-        }
-        v.finish().map_err(UserError::from)?;
-        let filter = UserFilter {
-            role,
-            username: (!req.username.is_empty()).then_some(req.username),
-            show_disabled: req.show_disabled,
-        };
-        let (users, next_page_token) = self.store.list(&filter, &page).await?;
-        Ok(Response::new(ListUsersResponse {
-            users,
-            next_page_token,
-        }))
+    ) -> std::result::Result<Response<ListUsersResponse>, Status> {
+        Ok(Response::new(self.list(request.into_inner()).await?))
     }
 
     async fn update_user(
         &self,
         request: Request<UpdateUserRequest>,
-    ) -> Result<Response<UpdateUserResponse>, Status> {
+    ) -> std::result::Result<Response<UpdateUserResponse>, Status> {
         let cause = Cause::from_request(&request);
         let principal = Principal::require(&request)?.clone();
-        let (user, paths) = self
+        let user = self
             .update(request.into_inner(), &principal, &cause)
             .await?;
-        tracing::info!(user_id = %user.id, "user updated");
-        if paths.iter().any(|p| p == "disabled") && user.disabled {
-            self.revoke_tokens(&user.id, RevocationReason::UserDisabled)
-                .await;
-        } else if paths.iter().any(|p| p == "role") {
-            self.revoke_tokens(&user.id, RevocationReason::RevokeAll)
-                .await;
-        }
         Ok(Response::new(UpdateUserResponse { user: Some(user) }))
     }
 
     async fn delete_user(
         &self,
         request: Request<DeleteUserRequest>,
-    ) -> Result<Response<DeleteUserResponse>, Status> {
+    ) -> std::result::Result<Response<DeleteUserResponse>, Status> {
         let cause = Cause::from_request(&request);
-        let req = request.into_inner();
-        require_id("id", &req.id)?;
-        self.store.delete(&req.id, &cause).await?;
-        tracing::info!(user_id = %req.id, "user deleted");
-        self.revoke_tokens(&req.id, RevocationReason::UserDisabled)
-            .await;
+        self.delete(request.into_inner(), &cause).await?;
         Ok(Response::new(DeleteUserResponse {}))
     }
 
     async fn set_password(
         &self,
         request: Request<SetPasswordRequest>,
-    ) -> Result<Response<SetPasswordResponse>, Status> {
+    ) -> std::result::Result<Response<SetPasswordResponse>, Status> {
         let cause = Cause::from_request(&request);
-        let req = request.into_inner();
-        let mut v = Violations::new();
-        v.id("user_id", &req.user_id);
-        validate::new_password(&mut v, "new_password", &req.new_password);
-        v.finish().map_err(UserError::from)?;
-        // Existence first: hashing costs tens of milliseconds.
-        self.store.get(&req.user_id).await?;
-        let hash = password::hash(req.new_password).await?;
-        self.store
-            .set_password_hash(&req.user_id, hash, "user.password_set", &cause)
-            .await?;
-        tracing::info!(user_id = %req.user_id, "password set");
-        self.revoke_tokens(&req.user_id, RevocationReason::PasswordChanged)
-            .await;
+        self.set_password(request.into_inner(), &cause).await?;
         Ok(Response::new(SetPasswordResponse {}))
     }
 
     async fn change_password(
         &self,
         request: Request<ChangePasswordRequest>,
-    ) -> Result<Response<ChangePasswordResponse>, Status> {
+    ) -> std::result::Result<Response<ChangePasswordResponse>, Status> {
         let cause = Cause::from_request(&request);
         let principal = Principal::require(&request)?.clone();
-        let req = request.into_inner();
-        let user_id = req.user_id.clone();
-        self.change_password(req, &principal, &cause).await?;
-        tracing::info!(user_id = %user_id, "password changed");
-        self.revoke_tokens(&user_id, RevocationReason::PasswordChanged)
-            .await;
+        let peer = peer(&request);
+        self.change_password(request.into_inner(), &principal, &cause, peer)
+            .await?;
         Ok(Response::new(ChangePasswordResponse {}))
     }
 
     async fn check_password(
         &self,
         request: Request<CheckPasswordRequest>,
-    ) -> Result<Response<CheckPasswordResponse>, Status> {
+    ) -> std::result::Result<Response<CheckPasswordResponse>, Status> {
+        let cause = Cause::from_request(&request);
         Ok(Response::new(
-            self.check_password(request.into_inner()).await?,
+            self.check_password(request.into_inner(), &cause).await?,
         ))
     }
 
     async fn get_notification_preferences(
         &self,
         request: Request<GetNotificationPreferencesRequest>,
-    ) -> Result<Response<GetNotificationPreferencesResponse>, Status> {
+    ) -> std::result::Result<Response<GetNotificationPreferencesResponse>, Status> {
         let principal = Principal::require(&request)?.clone();
-        let req = request.into_inner();
-        require_id("user_id", &req.user_id)?;
-        // A service (notification) reads anyone's; a user, their own unless administrator.
-        if principal.user.is_some() && !principal.may_act_for(&req.user_id) {
-            return Err(denied("users read only their own preferences").into());
-        }
-        let user = self.store.get(&req.user_id).await?;
-        let prefs = match self.store.preferences(&req.user_id).await? {
-            Some(p) => p,
-            None => preferences::defaults(&user),
-        };
+        let preferences = self
+            .get_preferences(request.into_inner(), &principal)
+            .await?;
         Ok(Response::new(GetNotificationPreferencesResponse {
-            preferences: Some(prefs),
+            preferences: Some(preferences),
         }))
     }
 
     async fn update_notification_preferences(
         &self,
         request: Request<UpdateNotificationPreferencesRequest>,
-    ) -> Result<Response<UpdateNotificationPreferencesResponse>, Status> {
+    ) -> std::result::Result<Response<UpdateNotificationPreferencesResponse>, Status> {
         let cause = Cause::from_request(&request);
         let principal = Principal::require(&request)?.clone();
         let prefs = self

@@ -1,12 +1,12 @@
 use opsconductor_platform::ApiError;
-use opsconductor_storage::StorageError;
+use opsconductor_runtime::Infra;
 use thiserror::Error;
 
 /// What the user service can fail with; mapped to a gRPC status once, through [`ApiError`].
 #[derive(Debug, Error)]
 pub enum UserError {
     #[error(transparent)]
-    Invalid(ApiError),
+    Api(#[from] ApiError),
     #[error("user {0} not found")]
     NotFound(String),
     /// The caller passed the method's policy but may not act on this user (or field).
@@ -24,28 +24,18 @@ pub enum UserError {
     Busy,
     #[error("password hashing failed: {0}")]
     Hash(String),
+    #[error("stored preferences of user {0} cannot be decoded: {1}")]
+    Corrupt(String, prost::DecodeError),
     #[error(transparent)]
-    Storage(#[from] StorageError),
-    #[error(transparent)]
-    Outbox(#[from] opsconductor_messaging::MessagingError),
+    Infra(#[from] Infra),
 }
 
-impl From<sqlx::Error> for UserError {
-    fn from(err: sqlx::Error) -> Self {
-        UserError::Storage(err.into())
-    }
-}
-
-impl From<ApiError> for UserError {
-    fn from(err: ApiError) -> Self {
-        UserError::Invalid(err)
-    }
-}
+opsconductor_runtime::service_error!(UserError);
 
 impl From<UserError> for ApiError {
     fn from(err: UserError) -> ApiError {
         match err {
-            UserError::Invalid(api) => api,
+            UserError::Api(api) => api,
             UserError::NotFound(id) => ApiError::NotFound { kind: "user", id },
             UserError::Forbidden(message) => ApiError::PermissionDenied(message),
             UserError::UsernameTaken(key) => ApiError::AlreadyExists { kind: "user", key },
@@ -67,14 +57,8 @@ impl From<UserError> for ApiError {
                 retry_after: std::time::Duration::from_millis(500),
             },
             UserError::Hash(msg) => ApiError::internal(msg),
-            UserError::Storage(e) => ApiError::from(e),
-            UserError::Outbox(e) => ApiError::from(e),
+            e @ UserError::Corrupt(..) => ApiError::internal(e.to_string()),
+            UserError::Infra(e) => e.into(),
         }
-    }
-}
-
-impl From<UserError> for tonic::Status {
-    fn from(err: UserError) -> tonic::Status {
-        ApiError::from(err).into()
     }
 }

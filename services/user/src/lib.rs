@@ -9,13 +9,17 @@ mod preferences;
 mod store;
 mod validate;
 
+use std::sync::Arc;
+
+use futures::future::{BoxFuture, FutureExt};
 use opsconductor_api::user::v1::user_service_server::UserServiceServer;
-use opsconductor_messaging::{ServiceMessaging, Topology};
-use opsconductor_platform::server::ServiceServer;
+use opsconductor_platform::config::Env;
+use opsconductor_platform::rate_limit::CredentialThrottle;
 use opsconductor_platform::ServiceKind;
-use opsconductor_runtime::{ServiceContext, StartError};
+use opsconductor_runtime::{
+    Built, SecretKind, SecretSpec, ServiceContext, ServiceModule, StartError,
+};
 use opsconductor_storage::{Database, Migrations};
-use tonic::service::Routes;
 
 pub use api::UserApi;
 pub use bootstrap::AdminBootstrap;
@@ -27,34 +31,49 @@ pub fn migrations() -> Migrations {
     opsconductor_storage::embedded_migrations!()
 }
 
-/// Migrates `db`, connects to the broker and builds the server. Every change the service
-/// makes publishes an audit event through its outbox.
-/// `admin`, when given, is created unless a user of that name exists.
-pub async fn server(
-    db: Database,
-    context: &ServiceContext,
-    admin: Option<AdminBootstrap>,
-) -> Result<ServiceServer, StartError> {
-    db.migrate_all(&[&migrations(), &opsconductor_messaging::migrations()])
-        .await?;
-    let messaging = ServiceMessaging::start(context.broker.clone(), Topology::new(), &db);
-    let config = context.server.clone();
-    let store = UserStore::new(db.clone(), messaging.audit.clone());
-    if let Some(admin) = admin {
-        admin
-            .apply(&store)
-            .await
-            .map_err(|e| StartError::Service(format!("creating the administrator failed: {e}")))?;
+/// The user service, as the catalog lists it. Every change it makes publishes an audit event
+/// through its outbox. At start it creates the administrator (`OPSCONDUCTOR_ADMIN_USERNAME`,
+/// password from `OPSCONDUCTOR_ADMIN_PASSWORD[_FILE]`) unless a user of that name exists.
+pub struct User;
+
+const SECRETS: &[SecretSpec] = &[SecretSpec {
+    var: "OPSCONDUCTOR_ADMIN_PASSWORD",
+    file: "admin-password",
+    kind: SecretKind::Password,
+}];
+
+impl ServiceModule for User {
+    fn kind(&self) -> ServiceKind {
+        ServiceKind::User
     }
-    let api = UserServiceServer::new(UserApi::new(store, context.clients().clone()))
-        .max_decoding_message_size(config.max_message_bytes)
-        .max_encoding_message_size(config.max_message_bytes);
-    let server = ServiceServer::new(
-        ServiceKind::User.name(),
-        config,
-        Routes::new(api),
-        [ServiceKind::User.grpc_name()],
-    )
-    .depends_on(db);
-    Ok(context.finish(server, &messaging)?)
+
+    fn secrets(&self) -> &'static [SecretSpec] {
+        SECRETS
+    }
+
+    fn assemble<'a>(
+        &'a self,
+        db: Database,
+        context: Arc<ServiceContext>,
+        env: &'a Env,
+    ) -> BoxFuture<'a, Result<Built, StartError>> {
+        async move {
+            let admin = AdminBootstrap::from_env(env)?;
+            let throttle = CredentialThrottle::from_env(env)?;
+            let topology = opsconductor_runtime::broker_use(self).topology;
+            let messaging = context
+                .start_messaging(&db, &migrations(), topology)
+                .await?;
+            let store = UserStore::new(db.clone(), messaging.audit.clone());
+            if let Some(admin) = admin {
+                admin.apply(&store).await.map_err(|e| {
+                    StartError::Service(format!("creating the administrator failed: {e}"))
+                })?;
+            }
+            let api = UserApi::new(store, context.clients().clone(), throttle);
+            let server = context.serve(UserServiceServer::new(api), db, &messaging)?;
+            Ok(Built::new(server, context))
+        }
+        .boxed()
+    }
 }

@@ -1,11 +1,12 @@
 //! Users and preferences in SQLite or PostgreSQL, with portable SQL.
 
+use opsconductor_api::audit::v1::AuditOutcome;
 use opsconductor_api::common::v1::Role;
 use opsconductor_api::user::v1::{NotificationPreferences, User};
 use opsconductor_messaging::{AuditLog, Cause};
 use opsconductor_platform::page::Page;
 use opsconductor_platform::time::{now_micros, to_timestamp};
-use opsconductor_storage::{is_unique_violation, Database};
+use opsconductor_storage::{is_unique_violation, Database, Select};
 use prost::Message;
 
 use crate::UserError;
@@ -161,40 +162,18 @@ impl UserStore {
         filter: &UserFilter,
         page: &Page,
     ) -> Result<(Vec<User>, String), UserError> {
-        let mut sql = format!("SELECT {COLUMNS} FROM users WHERE 1 = 1");
-        let mut n = 0;
-        let mut next = || {
-            n += 1;
-            format!("${n}")
-        };
-        if filter.role.is_some() {
-            sql += &format!(" AND role = {}", next());
-        }
-        if filter.username.is_some() {
-            sql += &format!(" AND username = {}", next());
-        }
-        if !filter.show_disabled {
-            sql += " AND disabled = 0";
-        }
-        if page.after.is_some() {
-            sql += &format!(" AND id > {}", next());
-        }
-        sql += &format!(" ORDER BY id LIMIT {}", next());
-
-        let mut query = sqlx::query_as::<_, UserRow>(&sql);
+        let mut select = Select::new(format!("SELECT {COLUMNS} FROM users WHERE 1 = 1"));
         if let Some(role) = filter.role {
-            query = query.bind(i64::from(role));
+            select.and("role = {}", role);
         }
         if let Some(username) = &filter.username {
-            query = query.bind(username.clone());
+            select.and("username = {}", username);
         }
-        if let Some(after) = &page.after {
-            query = query.bind(after.clone());
+        if !filter.show_disabled {
+            select.push(" AND disabled = 0");
         }
-        let rows = query
-            .bind(page.fetch_limit())
-            .fetch_all(self.db.pool())
-            .await?;
+        page.apply(&mut select, "id");
+        let rows: Vec<UserRow> = select.fetch_all(self.db.pool()).await?;
         let mut users: Vec<User> = rows.into_iter().map(UserRow::into_user).collect();
         let token = page.finish(&mut users, |u| &u.id);
         Ok((users, token))
@@ -281,6 +260,30 @@ impl UserStore {
         Ok(())
     }
 
+    /// Records a refused credential check (`action` on `user_id`, which may be empty for an
+    /// unknown username) in the audit trail, on its own.
+    pub async fn audit_failure(
+        &self,
+        cause: &Cause,
+        action: &str,
+        user_id: &str,
+        details: &[(&str, String)],
+    ) -> Result<(), UserError> {
+        let mut tx = self.db.pool().begin().await?;
+        self.audit
+            .record_outcome(
+                &mut tx,
+                cause,
+                action,
+                ("user", user_id),
+                AuditOutcome::Failure,
+                details,
+            )
+            .await?;
+        self.audit.commit(tx).await?;
+        Ok(())
+    }
+
     pub async fn delete(&self, id: &str, cause: &Cause) -> Result<User, UserError> {
         let mut tx = self.db.pool().begin().await?;
         let row =
@@ -321,11 +324,8 @@ impl UserStore {
         match row {
             None => Ok(None),
             Some((body, update_time)) => {
-                let mut prefs = NotificationPreferences::decode(body.as_slice()).map_err(|e| {
-                    UserError::Storage(opsconductor_storage::StorageError::Database(
-                        sqlx::Error::Decode(Box::new(e)),
-                    ))
-                })?;
+                let mut prefs = NotificationPreferences::decode(body.as_slice())
+                    .map_err(|e| UserError::Corrupt(id.to_string(), e))?;
                 prefs.update_time = Some(to_timestamp(update_time));
                 Ok(Some(prefs))
             }

@@ -701,9 +701,9 @@ async fn the_admin_is_bootstrapped_once_and_never_reset() {
     let admin = opsconductor_user::AdminBootstrap::from_env(&env)
         .unwrap()
         .unwrap();
-    let outbox = opsconductor_messaging::Outbox::new(s.user_db().clone());
+    let outbox = opsconductor_messaging::Outbox::new(s.db(ServiceKind::User).clone());
     let audit = opsconductor_messaging::AuditLog::new(&outbox, &s.broker.names(), "user");
-    let store = opsconductor_user::UserStore::new(s.user_db().clone(), audit);
+    let store = opsconductor_user::UserStore::new(s.db(ServiceKind::User).clone(), audit);
     assert!(!admin.apply(&store).await.unwrap(), "an admin exists");
     s.login("admin", &s.admin_password).await;
     let err = s

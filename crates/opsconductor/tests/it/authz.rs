@@ -139,9 +139,9 @@ async fn every_method_of_every_served_service_admits_exactly_its_declared_caller
 
     let table = PolicyTable::global().unwrap();
     let served = [
-        (ServiceKind::Auth, s.auth_addr),
-        (ServiceKind::User, s.user_addr),
-        (ServiceKind::Targets, s.targets_addr),
+        (ServiceKind::Auth, s.addr(ServiceKind::Auth)),
+        (ServiceKind::User, s.addr(ServiceKind::User)),
+        (ServiceKind::Targets, s.addr(ServiceKind::Targets)),
     ];
     // The revocation reached every service before the walk.
     for (kind, addr) in &served {

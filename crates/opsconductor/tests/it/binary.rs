@@ -67,9 +67,13 @@ impl Process {
     }
 
     fn sigterm(&self) {
-        // SAFETY: kill(2) with a pid we spawned and still own (not yet waited for).
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill failed");
+        // kill(1) rather than kill(2): the workspace forbids unsafe code. The pid is ours and
+        // not yet waited for, so it cannot have been reused.
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill failed");
     }
 
     /// Everything the process wrote to stdout; waits for it to exit (signal it first).
@@ -133,9 +137,14 @@ async fn login(auth_url: &str, username: &str, password: &str) -> LoginResponse 
     }
 }
 
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
 /// The administrator's password `up` generated into the data directory.
 fn admin_password(data_dir: &Path) -> String {
-    std::fs::read_to_string(data_dir.join("secrets/admin-password"))
+    std::fs::read_to_string(data_dir.join("secrets/user/admin-password"))
         .expect("the generated admin password")
         .trim()
         .to_string()
@@ -243,9 +252,42 @@ async fn up_serves_every_implemented_service_and_keeps_data() {
         "the password is shown once: {stdout}"
     );
     assert!(!log.contains(&password), "and never logged");
-    for db in ["auth", "user", "targets"] {
-        assert!(dir.path().join(format!("state/{db}.db")).exists());
+    // The services it serves come from the catalog, each with its address.
+    let serving = stdout
+        .lines()
+        .find(|l| l.starts_with("OpsConductor is serving:"))
+        .unwrap_or_else(|| panic!("no serving line: {stdout}"));
+    for (name, offset) in [("auth", 1), ("user", 2), ("targets", 5)] {
+        assert!(
+            serving.contains(&format!("{name} 127.0.0.1:{}", base + offset)),
+            "{serving}"
+        );
     }
+    // Nobody but the owner reads the data: the directory 0700, every database file (and its
+    // WAL) and every secret 0600, each service's secrets in a directory of its own.
+    let state = dir.path().join("state");
+    assert_eq!(mode(&state), 0o700);
+    for db in ["auth", "user", "targets"] {
+        assert!(state.join(format!("{db}.db")).exists());
+    }
+    let mut files = 0;
+    for entry in std::fs::read_dir(&state).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            assert_eq!(mode(&path), 0o600, "{}", path.display());
+            files += 1;
+        }
+    }
+    assert!(files >= 3, "the databases");
+    for service in ["auth", "user", "targets"] {
+        let own = state.join("secrets").join(service);
+        assert_eq!(mode(&own), 0o700, "{}", own.display());
+        for entry in std::fs::read_dir(&own).unwrap() {
+            let path = entry.unwrap().path();
+            assert_eq!(mode(&path), 0o600, "{}", path.display());
+        }
+    }
+    assert!(!state.join("secrets/targets/admin-password").exists());
     let status = Command::new(BIN)
         .args(["healthcheck", &format!("127.0.0.1:{}", base + 2)])
         .output()
@@ -290,7 +332,7 @@ async fn serve_runs_each_service_from_a_secrets_directory() {
         "{}",
         String::from_utf8_lossy(&init.stderr)
     );
-    let password = std::fs::read_to_string(secrets.join("admin-password"))
+    let password = std::fs::read_to_string(secrets.join("user/admin-password"))
         .unwrap()
         .trim()
         .to_string();
@@ -308,28 +350,37 @@ async fn serve_runs_each_service_from_a_secrets_directory() {
     let user_url = format!("http://127.0.0.1:{user_port}");
     let file = |name: &str| secrets.join(name).display().to_string();
     let common = |service: &str, port: u16| {
-        vec![
+        let mut env = vec![
             ("LISTEN_ADDR", format!("127.0.0.1:{port}")),
             ("OPSCONDUCTOR_DATA_DIR", dir.path().display().to_string()),
             ("SERVICE_ID", service.to_string()),
-            (
-                "SERVICE_SECRET_FILE",
-                file(&format!("service-{service}.secret")),
-            ),
             ("AUTH_SERVICE_URL", auth_url.clone()),
             ("USER_SERVICE_URL", user_url.clone()),
             ("OPSCONDUCTOR_SHUTDOWN_DELAY_MS", "0".to_string()),
-        ]
+        ];
+        if service != "auth" {
+            env.push((
+                "SERVICE_SECRET_FILE",
+                file(&format!("{service}/service.secret")),
+            ));
+        }
+        env
     };
     let mut auth_env = common("auth", auth_port);
     auth_env.push((
         "AUTH_KEY_ENCRYPTION_KEY_FILE",
-        file("auth-key-encryption-key"),
+        file("auth/key-encryption-key"),
     ));
-    auth_env.push(("AUTH_SERVICE_IDENTITIES_FILE", file("service-identities")));
+    auth_env.push((
+        "AUTH_SERVICE_IDENTITIES_FILE",
+        file("auth/service-identities"),
+    ));
     let auth = Process::start(&["serve", "auth"], &auth_env, dir.path());
     let mut user_env = common("user", user_port);
-    user_env.push(("OPSCONDUCTOR_ADMIN_PASSWORD_FILE", file("admin-password")));
+    user_env.push((
+        "OPSCONDUCTOR_ADMIN_PASSWORD_FILE",
+        file("user/admin-password"),
+    ));
     let user = Process::start(&["serve", "user"], &user_env, dir.path());
     wait_serving(&auth_url).await;
     wait_serving(&user_url).await;
@@ -570,17 +621,19 @@ async fn logs_never_contain_passwords_secrets_or_tokens() {
     let state = dir.path().join("state");
     let admin_password = admin_password(&state);
     let mut secrets = vec![admin_password.clone()];
-    for entry in std::fs::read_dir(state.join("secrets")).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().to_string();
-        if name.ends_with(".secret") || name == "auth-key-encryption-key" {
-            secrets.push(std::fs::read_to_string(&path).unwrap().trim().to_string());
+    for service in std::fs::read_dir(state.join("secrets")).unwrap() {
+        for entry in std::fs::read_dir(service.unwrap().path()).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            if name == "service.secret" || name == "key-encryption-key" {
+                secrets.push(std::fs::read_to_string(&path).unwrap().trim().to_string());
+            }
         }
     }
     assert_eq!(
         secrets.len(),
-        11,
-        "the admin password, 9 service secrets, the KEK"
+        4,
+        "the admin password, the user and targets service secrets, the KEK"
     );
 
     let admin = login(&url(1), "admin", &admin_password).await;
@@ -595,14 +648,14 @@ async fn logs_never_contain_passwords_secrets_or_tokens() {
         .await
         .unwrap_err();
     secrets.push("a wrong password 123".into());
-    let jobs_secret = std::fs::read_to_string(state.join("secrets/service-jobs.secret"))
+    let targets_secret = std::fs::read_to_string(state.join("secrets/targets/service.secret"))
         .unwrap()
         .trim()
         .to_string();
     let service = auth
         .exchange_service_token(ExchangeServiceTokenRequest {
-            service_id: "jobs".into(),
-            service_secret: jobs_secret,
+            service_id: "targets".into(),
+            service_secret: targets_secret,
         })
         .await
         .unwrap()
@@ -610,12 +663,12 @@ async fn logs_never_contain_passwords_secrets_or_tokens() {
     tokens.push(service.access_token);
     let _ = auth
         .exchange_service_token(ExchangeServiceTokenRequest {
-            service_id: "jobs".into(),
-            service_secret: "not the jobs secret at all".into(),
+            service_id: "targets".into(),
+            service_secret: "not the targets secret at all".into(),
         })
         .await
         .unwrap_err();
-    secrets.push("not the jobs secret at all".into());
+    secrets.push("not the targets secret at all".into());
 
     // A user with a password, changed and reset; refresh, reuse, logout.
     let mut users = UserServiceClient::new(channel_as(&url(2), admin.access_token.clone()));

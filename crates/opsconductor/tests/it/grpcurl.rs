@@ -1,6 +1,7 @@
 //! The real grpcurl (1.8.6, reflection v1alpha) against served services, and reflection v1
 //! through its own client.
 
+use opsconductor_platform::ServiceKind;
 use std::process::Command;
 
 use opsconductor_testkit::{grpcurl, Sandbox, StorageBackend};
@@ -22,9 +23,9 @@ fn run(args: &[&str]) -> (bool, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_lists_describes_and_calls_every_service() {
     let s = Sandbox::start(StorageBackend::Sqlite).await;
-    let auth = s.auth_addr.to_string();
-    let user = s.user_addr.to_string();
-    let targets = s.targets_addr.to_string();
+    let auth = s.addr(ServiceKind::Auth).to_string();
+    let user = s.addr(ServiceKind::User).to_string();
+    let targets = s.addr(ServiceKind::Targets).to_string();
 
     for (addr, service) in [
         (&auth, "opsconductor.auth.v1.AuthService"),
@@ -182,11 +183,12 @@ async fn reflection_v1_lists_the_same_services() {
     use tonic_reflection::pb::v1::ServerReflectionRequest;
 
     let s = Sandbox::start(StorageBackend::Sqlite).await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", s.user_addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", s.addr(ServiceKind::User)))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
     let mut client = ServerReflectionClient::new(channel);
     let request = ServerReflectionRequest {
         host: String::new(),

@@ -2,6 +2,7 @@
 //! components — servers on loopback sockets, SQLite files, PostgreSQL at 127.0.0.1:5432, the
 //! real grpcurl and a Python gRPC client — and isolates itself (own ports, own database).
 
+mod attacks;
 mod audit_events;
 mod auth;
 mod authz;

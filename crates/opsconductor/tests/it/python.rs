@@ -1,5 +1,6 @@
 //! A Python client generated with grpcio-tools from proto/ calls the user service.
 
+use opsconductor_platform::ServiceKind;
 use std::process::Command;
 
 use opsconductor_api::user::v1::GetUserRequest;
@@ -9,8 +10,8 @@ use opsconductor_testkit::{python, repo_root, Sandbox, StorageBackend};
 async fn python_client_generated_from_the_protos_calls_the_user_service() {
     let s = Sandbox::start(StorageBackend::Sqlite).await;
     let root = repo_root();
-    let addr = s.user_addr.to_string();
-    let auth = s.auth_addr.to_string();
+    let addr = s.addr(ServiceKind::User).to_string();
+    let auth = s.addr(ServiceKind::Auth).to_string();
     let password = s.admin_password.clone();
     let output = tokio::task::spawn_blocking(move || {
         Command::new(python())

@@ -56,3 +56,70 @@ pub async fn slow_target(
         .expect("target in response");
     (target, (held, listener))
 }
+
+/// Every audit event the sandbox's services have published so far: waits until their outboxes
+/// are empty (everything committed has been confirmed by the broker), then takes what the
+/// audit queue holds.
+pub async fn drain_audit(
+    s: &opsconductor_testkit::Sandbox,
+) -> Vec<opsconductor_api::audit::v1::AuditEvent> {
+    use lapin::options::{BasicAckOptions, BasicGetOptions};
+    use opsconductor_messaging::topology::platform;
+    use prost::Message;
+
+    let started = std::time::Instant::now();
+    for kind in opsconductor_catalog::implemented() {
+        loop {
+            let (pending,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM messaging_outbox")
+                .fetch_one(s.db(kind).pool())
+                .await
+                .unwrap();
+            if pending == 0 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the {kind} outbox never emptied"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+    let connection = lapin::Connection::connect(
+        &opsconductor_testkit::amqp_url(),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let queue = s.broker.names().queue(&platform::audit_events());
+    let mut events = Vec::new();
+    while let Some(message) = channel
+        .basic_get(queue.as_str().into(), BasicGetOptions::default())
+        .await
+        .unwrap()
+    {
+        events.push(
+            opsconductor_api::audit::v1::AuditEvent::decode(message.delivery.data.as_slice())
+                .unwrap(),
+        );
+        message
+            .delivery
+            .ack(BasicAckOptions::default())
+            .await
+            .unwrap();
+    }
+    let _ = connection.close(200, "drained".into()).await;
+    events
+}
+
+/// How many of `events` are `action` with `outcome`.
+pub fn count(
+    events: &[opsconductor_api::audit::v1::AuditEvent],
+    action: &str,
+    outcome: opsconductor_api::audit::v1::AuditOutcome,
+) -> usize {
+    events
+        .iter()
+        .filter(|e| e.action == action && e.outcome == outcome as i32)
+        .count()
+}

@@ -1,5 +1,6 @@
 //! The targets service through its generated client, on SQLite and PostgreSQL.
 
+use opsconductor_platform::ServiceKind;
 use std::collections::HashMap;
 
 use opsconductor_api::targets::v1::*;
@@ -478,9 +479,9 @@ async fn connectivity_is_tested_over_tcp(s: &Sandbox) {
 on_both_backends!(stale_updates_are_refused);
 async fn stale_updates_are_refused(s: &Sandbox) {
     let target = create(s, host("raced", &["a"])).await;
-    let outbox = opsconductor_messaging::Outbox::new(s.targets_db().clone());
+    let outbox = opsconductor_messaging::Outbox::new(s.db(ServiceKind::Targets).clone());
     let audit = opsconductor_messaging::AuditLog::new(&outbox, &s.broker.names(), "targets");
-    let store = opsconductor_targets::TargetStore::new(s.targets_db().clone(), audit);
+    let store = opsconductor_targets::TargetStore::new(s.db(ServiceKind::Targets).clone(), audit);
     let (mut read, version) = store.versioned(&target.id).await.unwrap();
     let (fields, cause) = (
         ["tags".to_string()],

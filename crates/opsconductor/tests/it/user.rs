@@ -514,7 +514,7 @@ async fn passwords_are_checked_and_never_returned(s: &Sandbox) {
     let (stored,): (Option<String>,) =
         sqlx::query_as("SELECT password_hash FROM users WHERE id = $1")
             .bind(&user.id)
-            .fetch_one(s.user_db().pool())
+            .fetch_one(s.db(ServiceKind::User).pool())
             .await
             .unwrap();
     let stored = stored.expect("a hash is stored");
@@ -710,9 +710,9 @@ async fn password_change_needs_a_password(s: &Sandbox) {
 on_both_backends!(stale_updates_are_refused);
 async fn stale_updates_are_refused(s: &Sandbox) {
     let user = create(s, "racer", "").await;
-    let outbox = opsconductor_messaging::Outbox::new(s.user_db().clone());
+    let outbox = opsconductor_messaging::Outbox::new(s.db(ServiceKind::User).clone());
     let audit = opsconductor_messaging::AuditLog::new(&outbox, &s.broker.names(), "user");
-    let store = opsconductor_user::UserStore::new(s.user_db().clone(), audit);
+    let store = opsconductor_user::UserStore::new(s.db(ServiceKind::User).clone(), audit);
     let (mut read, version) = store.version(&user.id).await.unwrap();
     let (fields, cause) = (
         ["display_name".to_string()],

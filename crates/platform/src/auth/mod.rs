@@ -26,7 +26,7 @@ pub use error::AuthError;
 pub use keys::{KeySource, RemoteJwks, StaticKeys};
 pub use layer::{AuthLayer, Authenticator};
 pub use policy::admits;
-pub use revocations::Revocations;
+pub use revocations::{Revocations, CLOCK_SKEW};
 pub use settings::TokenSettings;
 pub use token_source::{IssuedToken, ServiceCredentials, StaticToken, TokenFetcher, TokenSource};
 pub use verifier::{Verified, Verifier};

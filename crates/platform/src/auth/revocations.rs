@@ -22,6 +22,9 @@ struct State {
     kids: HashMap<String, u64>,
 }
 
+/// How far a revocation's time may be ahead of this server's clock.
+pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
+
 pub struct Revocations {
     state: RwLock<State>,
     /// Bumped by every change: a verification that started before a revocation must not put
@@ -36,7 +39,7 @@ impl Revocations {
         Revocations {
             state: RwLock::new(State::default()),
             epoch: AtomicU64::new(0),
-            keep: max_token_lifetime + Duration::from_secs(60),
+            keep: max_token_lifetime + CLOCK_SKEW,
         }
     }
 
@@ -44,12 +47,33 @@ impl Revocations {
         self.epoch.load(Ordering::SeqCst)
     }
 
-    /// Records a revocation; returns false for one that says nothing usable.
+    /// Why a revocation cannot be applied: it names nothing, or it is dated later than
+    /// `now` plus the clock skew allowed (it would outlive every token it could concern).
+    pub fn validate(event: &TokenRevoked, now: u64) -> Result<(), &'static str> {
+        let names_something = !event.kid.is_empty()
+            || (!event.user_id.is_empty()
+                && (!event.session_id.is_empty() || event.token_version > 0));
+        if !names_something {
+            return Err("names no key, session or token version");
+        }
+        let at = event.revoke_time.as_ref().map(|t| t.seconds).unwrap_or(0);
+        if at > now.saturating_add(CLOCK_SKEW.as_secs()) as i64 {
+            return Err("dated in the future");
+        }
+        Ok(())
+    }
+
+    /// Records a revocation; returns false for one that is invalid or no longer matters. Its
+    /// effect ends at most the longest token lifetime (plus skew) after its `revoke_time`,
+    /// and never later than that after `now`: no message revokes forever.
     pub fn apply(&self, event: &TokenRevoked, now: u64) -> bool {
+        if Self::validate(event, now).is_err() {
+            return false;
+        }
         let at = event
             .revoke_time
             .as_ref()
-            .map(|t| t.seconds.max(0) as u64)
+            .map(|t| (t.seconds.max(0) as u64).min(now))
             .unwrap_or(now);
         let forget = at.saturating_add(self.keep.as_secs());
         if forget <= now {
@@ -177,5 +201,45 @@ mod tests {
             100_000
         ));
         assert!(!r.apply(&TokenRevoked::default(), 1000), "says nothing");
+    }
+
+    #[test]
+    fn no_revocation_outlives_the_longest_token() {
+        let r = Revocations::new(Duration::from_secs(900));
+        let dated = |s| TokenRevoked {
+            kid: "k1".into(),
+            revoke_time: Some(prost_types::Timestamp {
+                seconds: s,
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
+        // Year 9999: refused, the key keeps working.
+        assert_eq!(
+            Revocations::validate(&dated(253_402_300_799), 1000),
+            Err("dated in the future")
+        );
+        assert!(!r.apply(&dated(253_402_300_799), 1000));
+        assert!(!r.is_revoked(&token(1, "s1", "k1")));
+        // Within the skew: applied, and forgotten after the lifetime plus skew.
+        assert!(r.apply(&dated(1030), 1000));
+        assert!(r.is_revoked(&token(1, "s1", "k1")));
+        let later = Revocations::new(Duration::from_secs(900));
+        later.apply(&dated(1030), 1000);
+        later.apply(
+            &TokenRevoked {
+                kid: "k2".into(),
+                revoke_time: Some(prost_types::Timestamp {
+                    seconds: 1000 + 960,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            },
+            1000 + 960,
+        );
+        assert!(
+            !later.is_revoked(&token(1, "s1", "k1")),
+            "k1 was forgotten by then"
+        );
     }
 }

@@ -1,0 +1,199 @@
+//! The context a service is started with: its settings, identity, clients and verifier, and
+//! the assembly every service shares (migrations, broker, server, token checks, workers).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use opsconductor_messaging::{BrokerConfig, ServiceMessaging, Topology};
+use opsconductor_platform::auth::{
+    Authenticator, KeySource, RemoteJwks, ServiceCredentials, TokenFetcher, TokenSettings,
+    TokenSource, Verifier,
+};
+use opsconductor_platform::client::Clients;
+use opsconductor_platform::config::{ConfigError, Env, ServerConfig};
+use opsconductor_platform::server::{GrpcService, ServiceServer};
+use opsconductor_platform::validate::is_slug;
+use opsconductor_platform::ServiceKind;
+use opsconductor_storage::{Database, Migrations};
+
+use crate::revocations::{self, FromAuthService, RevocationSource};
+use crate::StartError;
+
+/// Everything a service is started with besides its database.
+pub struct ServiceContext {
+    pub kind: ServiceKind,
+    pub server: ServerConfig,
+    pub broker: BrokerConfig,
+    pub tokens: TokenSettings,
+    clients: Arc<Clients>,
+    verifier: Arc<Verifier>,
+    revocations: Arc<dyn RevocationSource>,
+    refresher_started: AtomicBool,
+}
+
+impl ServiceContext {
+    /// A service other than auth, from the environment: `SERVICE_ID` (default: the service's
+    /// name) and `SERVICE_SECRET` (or `SERVICE_SECRET_FILE`) for its identity; the auth
+    /// service's JWKS to verify tokens; `*_SERVICE_URL` for its clients.
+    pub fn from_env(
+        kind: ServiceKind,
+        env: &Env,
+        listen: SocketAddr,
+    ) -> Result<ServiceContext, ConfigError> {
+        let service_id = env
+            .get("SERVICE_ID")
+            .unwrap_or_else(|| kind.name().to_string());
+        if !is_slug(&service_id, 1, 64, &['-', '_']) {
+            return Err(ConfigError::invalid(
+                "SERVICE_ID",
+                &service_id,
+                "must be 1-64 characters of a-z, 0-9, '-' and '_'",
+            ));
+        }
+        let secret = env
+            .secret("SERVICE_SECRET")?
+            .ok_or_else(|| ConfigError::Missing {
+                var: "SERVICE_SECRET".into(),
+                hint:
+                    "the secret the auth service knows this service by (or SERVICE_SECRET_FILE); \
+                   `opsconductor secrets init` generates them"
+                        .into(),
+            })?;
+        let tokens = TokenSettings::from_env(env)?;
+        let clients = Clients::from_env(env)?;
+        let auth = clients.raw_channel(ServiceKind::Auth);
+        let source = TokenSource::new(ServiceCredentials::new(auth.clone(), &service_id, &secret));
+        let clients = Arc::new(clients.with_tokens(source));
+        let keys = Arc::new(RemoteJwks::new(
+            auth,
+            tokens.jwks_refetch_interval,
+            tokens.leeway,
+        ));
+        let verifier = Arc::new(Verifier::new(tokens.clone(), keys));
+        Ok(ServiceContext {
+            kind,
+            server: ServerConfig::from_env(env, listen)?,
+            broker: BrokerConfig::from_env(env, kind.name())?,
+            tokens,
+            revocations: Arc::new(FromAuthService(clients.clone())),
+            clients,
+            verifier,
+            refresher_started: AtomicBool::new(false),
+        })
+    }
+
+    /// The auth service itself: it verifies with its own keys, mints its own service token
+    /// and reads revocations from its own store.
+    pub fn local(
+        kind: ServiceKind,
+        env: &Env,
+        listen: SocketAddr,
+        keys: Arc<dyn KeySource>,
+        fetcher: impl TokenFetcher,
+        revocations: Arc<dyn RevocationSource>,
+    ) -> Result<ServiceContext, ConfigError> {
+        let tokens = TokenSettings::from_env(env)?;
+        let clients = Arc::new(Clients::from_env(env)?.with_tokens(TokenSource::new(fetcher)));
+        Ok(ServiceContext {
+            kind,
+            server: ServerConfig::from_env(env, listen)?,
+            broker: BrokerConfig::from_env(env, kind.name())?,
+            verifier: Arc::new(Verifier::new(tokens.clone(), keys)),
+            tokens,
+            clients,
+            revocations,
+            refresher_started: AtomicBool::new(false),
+        })
+    }
+
+    /// Every piece given (tests).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        kind: ServiceKind,
+        server: ServerConfig,
+        broker: BrokerConfig,
+        tokens: TokenSettings,
+        clients: Arc<Clients>,
+        verifier: Arc<Verifier>,
+        revocations: Arc<dyn RevocationSource>,
+    ) -> ServiceContext {
+        ServiceContext {
+            kind,
+            server,
+            broker,
+            tokens,
+            clients,
+            verifier,
+            revocations,
+            refresher_started: AtomicBool::new(false),
+        }
+    }
+
+    /// Clients of the other services, carrying this service's token.
+    pub fn clients(&self) -> &Arc<Clients> {
+        &self.clients
+    }
+
+    pub fn verifier(&self) -> &Arc<Verifier> {
+        &self.verifier
+    }
+
+    /// Migrates `db` — the service's own schema and the messaging tables (outbox, inbox,
+    /// dead letters) — and connects to the broker, declaring `topology` and the audit queue.
+    pub async fn start_messaging(
+        &self,
+        db: &Database,
+        migrations: &Migrations,
+        topology: Topology,
+    ) -> Result<ServiceMessaging, StartError> {
+        db.migrate_all(&[migrations, &opsconductor_messaging::migrations()])
+            .await?;
+        Ok(ServiceMessaging::start(self.broker.clone(), topology, db))
+    }
+
+    /// Serves `service` as this service: limited to the configured message size, health
+    /// following `db` and the broker, token checks and caller policies in front, the
+    /// revocation listener, token refresher and outbox relay running beside it.
+    pub fn serve<S>(
+        &self,
+        service: S,
+        db: Database,
+        messaging: &ServiceMessaging,
+    ) -> Result<ServiceServer, StartError>
+    where
+        S: GrpcService
+            + tower::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = std::convert::Infallible,
+            > + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let server =
+            ServiceServer::grpc(self.kind.name(), self.server.clone(), service).depends_on(db);
+        self.finish(server, messaging)
+    }
+
+    /// Puts token checks in front of `server`, starts the revocation listener and the token
+    /// refresher, and hands the messaging workers to the server (stopped after it drains:
+    /// the listener, then the outbox relay, then the connection).
+    pub fn finish(
+        &self,
+        server: ServiceServer,
+        messaging: &ServiceMessaging,
+    ) -> Result<ServiceServer, StartError> {
+        let authenticator = Arc::new(Authenticator::new(self.verifier.clone())?);
+        if !self.refresher_started.swap(true, Ordering::SeqCst) {
+            if let Some(tokens) = self.clients.tokens() {
+                tokens.spawn_refresher();
+            }
+        }
+        let listener =
+            revocations::listener(&messaging.broker, &self.verifier, self.revocations.clone());
+        Ok(messaging.attach(server.authenticate(authenticator).with_worker(listener)))
+    }
+}

@@ -1,0 +1,164 @@
+//! Short calls on the generated clients, so a test reads `s.targets().get(&id).await?` instead
+//! of building a request and unwrapping a response. Each returns the call's `Status` on error,
+//! for assertions on codes and field violations.
+
+use std::future::Future;
+
+use opsconductor_api::auth::v1::auth_service_client::AuthServiceClient;
+use opsconductor_api::auth::v1::{
+    LoginRequest, LoginResponse, RefreshTokenRequest, RefreshTokenResponse,
+};
+use opsconductor_api::targets::v1::targets_service_client::TargetsServiceClient;
+use opsconductor_api::targets::v1::*;
+use opsconductor_api::user::v1::user_service_client::UserServiceClient;
+use opsconductor_api::user::v1::*;
+use opsconductor_platform::auth::AuthChannel;
+use prost_types::FieldMask;
+use tonic::Status;
+
+fn present<T>(value: Option<T>, what: &str) -> Result<T, Status> {
+    value.ok_or_else(|| Status::internal(format!("no {what} in the response")))
+}
+
+fn mask(paths: &[&str]) -> Option<FieldMask> {
+    Some(FieldMask {
+        paths: paths.iter().map(|p| p.to_string()).collect(),
+    })
+}
+
+pub trait TargetsExt {
+    fn create(&mut self, target: Target) -> impl Future<Output = Result<Target, Status>> + Send;
+    fn get(&mut self, id: &str) -> impl Future<Output = Result<Target, Status>> + Send;
+    fn list(
+        &mut self,
+        request: ListTargetsRequest,
+    ) -> impl Future<Output = Result<ListTargetsResponse, Status>> + Send;
+    /// Updates the fields named in `paths` to those of `target`.
+    fn update(
+        &mut self,
+        target: Target,
+        paths: &[&str],
+    ) -> impl Future<Output = Result<Target, Status>> + Send;
+    fn delete(&mut self, id: &str) -> impl Future<Output = Result<(), Status>> + Send;
+}
+
+impl TargetsExt for TargetsServiceClient<AuthChannel> {
+    async fn create(&mut self, target: Target) -> Result<Target, Status> {
+        let request = CreateTargetRequest {
+            target: Some(target),
+        };
+        present(
+            self.create_target(request).await?.into_inner().target,
+            "target",
+        )
+    }
+
+    async fn get(&mut self, id: &str) -> Result<Target, Status> {
+        let request = GetTargetRequest { id: id.into() };
+        present(
+            self.get_target(request).await?.into_inner().target,
+            "target",
+        )
+    }
+
+    async fn list(&mut self, request: ListTargetsRequest) -> Result<ListTargetsResponse, Status> {
+        Ok(self.list_targets(request).await?.into_inner())
+    }
+
+    async fn update(&mut self, target: Target, paths: &[&str]) -> Result<Target, Status> {
+        let request = UpdateTargetRequest {
+            target: Some(target),
+            update_mask: mask(paths),
+        };
+        present(
+            self.update_target(request).await?.into_inner().target,
+            "target",
+        )
+    }
+
+    async fn delete(&mut self, id: &str) -> Result<(), Status> {
+        let request = DeleteTargetRequest { id: id.into() };
+        self.delete_target(request).await.map(|_| ())
+    }
+}
+
+pub trait UsersExt {
+    fn create(
+        &mut self,
+        user: User,
+        password: &str,
+    ) -> impl Future<Output = Result<User, Status>> + Send;
+    fn get(&mut self, id: &str) -> impl Future<Output = Result<User, Status>> + Send;
+    fn list(
+        &mut self,
+        request: ListUsersRequest,
+    ) -> impl Future<Output = Result<ListUsersResponse, Status>> + Send;
+    /// Updates the fields named in `paths` to those of `user`.
+    fn update(
+        &mut self,
+        user: User,
+        paths: &[&str],
+    ) -> impl Future<Output = Result<User, Status>> + Send;
+    fn delete(&mut self, id: &str) -> impl Future<Output = Result<(), Status>> + Send;
+}
+
+impl UsersExt for UserServiceClient<AuthChannel> {
+    async fn create(&mut self, user: User, password: &str) -> Result<User, Status> {
+        let request = CreateUserRequest {
+            user: Some(user),
+            password: password.into(),
+        };
+        present(self.create_user(request).await?.into_inner().user, "user")
+    }
+
+    async fn get(&mut self, id: &str) -> Result<User, Status> {
+        let request = GetUserRequest { id: id.into() };
+        present(self.get_user(request).await?.into_inner().user, "user")
+    }
+
+    async fn list(&mut self, request: ListUsersRequest) -> Result<ListUsersResponse, Status> {
+        Ok(self.list_users(request).await?.into_inner())
+    }
+
+    async fn update(&mut self, user: User, paths: &[&str]) -> Result<User, Status> {
+        let request = UpdateUserRequest {
+            user: Some(user),
+            update_mask: mask(paths),
+        };
+        present(self.update_user(request).await?.into_inner().user, "user")
+    }
+
+    async fn delete(&mut self, id: &str) -> Result<(), Status> {
+        let request = DeleteUserRequest { id: id.into() };
+        self.delete_user(request).await.map(|_| ())
+    }
+}
+
+pub trait AuthExt {
+    fn sign_in(
+        &mut self,
+        username: &str,
+        password: &str,
+    ) -> impl Future<Output = Result<LoginResponse, Status>> + Send;
+    fn refresh(
+        &mut self,
+        refresh_token: &str,
+    ) -> impl Future<Output = Result<RefreshTokenResponse, Status>> + Send;
+}
+
+impl AuthExt for AuthServiceClient<AuthChannel> {
+    async fn sign_in(&mut self, username: &str, password: &str) -> Result<LoginResponse, Status> {
+        let request = LoginRequest {
+            username: username.into(),
+            password: password.into(),
+        };
+        Ok(self.login(request).await?.into_inner())
+    }
+
+    async fn refresh(&mut self, refresh_token: &str) -> Result<RefreshTokenResponse, Status> {
+        let request = RefreshTokenRequest {
+            refresh_token: refresh_token.into(),
+        };
+        Ok(self.refresh_token(request).await?.into_inner())
+    }
+}
