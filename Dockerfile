@@ -11,7 +11,7 @@ FROM debian:bookworm-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --home /var/lib/opsconductor --create-home opsconductor
+    && useradd --system --uid 10001 --home /var/lib/opsconductor --create-home opsconductor
 COPY --from=build /usr/local/bin/opsconductor /usr/local/bin/opsconductor
 USER opsconductor
 WORKDIR /var/lib/opsconductor

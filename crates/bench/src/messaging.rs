@@ -309,7 +309,7 @@ async fn outbox_latency(
             sequence: clock(),
             ..Default::default()
         };
-        let mut tx = db.pool().begin().await?;
+        let mut tx = db.begin().await?;
         outbox
             .stage(
                 &mut tx,

@@ -7,7 +7,6 @@
 //! share a run with other tests (cargo runs test binaries one after another) nor with each
 //! other (a lock).
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,29 +22,11 @@ use opsconductor_platform::health::ServingStatusPb;
 use opsconductor_platform::server::ServiceServer;
 use opsconductor_storage::testing::TestDatabase;
 use opsconductor_storage::{Backend, Database};
-use opsconductor_testkit::{tool, Running, TestBroker};
+use opsconductor_testkit::{rabbitmqctl, Running, TestBroker};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const MESSAGES: usize = 10_000;
-
-fn rabbitmqctl(args: &[&str]) {
-    let ctl = tool(
-        "RABBITMQCTL",
-        "rabbitmqctl",
-        "apt-get install rabbitmq-server",
-    );
-    let out = Command::new(&ctl)
-        .args(args)
-        .output()
-        .expect("run rabbitmqctl");
-    assert!(
-        out.status.success(),
-        "rabbitmqctl {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 async fn count(db: &Database, sql: &str) -> i64 {
     let (n,): (i64,) = sqlx::query_as(sql)

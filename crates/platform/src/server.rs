@@ -44,16 +44,28 @@ pub trait Worker: Send + 'static {
     fn stop(self: Box<Self>, grace: Duration) -> BoxFuture<'static, ()>;
 }
 
-/// A generated gRPC server (`UserServiceServer<UserApi>` ...), limited to the platform's
-/// message size both ways.
-pub trait GrpcService: tonic::server::NamedService + Sized {
+/// A generated gRPC server over its implementation (`UserServiceServer<UserApi>` ...), that the
+/// platform can serve and limit to its message size both ways.
+pub trait GrpcService:
+    tonic::server::NamedService
+    + tower::Service<
+        http::Request<tonic::body::Body>,
+        Response = http::Response<tonic::body::Body>,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + Sized
+    + 'static
+{
     fn with_message_limit(self, max_bytes: usize) -> Self;
 }
 
 macro_rules! grpc_services {
-    ($($server:path),* $(,)?) => {
+    ($($server:ident<$service:path>),* $(,)?) => {
         $(
-            impl<T> GrpcService for $server {
+            impl<T: $service> GrpcService for $server<T> {
                 fn with_message_limit(self, max_bytes: usize) -> Self {
                     self.max_decoding_message_size(max_bytes)
                         .max_encoding_message_size(max_bytes)
@@ -63,18 +75,37 @@ macro_rules! grpc_services {
     };
 }
 
-use opsconductor_api as api;
+use opsconductor_api::audit::v1::audit_service_server::{AuditService, AuditServiceServer};
+use opsconductor_api::auth::v1::auth_service_server::{AuthService, AuthServiceServer};
+use opsconductor_api::credentials::v1::credentials_service_server::{
+    CredentialsService, CredentialsServiceServer,
+};
+use opsconductor_api::deadletters::v1::dead_letter_service_server::{
+    DeadLetterService, DeadLetterServiceServer,
+};
+use opsconductor_api::executor::v1::executor_service_server::{
+    ExecutorService, ExecutorServiceServer,
+};
+use opsconductor_api::jobs::v1::jobs_service_server::{JobsService, JobsServiceServer};
+use opsconductor_api::notification::v1::notification_service_server::{
+    NotificationService, NotificationServiceServer,
+};
+use opsconductor_api::scheduler::v1::scheduler_service_server::{
+    SchedulerService, SchedulerServiceServer,
+};
+use opsconductor_api::targets::v1::targets_service_server::{TargetsService, TargetsServiceServer};
+use opsconductor_api::user::v1::user_service_server::{UserService, UserServiceServer};
 grpc_services! {
-    api::auth::v1::auth_service_server::AuthServiceServer<T>,
-    api::user::v1::user_service_server::UserServiceServer<T>,
-    api::audit::v1::audit_service_server::AuditServiceServer<T>,
-    api::credentials::v1::credentials_service_server::CredentialsServiceServer<T>,
-    api::targets::v1::targets_service_server::TargetsServiceServer<T>,
-    api::jobs::v1::jobs_service_server::JobsServiceServer<T>,
-    api::notification::v1::notification_service_server::NotificationServiceServer<T>,
-    api::scheduler::v1::scheduler_service_server::SchedulerServiceServer<T>,
-    api::executor::v1::executor_service_server::ExecutorServiceServer<T>,
-    api::deadletters::v1::dead_letter_service_server::DeadLetterServiceServer<T>,
+    AuthServiceServer<AuthService>,
+    UserServiceServer<UserService>,
+    AuditServiceServer<AuditService>,
+    CredentialsServiceServer<CredentialsService>,
+    TargetsServiceServer<TargetsService>,
+    JobsServiceServer<JobsService>,
+    NotificationServiceServer<NotificationService>,
+    SchedulerServiceServer<SchedulerService>,
+    ExecutorServiceServer<ExecutorService>,
+    DeadLetterServiceServer<DeadLetterService>,
 }
 
 /// A service ready to be bound: its routes, the gRPC names it serves and what it depends on.
@@ -114,37 +145,13 @@ impl ServiceServer {
 
     /// One generated gRPC service, limited to the configured message size both ways; its
     /// every method must declare a caller policy.
-    pub fn grpc<S>(name: impl Into<String>, config: ServerConfig, service: S) -> Self
-    where
-        S: GrpcService
-            + tower::Service<
-                http::Request<tonic::body::Body>,
-                Response = http::Response<tonic::body::Body>,
-                Error = std::convert::Infallible,
-            > + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Future: Send + 'static,
-    {
+    pub fn grpc<S: GrpcService>(name: impl Into<String>, config: ServerConfig, service: S) -> Self {
         let routes = Routes::new(service.with_message_limit(config.max_message_bytes));
         ServiceServer::new(name, config, routes, [S::NAME])
     }
 
     /// Serves another generated service beside the first (e.g. `DeadLetterService`).
-    pub fn also_serve<S>(mut self, service: S) -> Self
-    where
-        S: GrpcService
-            + tower::Service<
-                http::Request<tonic::body::Body>,
-                Response = http::Response<tonic::body::Body>,
-                Error = std::convert::Infallible,
-            > + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Future: Send + 'static,
-    {
+    pub fn also_serve<S: GrpcService>(mut self, service: S) -> Self {
         let service = service.with_message_limit(self.config.max_message_bytes);
         self.routes = self.routes.add_service(service);
         self.grpc_names.push(S::NAME.to_string());

@@ -155,24 +155,12 @@ impl ServiceContext {
     /// Serves `service` as this service: limited to the configured message size, health
     /// following `db` and the broker, token checks and caller policies in front, the
     /// revocation listener, token refresher and outbox relay running beside it.
-    pub fn serve<S>(
+    pub fn serve<S: GrpcService>(
         &self,
         service: S,
         db: Database,
         messaging: &ServiceMessaging,
-    ) -> Result<ServiceServer, StartError>
-    where
-        S: GrpcService
-            + tower::Service<
-                http::Request<tonic::body::Body>,
-                Response = http::Response<tonic::body::Body>,
-                Error = std::convert::Infallible,
-            > + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Future: Send + 'static,
-    {
+    ) -> Result<ServiceServer, StartError> {
         let server =
             ServiceServer::grpc(self.kind.name(), self.server.clone(), service).depends_on(db);
         self.finish(server, messaging)

@@ -6,7 +6,8 @@ use std::future::Future;
 
 use opsconductor_api::auth::v1::auth_service_client::AuthServiceClient;
 use opsconductor_api::auth::v1::{
-    LoginRequest, LoginResponse, RefreshTokenRequest, RefreshTokenResponse,
+    ListSessionsRequest, LoginRequest, LoginResponse, RefreshTokenRequest, RefreshTokenResponse,
+    Session,
 };
 use opsconductor_api::targets::v1::targets_service_client::TargetsServiceClient;
 use opsconductor_api::targets::v1::*;
@@ -100,6 +101,22 @@ pub trait UsersExt {
         paths: &[&str],
     ) -> impl Future<Output = Result<User, Status>> + Send;
     fn delete(&mut self, id: &str) -> impl Future<Output = Result<(), Status>> + Send;
+    /// CheckPassword: whether `password` is `username`'s.
+    fn check(
+        &mut self,
+        username: &str,
+        password: &str,
+    ) -> impl Future<Output = Result<CheckPasswordResponse, Status>> + Send;
+    /// The notification preferences of the user `user_id`.
+    fn preferences(
+        &mut self,
+        user_id: &str,
+    ) -> impl Future<Output = Result<NotificationPreferences, Status>> + Send;
+    /// Replaces the notification preferences of the user `preferences.user_id`.
+    fn set_preferences(
+        &mut self,
+        preferences: NotificationPreferences,
+    ) -> impl Future<Output = Result<NotificationPreferences, Status>> + Send;
 }
 
 impl UsersExt for UserServiceClient<AuthChannel> {
@@ -132,6 +149,47 @@ impl UsersExt for UserServiceClient<AuthChannel> {
         let request = DeleteUserRequest { id: id.into() };
         self.delete_user(request).await.map(|_| ())
     }
+
+    async fn check(
+        &mut self,
+        username: &str,
+        password: &str,
+    ) -> Result<CheckPasswordResponse, Status> {
+        let request = CheckPasswordRequest {
+            username: username.into(),
+            password: password.into(),
+        };
+        Ok(self.check_password(request).await?.into_inner())
+    }
+
+    async fn preferences(&mut self, user_id: &str) -> Result<NotificationPreferences, Status> {
+        let request = GetNotificationPreferencesRequest {
+            user_id: user_id.into(),
+        };
+        present(
+            self.get_notification_preferences(request)
+                .await?
+                .into_inner()
+                .preferences,
+            "preferences",
+        )
+    }
+
+    async fn set_preferences(
+        &mut self,
+        preferences: NotificationPreferences,
+    ) -> Result<NotificationPreferences, Status> {
+        let request = UpdateNotificationPreferencesRequest {
+            preferences: Some(preferences),
+        };
+        present(
+            self.update_notification_preferences(request)
+                .await?
+                .into_inner()
+                .preferences,
+            "preferences",
+        )
+    }
 }
 
 pub trait AuthExt {
@@ -144,6 +202,11 @@ pub trait AuthExt {
         &mut self,
         refresh_token: &str,
     ) -> impl Future<Output = Result<RefreshTokenResponse, Status>> + Send;
+    /// The first page of `user_id`'s sessions; everyone's for an empty `user_id`.
+    fn sessions(
+        &mut self,
+        user_id: &str,
+    ) -> impl Future<Output = Result<Vec<Session>, Status>> + Send;
 }
 
 impl AuthExt for AuthServiceClient<AuthChannel> {
@@ -160,5 +223,13 @@ impl AuthExt for AuthServiceClient<AuthChannel> {
             refresh_token: refresh_token.into(),
         };
         Ok(self.refresh_token(request).await?.into_inner())
+    }
+
+    async fn sessions(&mut self, user_id: &str) -> Result<Vec<Session>, Status> {
+        let request = ListSessionsRequest {
+            user_id: user_id.into(),
+            ..Default::default()
+        };
+        Ok(self.list_sessions(request).await?.into_inner().sessions)
     }
 }

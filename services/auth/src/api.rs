@@ -187,7 +187,7 @@ impl AuthApi {
         };
         let Some(user) = user else {
             self.throttle.failed(&req.username, peer);
-            let mut tx = self.store.db().pool().begin().await?;
+            let mut tx = self.store.db().begin().await?;
             let details = [("username", truncate(&req.username, 64))];
             self.audit
                 .record_outcome(
@@ -206,7 +206,7 @@ impl AuthApi {
         cause.actor.user_id = user.id.clone();
         let now = now_micros();
         let refresh = new_refresh_token();
-        let mut tx = self.store.db().pool().begin().await?;
+        let mut tx = self.store.db().begin().await?;
         let version = self.store.token_version(&mut tx, &user.id).await?;
         let session = SessionRow {
             id: uuid::Uuid::now_v7().to_string(),
@@ -246,7 +246,7 @@ impl AuthApi {
     /// (or any token of the ended family) is refused with no effect but a counter, so replays
     /// cannot multiply revocations, broadcasts or audit events.
     async fn reuse_detected(&self, session: &SessionRow, cause: &Cause) -> Result<()> {
-        let mut tx = self.store.db().pool().begin().await?;
+        let mut tx = self.store.db().begin().await?;
         let ended = self
             .store
             .end_session(
@@ -330,7 +330,7 @@ impl AuthApi {
                 )))
             }
         };
-        let mut tx = self.store.db().pool().begin().await?;
+        let mut tx = self.store.db().begin().await?;
         let version = self.store.token_version(&mut tx, &session.user_id).await?;
         let Some(user) = user.filter(|_| version <= session.token_version.max(0) as u64) else {
             self.store
@@ -385,7 +385,7 @@ impl AuthApi {
                 ApiError::PermissionDenied("the session belongs to another user".into()).into(),
             );
         }
-        let mut tx = self.store.db().pool().begin().await?;
+        let mut tx = self.store.db().begin().await?;
         if !self
             .store
             .end_session(&mut tx, &session.id, RevocationReason::Logout as i32)
@@ -448,7 +448,7 @@ impl AuthApi {
             )
             .into());
         }
-        let mut tx = self.store.db().pool().begin().await?;
+        let mut tx = self.store.db().begin().await?;
         let version = self.store.raise_version(&mut tx, &req.user_id).await?;
         let ended = self
             .store
@@ -507,7 +507,7 @@ impl AuthApi {
         let known = self.store.identity_digest(&req.service_id).await?;
         if !known.is_some_and(|stored| same(&stored, &presented)) {
             self.throttle.failed(&account, peer);
-            let mut tx = self.store.db().pool().begin().await?;
+            let mut tx = self.store.db().begin().await?;
             let details = [("service_id", truncate(&req.service_id, 64))];
             self.audit
                 .record_outcome(
@@ -542,7 +542,7 @@ impl AuthApi {
         req: RotateSigningKeyRequest,
         cause: Cause,
     ) -> Result<RotateSigningKeyResponse> {
-        let mut tx = self.store.db().pool().begin().await?;
+        let mut tx = self.store.db().begin().await?;
         let rotation = self.keys.rotate(&mut tx, req.revoke_previous).await?;
         let revoked = if req.revoke_previous {
             // Signed by the new key: the revoked one leaves the JWKS at once, and servers

@@ -75,7 +75,7 @@ impl KeyRing {
         let ring = match read(&db, &kek).await? {
             Some(ring) => ring,
             None => {
-                let mut tx = db.pool().begin().await?;
+                let mut tx = db.begin().await?;
                 insert_new(&mut tx, &kek).await?;
                 tx.commit().await?;
                 read(&db, &kek).await?.ok_or_else(|| {

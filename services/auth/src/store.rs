@@ -290,7 +290,7 @@ impl AuthStore {
         &self,
         identities: &[(String, String)],
     ) -> Result<(), AuthServiceError> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         sqlx::query("DELETE FROM service_identities")
             .execute(&mut *tx)
             .await?;

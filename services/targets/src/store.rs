@@ -62,7 +62,7 @@ impl TargetStore {
     pub async fn create(&self, target: &Target, cause: &Cause) -> Result<Target, TargetsError> {
         let id = uuid::Uuid::now_v7().to_string();
         let now = now_micros();
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO targets (id, name, os, spec, create_time, update_time) \
              VALUES ($1, $2, $3, $4, $5, $5)",
@@ -152,7 +152,7 @@ impl TargetStore {
         cause: &Cause,
     ) -> Result<Target, TargetsError> {
         let now = now_micros().max(expected_update_time + 1);
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         let updated = sqlx::query(
             "UPDATE targets SET name = $1, os = $2, spec = $3, update_time = $4 \
              WHERE id = $5 AND update_time = $6",
@@ -197,7 +197,7 @@ impl TargetStore {
     }
 
     pub async fn delete(&self, id: &str, cause: &Cause) -> Result<(), TargetsError> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         sqlx::query("DELETE FROM target_tags WHERE target_id = $1")
             .bind(id)
             .execute(&mut *tx)

@@ -89,7 +89,7 @@ impl UserStore {
     ) -> Result<User, UserError> {
         let id = uuid::Uuid::now_v7().to_string();
         let now = now_micros();
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         let result = sqlx::query(&format!(
             "INSERT INTO users ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)"
         ))
@@ -190,7 +190,7 @@ impl UserStore {
         cause: &Cause,
     ) -> Result<User, UserError> {
         let now = now_micros().max(expected_update_time + 1);
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         let done = sqlx::query(
             "UPDATE users SET email = $1, display_name = $2, role = $3, disabled = $4, \
              update_time = $5 WHERE id = $6 AND update_time = $7",
@@ -238,7 +238,7 @@ impl UserStore {
         action: &str,
         cause: &Cause,
     ) -> Result<(), UserError> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         // update_time only moves forward, even if the clock steps back: it is the row's version.
         let done = sqlx::query(
             "UPDATE users SET password_hash = $1, \
@@ -269,7 +269,7 @@ impl UserStore {
         user_id: &str,
         details: &[(&str, String)],
     ) -> Result<(), UserError> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         self.audit
             .record_outcome(
                 &mut tx,
@@ -285,7 +285,7 @@ impl UserStore {
     }
 
     pub async fn delete(&self, id: &str, cause: &Cause) -> Result<User, UserError> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         let row =
             sqlx::query_as::<_, UserRow>(&format!("SELECT {COLUMNS} FROM users WHERE id = $1"))
                 .bind(id)
@@ -341,7 +341,7 @@ impl UserStore {
         let mut stored = prefs.clone();
         stored.update_time = None;
         let now = now_micros();
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         let exists: Option<(String,)> = sqlx::query_as("SELECT id FROM users WHERE id = $1")
             .bind(&prefs.user_id)
             .fetch_optional(&mut *tx)

@@ -6,12 +6,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use opsconductor_api::audit::v1::{AuditEvent, AuditOutcome};
-use opsconductor_api::targets::v1::{CreateTargetRequest, DeleteTargetRequest, Target};
+use opsconductor_api::targets::v1::Target;
 use opsconductor_api::user::v1::*;
 use opsconductor_messaging::topology::platform;
 use opsconductor_messaging::{Broker, Consumer, HandleError, Handlers, Received, Topology};
-use opsconductor_testkit::{on_both_backends, Sandbox};
-use prost_types::FieldMask;
+use opsconductor_testkit::{on_both_backends, Sandbox, TargetsExt, UsersExt};
 
 /// An event and the correlation id it travelled with.
 type Seen = (AuditEvent, Option<String>);
@@ -77,28 +76,26 @@ async fn every_change_is_audited_once_and_failures_not_at_all(s: &Sandbox) {
         .unwrap();
     // A duplicate fails: no event.
     users
-        .create_user(CreateUserRequest {
-            user: Some(User {
+        .create(
+            User {
                 username: "audited".into(),
                 email: "other@example.com".into(),
                 role: 1,
                 ..Default::default()
-            }),
-            password: String::new(),
-        })
+            },
+            "",
+        )
         .await
         .unwrap_err();
     users
-        .update_user(UpdateUserRequest {
-            user: Some(User {
+        .update(
+            User {
                 id: user.id.clone(),
                 display_name: "Audited".into(),
                 ..Default::default()
-            }),
-            update_mask: Some(FieldMask {
-                paths: vec!["display_name".into()],
-            }),
-        })
+            },
+            &["display_name"],
+        )
         .await
         .unwrap();
     users
@@ -108,33 +105,18 @@ async fn every_change_is_audited_once_and_failures_not_at_all(s: &Sandbox) {
         })
         .await
         .unwrap();
-    users
-        .delete_user(DeleteUserRequest {
-            id: user.id.clone(),
-        })
-        .await
-        .unwrap();
+    users.delete(&user.id).await.unwrap();
     let mut targets = s.targets();
     let target = targets
-        .create_target(CreateTargetRequest {
-            target: Some(Target {
-                name: "audited-host".into(),
-                address: "10.0.0.9".into(),
-                port: 22,
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .target
-        .unwrap();
-    targets
-        .delete_target(DeleteTargetRequest {
-            id: target.id.clone(),
+        .create(Target {
+            name: "audited-host".into(),
+            address: "10.0.0.9".into(),
+            port: 22,
+            ..Default::default()
         })
         .await
         .unwrap();
+    targets.delete(&target.id).await.unwrap();
 
     // The bootstrapped administrator's creation comes first.
     let events: Vec<Seen> = collect(s, 7)

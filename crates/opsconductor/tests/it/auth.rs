@@ -4,47 +4,21 @@
 //! service, and one token fetch for a hundred callers.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use opsconductor_api::auth::v1::*;
 use opsconductor_api::common::v1::Role;
 use opsconductor_api::targets::v1::{ListTargetsRequest, TestTargetConnectivityRequest};
-use opsconductor_api::user::v1::{
-    GetNotificationPreferencesRequest, GetUserRequest, ListUsersRequest, UpdateUserRequest, User,
-};
+use opsconductor_api::user::v1::{ListUsersRequest, User};
 use opsconductor_platform::auth::{ServiceCredentials, TokenSource, ON_BEHALF_OF};
 use opsconductor_platform::client::Clients;
 use opsconductor_platform::ServiceKind;
-use opsconductor_testkit::{bearer, on_both_backends, Sandbox, StorageBackend, PASSWORD};
-use prost_types::FieldMask;
+use opsconductor_testkit::{
+    bearer, on_both_backends, AuthExt, Sandbox, StorageBackend, TargetsExt, UsersExt, PASSWORD,
+};
 use tonic::Code;
 
-use crate::support::{assert_code, assert_violations};
-
-/// Calls `call` every 20 ms until it fails with `code`; returns how long that took.
-async fn until_refused<F, Fut, T>(code: Code, limit: Duration, mut call: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
-{
-    let started = Instant::now();
-    loop {
-        match call().await {
-            Err(status) if status.code() == code => return started.elapsed(),
-            _ => {}
-        }
-        assert!(started.elapsed() < limit, "still accepted after {limit:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn list_targets(clients: &Clients) -> Result<(), tonic::Status> {
-    clients
-        .targets()
-        .list_targets(ListTargetsRequest::default())
-        .await
-        .map(|_| ())
-}
+use crate::support::{assert_code, assert_violations, list_targets, until_refused};
 
 on_both_backends!(sessions_refresh_rotate_and_a_reused_token_ends_the_family);
 async fn sessions_refresh_rotate_and_a_reused_token_ends_the_family(s: &Sandbox) {
@@ -54,13 +28,7 @@ async fn sessions_refresh_rotate_and_a_reused_token_ends_the_family(s: &Sandbox)
     assert_eq!(first.user_id, operator.id);
     let mut auth = s.anonymous().auth();
 
-    let second = auth
-        .refresh_token(RefreshTokenRequest {
-            refresh_token: first.refresh_token.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let second = auth.refresh(&first.refresh_token).await.unwrap();
     assert_eq!(
         second.session_id, first.session_id,
         "same session, new tokens"
@@ -73,19 +41,9 @@ async fn sessions_refresh_rotate_and_a_reused_token_ends_the_family(s: &Sandbox)
         .unwrap();
 
     // The first refresh token again: a thief or a replay. The whole session ends.
-    let reused = auth
-        .refresh_token(RefreshTokenRequest {
-            refresh_token: first.refresh_token.clone(),
-        })
-        .await
-        .unwrap_err();
+    let reused = auth.refresh(&first.refresh_token).await.unwrap_err();
     assert_code(&reused, Code::Unauthenticated, "REFRESH_TOKEN_INVALID");
-    let after = auth
-        .refresh_token(RefreshTokenRequest {
-            refresh_token: second.refresh_token.clone(),
-        })
-        .await
-        .unwrap_err();
+    let after = auth.refresh(&second.refresh_token).await.unwrap_err();
     assert_code(&after, Code::Unauthenticated, "REFRESH_TOKEN_INVALID");
     // And the access tokens of the session stop working everywhere.
     let clients = s.clients_as(&second.access_token);
@@ -93,16 +51,7 @@ async fn sessions_refresh_rotate_and_a_reused_token_ends_the_family(s: &Sandbox)
         list_targets(&clients)
     })
     .await;
-    let sessions = s
-        .auth()
-        .list_sessions(ListSessionsRequest {
-            user_id: operator.id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .sessions;
+    let sessions = s.auth().sessions(&operator.id).await.unwrap();
     assert!(sessions.is_empty(), "{sessions:?}");
 
     // A fresh login works, and shows as one session.
@@ -110,14 +59,9 @@ async fn sessions_refresh_rotate_and_a_reused_token_ends_the_family(s: &Sandbox)
     let mine = s
         .clients_as(&third.access_token)
         .auth()
-        .list_sessions(ListSessionsRequest {
-            user_id: operator.id.clone(),
-            ..Default::default()
-        })
+        .sessions(&operator.id)
         .await
-        .unwrap()
-        .into_inner()
-        .sessions;
+        .unwrap();
     assert_eq!(mine.len(), 1);
     assert_eq!(mine[0].id, third.session_id);
     assert!(
@@ -171,28 +115,19 @@ async fn logout_ends_one_session_and_its_tokens(s: &Sandbox) {
     let err = s
         .clients_as(&other.access_token)
         .auth()
-        .list_sessions(ListSessionsRequest {
-            user_id: operator.id.clone(),
-            ..Default::default()
-        })
+        .sessions(&operator.id)
         .await
         .unwrap_err();
     assert_code(&err, Code::PermissionDenied, "PERMISSION_DENIED");
     let err = s
         .clients_as(&other.access_token)
         .auth()
-        .list_sessions(ListSessionsRequest::default())
+        .sessions("")
         .await
         .unwrap_err();
     assert_violations(&err, &["user_id"]);
     // An administrator sees everyone's.
-    let all = s
-        .auth()
-        .list_sessions(ListSessionsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .sessions;
+    let all = s.auth().sessions("").await.unwrap();
     assert!(all.iter().any(|x| x.id == kept.session_id));
     assert!(!all.iter().any(|x| x.id == ended.session_id));
 }
@@ -200,13 +135,9 @@ async fn logout_ends_one_session_and_its_tokens(s: &Sandbox) {
 on_both_backends!(wrong_passwords_and_disabled_users_do_not_sign_in);
 async fn wrong_passwords_and_disabled_users_do_not_sign_in(s: &Sandbox) {
     let mut auth = s.anonymous().auth();
-    let login = |username: &str, password: &str| LoginRequest {
-        username: username.into(),
-        password: password.into(),
-    };
     let (user, session) = s.user_with_role("dora", Role::Viewer).await;
     for (username, password) in [("dora", "not her password"), ("nobody", PASSWORD)] {
-        let err = auth.login(login(username, password)).await.unwrap_err();
+        let err = auth.sign_in(username, password).await.unwrap_err();
         assert_code(&err, Code::Unauthenticated, "INVALID_CREDENTIALS");
         assert!(
             err.message().ends_with("invalid username or password"),
@@ -214,21 +145,19 @@ async fn wrong_passwords_and_disabled_users_do_not_sign_in(s: &Sandbox) {
             err.message()
         );
     }
-    let err = auth.login(login("", "")).await.unwrap_err();
+    let err = auth.sign_in("", "").await.unwrap_err();
     assert_violations(&err, &["username", "password"]);
 
     // Disabled: her tokens stop working, she cannot sign in or refresh.
     s.user()
-        .update_user(UpdateUserRequest {
-            user: Some(User {
+        .update(
+            User {
                 id: user.id.clone(),
                 disabled: true,
                 ..Default::default()
-            }),
-            update_mask: Some(FieldMask {
-                paths: vec!["disabled".into()],
-            }),
-        })
+            },
+            &["disabled"],
+        )
         .await
         .unwrap();
     let clients = s.clients_as(&session.access_token);
@@ -236,14 +165,9 @@ async fn wrong_passwords_and_disabled_users_do_not_sign_in(s: &Sandbox) {
         list_targets(&clients)
     })
     .await;
-    let err = auth.login(login("dora", PASSWORD)).await.unwrap_err();
+    let err = auth.sign_in("dora", PASSWORD).await.unwrap_err();
     assert_code(&err, Code::Unauthenticated, "INVALID_CREDENTIALS");
-    let err = auth
-        .refresh_token(RefreshTokenRequest {
-            refresh_token: session.refresh_token,
-        })
-        .await
-        .unwrap_err();
+    let err = auth.refresh(&session.refresh_token).await.unwrap_err();
     assert_code(&err, Code::Unauthenticated, "REFRESH_TOKEN_INVALID");
 }
 
@@ -253,13 +177,7 @@ async fn a_revoke_all_is_enforced_by_another_service_within_a_second(s: &Sandbox
     let clients = s.clients_as(&session.access_token);
     // Verified and cached by the targets service: from here on it is a hash lookup there.
     list_targets(&clients).await.unwrap();
-    clients
-        .user()
-        .get_user(GetUserRequest {
-            id: operator.id.clone(),
-        })
-        .await
-        .unwrap();
+    clients.user().get(&operator.id).await.unwrap();
 
     let revoked = s
         .auth()
@@ -282,7 +200,7 @@ async fn a_revoke_all_is_enforced_by_another_service_within_a_second(s: &Sandbox
     until_refused(Code::Unauthenticated, Duration::from_secs(1), || {
         let mut users = clients.user();
         let id = operator.id.clone();
-        async move { users.get_user(GetUserRequest { id }).await }
+        async move { users.get(&id).await }
     })
     .await;
     // A replica started after the broadcast still refuses the token: it caught up from
@@ -293,7 +211,7 @@ async fn a_revoke_all_is_enforced_by_another_service_within_a_second(s: &Sandbox
     );
     until_refused(Code::Unauthenticated, Duration::from_secs(10), || {
         let mut late = late.clone();
-        async move { late.list_targets(ListTargetsRequest::default()).await }
+        async move { late.list(ListTargetsRequest::default()).await }
     })
     .await;
     // Signing in again gives tokens of the new version, accepted everywhere.
@@ -440,15 +358,10 @@ async fn services_exchange_their_secret_for_a_token(s: &Sandbox) {
     assert_eq!(lifetime, 600, "service tokens live ten minutes");
     // jobs may read users and targets, not create them.
     let jobs = s.clients_as(&token.access_token);
-    jobs.user()
-        .get_user(GetUserRequest {
-            id: s.admin.user_id.clone(),
-        })
-        .await
-        .unwrap();
+    jobs.user().get(&s.admin.user_id).await.unwrap();
     let err = jobs
         .user()
-        .list_users(ListUsersRequest::default())
+        .list(ListUsersRequest::default())
         .await
         .unwrap_err();
     assert_code(&err, Code::PermissionDenied, "PERMISSION_DENIED");
@@ -539,61 +452,42 @@ async fn users_manage_only_themselves_unless_admin(s: &Sandbox) {
     let (viewer, session) = s.user_with_role("val", Role::Viewer).await;
     let (other, _) = s.user_with_role("walt", Role::Viewer).await;
     let mut users = s.clients_as(&session.access_token).user();
-    let update = |id: &str, paths: &[&str]| UpdateUserRequest {
-        user: Some(User {
-            id: id.into(),
-            display_name: "Changed".into(),
-            email: "changed@example.com".into(),
-            role: Role::Admin as i32,
-            ..Default::default()
-        }),
-        update_mask: Some(FieldMask {
-            paths: paths.iter().map(|p| p.to_string()).collect(),
-        }),
+    let changed = |id: &str| User {
+        id: id.into(),
+        display_name: "Changed".into(),
+        email: "changed@example.com".into(),
+        role: Role::Admin as i32,
+        ..Default::default()
     };
     let mine = users
-        .update_user(update(&viewer.id, &["display_name", "email"]))
+        .update(changed(&viewer.id), &["display_name", "email"])
         .await
-        .unwrap()
-        .into_inner()
-        .user
         .unwrap();
     assert_eq!(mine.display_name, "Changed");
     assert_eq!(mine.role, Role::Viewer as i32);
-    for request in [
-        update(&viewer.id, &["role"]),
-        update(&viewer.id, &["disabled"]),
-        update(&viewer.id, &[]),
-        update(&other.id, &["display_name"]),
-    ] {
-        let err = users.update_user(request).await.unwrap_err();
+    let refused: [(&str, &[&str]); 4] = [
+        (&viewer.id, &["role"]),
+        (&viewer.id, &["disabled"]),
+        (&viewer.id, &[]),
+        (&other.id, &["display_name"]),
+    ];
+    for (id, paths) in refused {
+        let err = users.update(changed(id), paths).await.unwrap_err();
         assert_code(&err, Code::PermissionDenied, "PERMISSION_DENIED");
     }
-    users
-        .get_notification_preferences(GetNotificationPreferencesRequest {
-            user_id: viewer.id.clone(),
-        })
-        .await
-        .unwrap();
-    let err = users
-        .get_notification_preferences(GetNotificationPreferencesRequest {
-            user_id: other.id.clone(),
-        })
-        .await
-        .unwrap_err();
+    users.preferences(&viewer.id).await.unwrap();
+    let err = users.preferences(&other.id).await.unwrap_err();
     assert_code(&err, Code::PermissionDenied, "PERMISSION_DENIED");
     // The notification service reads anyone's, to deliver to them.
     let notification = s.service_token(ServiceKind::Notification).await;
     s.clients_as(&notification)
         .user()
-        .get_notification_preferences(GetNotificationPreferencesRequest {
-            user_id: other.id.clone(),
-        })
+        .preferences(&other.id)
         .await
         .unwrap();
     // A role change ends the user's sessions: their next call needs a new sign-in.
     s.user()
-        .update_user(update(&viewer.id, &["role"]))
+        .update(changed(&viewer.id), &["role"])
         .await
         .unwrap();
     let clients = s.clients_as(&session.access_token);
@@ -709,10 +603,7 @@ async fn the_admin_is_bootstrapped_once_and_never_reset() {
     let err = s
         .anonymous()
         .auth()
-        .login(LoginRequest {
-            username: "admin".into(),
-            password: "a different admin password".into(),
-        })
+        .sign_in("admin", "a different admin password")
         .await
         .unwrap_err();
     assert_code(&err, Code::Unauthenticated, "INVALID_CREDENTIALS");

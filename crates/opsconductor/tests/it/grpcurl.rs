@@ -67,6 +67,21 @@ async fn grpcurl_lists_describes_and_calls_every_service() {
     );
     let (ok, out) = run(&["-plaintext", &user, "describe", "opsconductor.user.v1.User"]);
     assert!(ok && out.contains("password_set"), "{out}");
+    // Reflection needs no token, so it describes only what this server serves (and what
+    // that imports): not the other services' contracts, not even their messages.
+    for symbol in [
+        "opsconductor.jobs.v1.JobsService",
+        "opsconductor.credentials.v1.RevealCredentialRequest",
+        "opsconductor.targets.v1.TargetsService",
+    ] {
+        let (ok, out) = run(&["-plaintext", &user, "describe", symbol]);
+        assert!(!ok, "{symbol} described by the user service: {out}");
+    }
+    let (ok, out) = run(&["-plaintext", &user, "list"]);
+    assert!(ok && !out.contains("opsconductor.auth.v1"), "{out}");
+    // The types its errors carry are described, so grpcurl can print them.
+    let (ok, out) = run(&["-plaintext", &user, "describe", "google.rpc.BadRequest"]);
+    assert!(ok, "{out}");
 
     // Signing in, as the README shows it: the access token goes into every later call.
     let credentials = format!(

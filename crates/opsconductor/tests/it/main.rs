@@ -7,6 +7,7 @@ mod audit_events;
 mod auth;
 mod authz;
 mod binary;
+mod broker_accounts;
 mod contracts;
 mod grpcurl;
 mod health;

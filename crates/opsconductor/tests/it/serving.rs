@@ -8,7 +8,7 @@ use opsconductor_api::targets::v1::{GetTargetRequest, TestTargetConnectivityRequ
 use opsconductor_platform::config::ServerConfig;
 use opsconductor_platform::ServiceKind;
 use opsconductor_storage::testing::TestDatabase;
-use opsconductor_testkit::{channel_as, standalone, static_source, TestAuth};
+use opsconductor_testkit::{channel_as, standalone, static_source, TargetsExt, TestAuth, UsersExt};
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -51,10 +51,7 @@ async fn calls_beyond_the_limit_are_shed_with_retry_info() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // The one permit is taken: the next call is refused at once, retryable.
-    let request = tonic::Request::new(GetTargetRequest {
-        id: target.id.clone(),
-    });
-    let shed = client.get_target(request).await.unwrap_err();
+    let shed = client.get(&target.id).await.unwrap_err();
     assert_eq!(shed.code(), Code::Unavailable, "{shed:?}");
     let retry = shed.get_details_retry_info().expect("RetryInfo");
     assert!(retry.retry_delay.is_some());
@@ -121,7 +118,7 @@ async fn user_server(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_balance_calls_over_every_listed_replica() {
-    use opsconductor_api::user::v1::{CreateUserRequest, GetUserRequest, User};
+    use opsconductor_api::user::v1::User;
     use opsconductor_platform::client::Clients;
     use opsconductor_platform::config::Env;
 
@@ -135,19 +132,16 @@ async fn clients_balance_calls_over_every_listed_replica() {
         channel_as(&a.url, auth.admin_token()),
     );
     let user = direct
-        .create_user(CreateUserRequest {
-            user: Some(User {
+        .create(
+            User {
                 username: "replica".into(),
                 email: "r@example.com".into(),
                 role: 1,
                 ..Default::default()
-            }),
-            password: String::new(),
-        })
+            },
+            "",
+        )
         .await
-        .unwrap()
-        .into_inner()
-        .user
         .unwrap();
     let clients = Clients::from_env(&Env::isolated([(
         "USER_SERVICE_URL",
@@ -158,12 +152,7 @@ async fn clients_balance_calls_over_every_listed_replica() {
     let mut balanced = clients.user();
     let (mut on_a, mut on_b) = (0, 0);
     for _ in 0..60 {
-        match balanced
-            .get_user(GetUserRequest {
-                id: user.id.clone(),
-            })
-            .await
-        {
+        match balanced.get(&user.id).await {
             Ok(_) => on_a += 1,
             Err(status) if status.code() == Code::NotFound => on_b += 1,
             Err(other) => panic!("unexpected {other:?}"),
@@ -179,7 +168,7 @@ async fn clients_balance_calls_over_every_listed_replica() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_messages_are_refused() {
-    use opsconductor_api::user::v1::{CreateUserRequest, ListUsersRequest, User};
+    use opsconductor_api::user::v1::{ListUsersRequest, User};
 
     let mut config = ServerConfig::local(SocketAddr::from(([127, 0, 0, 1], 0)));
     config.max_message_bytes = 1024;
@@ -189,24 +178,23 @@ async fn oversized_messages_are_refused() {
         channel_as(&server.url, auth.admin_token()),
     );
     let err = client
-        .create_user(CreateUserRequest {
-            user: Some(User {
+        .create(
+            User {
                 username: "big".into(),
                 email: "b@example.com".into(),
                 display_name: "x".repeat(4096),
                 role: 1,
                 ..Default::default()
-            }),
-            password: String::new(),
-        })
+            },
+            "",
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
     let users = client
-        .list_users(ListUsersRequest::default())
+        .list(ListUsersRequest::default())
         .await
         .unwrap()
-        .into_inner()
         .users;
     assert!(users.is_empty(), "nothing was written");
     server.stop().await.unwrap();

@@ -63,6 +63,14 @@ pub async fn slow_target(
 pub async fn drain_audit(
     s: &opsconductor_testkit::Sandbox,
 ) -> Vec<opsconductor_api::audit::v1::AuditEvent> {
+    drain_audit_from(s, &opsconductor_testkit::amqp_url()).await
+}
+
+/// [`drain_audit`] through the broker at `url` (an account that may read the audit queue).
+pub async fn drain_audit_from(
+    s: &opsconductor_testkit::Sandbox,
+    url: &str,
+) -> Vec<opsconductor_api::audit::v1::AuditEvent> {
     use lapin::options::{BasicAckOptions, BasicGetOptions};
     use opsconductor_messaging::topology::platform;
     use prost::Message;
@@ -84,12 +92,9 @@ pub async fn drain_audit(
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
-    let connection = lapin::Connection::connect(
-        &opsconductor_testkit::amqp_url(),
-        lapin::ConnectionProperties::default(),
-    )
-    .await
-    .unwrap();
+    let connection = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
     let channel = connection.create_channel().await.unwrap();
     let queue = s.broker.names().queue(&platform::audit_events());
     let mut events = Vec::new();
@@ -98,10 +103,14 @@ pub async fn drain_audit(
         .await
         .unwrap()
     {
-        events.push(
-            opsconductor_api::audit::v1::AuditEvent::decode(message.delivery.data.as_slice())
-                .unwrap(),
-        );
+        // Only what the services published (a test may have put others there).
+        let kind = message.delivery.properties.kind().clone();
+        if kind.as_ref().map(|k| k.as_str()) == Some("opsconductor.audit.v1.AuditEvent") {
+            events.push(
+                opsconductor_api::audit::v1::AuditEvent::decode(message.delivery.data.as_slice())
+                    .unwrap(),
+            );
+        }
         message
             .delivery
             .ack(BasicAckOptions::default())
@@ -122,4 +131,33 @@ pub fn count(
         .iter()
         .filter(|e| e.action == action && e.outcome == outcome as i32)
         .count()
+}
+
+/// Calls `call` every 20 ms until it fails with `code`; returns how long that took.
+pub async fn until_refused<F, Fut, T>(code: tonic::Code, limit: Duration, mut call: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let started = std::time::Instant::now();
+    loop {
+        match call().await {
+            Err(status) if status.code() == code => return started.elapsed(),
+            _ => {}
+        }
+        assert!(started.elapsed() < limit, "still accepted after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// ListTargets as `clients`' caller: the probe of whether a token is accepted.
+pub async fn list_targets(
+    clients: &opsconductor_platform::client::Clients,
+) -> Result<(), tonic::Status> {
+    use opsconductor_testkit::TargetsExt;
+    clients
+        .targets()
+        .list(opsconductor_api::targets::v1::ListTargetsRequest::default())
+        .await
+        .map(|_| ())
 }

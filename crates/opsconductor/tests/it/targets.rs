@@ -4,8 +4,7 @@ use opsconductor_platform::ServiceKind;
 use std::collections::HashMap;
 
 use opsconductor_api::targets::v1::*;
-use opsconductor_testkit::{on_both_backends, Sandbox};
-use prost_types::FieldMask;
+use opsconductor_testkit::{on_both_backends, Sandbox, TargetsExt};
 use tonic::Code;
 
 use crate::support::{assert_code, assert_violations, MISSING_ID};
@@ -22,26 +21,17 @@ fn host(name: &str, tags: &[&str]) -> Target {
 }
 
 async fn create(s: &Sandbox, target: Target) -> Target {
-    s.targets()
-        .create_target(CreateTargetRequest {
-            target: Some(target),
-        })
-        .await
-        .expect("create target")
-        .into_inner()
-        .target
-        .expect("target in response")
+    s.targets().create(target).await.expect("create target")
 }
 
 async fn count(s: &Sandbox) -> usize {
     s.targets()
-        .list_targets(ListTargetsRequest {
+        .list(ListTargetsRequest {
             page_size: 500,
             ..Default::default()
         })
         .await
         .unwrap()
-        .into_inner()
         .targets
         .len()
 }
@@ -66,35 +56,21 @@ async fn crud_round_trip(s: &Sandbox) {
     assert_eq!(created.labels["env"], "prod");
     assert_eq!(created.credential_refs[0].credential_id, cred);
 
-    let got = s
-        .targets()
-        .get_target(GetTargetRequest {
-            id: created.id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .target
-        .unwrap();
+    let got = s.targets().get(&created.id).await.unwrap();
     assert_eq!(got, created);
 
     let updated = s
         .targets()
-        .update_target(UpdateTargetRequest {
-            target: Some(Target {
+        .update(
+            Target {
                 id: created.id.clone(),
                 address: "db.example.com".into(),
                 tags: vec!["db".into()],
                 ..Default::default()
-            }),
-            update_mask: Some(FieldMask {
-                paths: vec!["address".into(), "tags".into()],
-            }),
-        })
+            },
+            &["address", "tags"],
+        )
         .await
-        .unwrap()
-        .into_inner()
-        .target
         .unwrap();
     assert_eq!(updated.address, "db.example.com");
     assert_eq!(updated.tags, ["db"]);
@@ -103,27 +79,17 @@ async fn crud_round_trip(s: &Sandbox) {
     // The tag index follows the update.
     let by_old_tag = s
         .targets()
-        .list_targets(ListTargetsRequest {
+        .list(ListTargetsRequest {
             tags: vec!["web".into()],
             ..Default::default()
         })
         .await
         .unwrap()
-        .into_inner()
         .targets;
     assert!(by_old_tag.is_empty());
 
-    s.targets()
-        .delete_target(DeleteTargetRequest {
-            id: created.id.clone(),
-        })
-        .await
-        .unwrap();
-    let err = s
-        .targets()
-        .get_target(GetTargetRequest { id: created.id })
-        .await
-        .unwrap_err();
+    s.targets().delete(&created.id).await.unwrap();
+    let err = s.targets().get(&created.id).await.unwrap_err();
     assert_code(&err, Code::NotFound, "RESOURCE_NOT_FOUND");
     assert_eq!(count(s).await, 0);
 }
@@ -132,64 +98,33 @@ on_both_backends!(duplicates_and_missing);
 async fn duplicates_and_missing(s: &Sandbox) {
     let first = create(s, host("app-1", &[])).await;
     let other = create(s, host("app-2", &[])).await;
-    let err = s
-        .targets()
-        .create_target(CreateTargetRequest {
-            target: Some(host("app-1", &["x"])),
-        })
-        .await
-        .unwrap_err();
+    let err = s.targets().create(host("app-1", &["x"])).await.unwrap_err();
     assert_code(&err, Code::AlreadyExists, "RESOURCE_ALREADY_EXISTS");
     // Renaming onto a taken name is a duplicate too, and changes nothing.
     let err = s
         .targets()
-        .update_target(UpdateTargetRequest {
-            target: Some(Target {
+        .update(
+            Target {
                 id: other.id.clone(),
                 name: "app-1".into(),
                 ..Default::default()
-            }),
-            update_mask: Some(FieldMask {
-                paths: vec!["name".into()],
-            }),
-        })
+            },
+            &["name"],
+        )
         .await
         .unwrap_err();
     assert_code(&err, Code::AlreadyExists, "RESOURCE_ALREADY_EXISTS");
-    assert_eq!(
-        s.targets()
-            .get_target(GetTargetRequest {
-                id: other.id.clone()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .target
-            .unwrap(),
-        other
-    );
+    assert_eq!(s.targets().get(&other.id).await.unwrap(), other);
     assert_eq!(count(s).await, 2);
-    let unchanged = s
-        .targets()
-        .get_target(GetTargetRequest {
-            id: first.id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .target
-        .unwrap();
+    let unchanged = s.targets().get(&first.id).await.unwrap();
     assert_eq!(unchanged, first);
 
     let id = MISSING_ID.to_string();
     let mut c = s.targets();
     for err in [
-        c.get_target(GetTargetRequest { id: id.clone() })
-            .await
-            .unwrap_err(),
-        c.delete_target(DeleteTargetRequest { id: id.clone() })
-            .await
-            .unwrap_err(),
+        c.get(&id).await.unwrap_err(),
+        c.delete(&id).await.unwrap_err(),
+        // No mask at all, not an empty one.
         c.update_target(UpdateTargetRequest {
             target: Some(Target {
                 id: id.clone(),
@@ -215,21 +150,19 @@ async fn bad_input_is_rejected_and_writes_nothing(s: &Sandbox) {
     let existing = create(s, host("keep-me", &["a"])).await;
     let mut c = s.targets();
     let err = c
-        .create_target(CreateTargetRequest {
-            target: Some(Target {
-                name: "Bad_Name".into(),
-                address: "not an address!".into(),
-                port: 70000,
-                os: 99,
-                tags: vec!["ok".into(), "ok".into(), "NOPE".into()],
-                labels: HashMap::from([("Bad Key".to_string(), "v".to_string())]),
-                credential_refs: vec![CredentialRef {
-                    protocol: 0,
-                    credential_id: "x".into(),
-                }],
-                description: "d".repeat(2000),
-                ..Default::default()
-            }),
+        .create(Target {
+            name: "Bad_Name".into(),
+            address: "not an address!".into(),
+            port: 70000,
+            os: 99,
+            tags: vec!["ok".into(), "ok".into(), "NOPE".into()],
+            labels: HashMap::from([("Bad Key".to_string(), "v".to_string())]),
+            credential_refs: vec![CredentialRef {
+                protocol: 0,
+                credential_id: "x".into(),
+            }],
+            description: "d".repeat(2000),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -253,25 +186,14 @@ async fn bad_input_is_rejected_and_writes_nothing(s: &Sandbox) {
         .await
         .unwrap_err();
     assert_violations(&err, &["target"]);
-    let err = c
-        .create_target(CreateTargetRequest {
-            target: Some(Target::default()),
-        })
-        .await
-        .unwrap_err();
+    let err = c.create(Target::default()).await.unwrap_err();
     assert_violations(&err, &["target.name", "target.address", "target.port"]);
-    let err = c
-        .get_target(GetTargetRequest { id: "zzz".into() })
-        .await
-        .unwrap_err();
+    let err = c.get("zzz").await.unwrap_err();
+    assert_violations(&err, &["id"]);
+    let err = c.delete("").await.unwrap_err();
     assert_violations(&err, &["id"]);
     let err = c
-        .delete_target(DeleteTargetRequest { id: String::new() })
-        .await
-        .unwrap_err();
-    assert_violations(&err, &["id"]);
-    let err = c
-        .list_targets(ListTargetsRequest {
+        .list(ListTargetsRequest {
             page_size: -5,
             tags: vec!["Upper".into()],
             names: vec!["-x".into()],
@@ -282,29 +204,25 @@ async fn bad_input_is_rejected_and_writes_nothing(s: &Sandbox) {
         .unwrap_err();
     assert_violations(&err, &["page_size", "tags[0]", "names[0]", "os"]);
     let err = c
-        .update_target(UpdateTargetRequest {
-            target: Some(Target {
+        .update(
+            Target {
                 id: existing.id.clone(),
                 port: 0,
                 ..Default::default()
-            }),
-            update_mask: Some(FieldMask {
-                paths: vec!["port".into()],
-            }),
-        })
+            },
+            &["port"],
+        )
         .await
         .unwrap_err();
     assert_violations(&err, &["target.port"]);
     let err = c
-        .update_target(UpdateTargetRequest {
-            target: Some(Target {
+        .update(
+            Target {
                 id: existing.id.clone(),
                 ..Default::default()
-            }),
-            update_mask: Some(FieldMask {
-                paths: vec!["id".into()],
-            }),
-        })
+            },
+            &["id"],
+        )
         .await
         .unwrap_err();
     assert_violations(&err, &["update_mask.paths[0]"]);
@@ -322,15 +240,7 @@ async fn bad_input_is_rejected_and_writes_nothing(s: &Sandbox) {
     assert_violations(&err, &["port", "timeout"]);
 
     assert_eq!(count(s).await, 1);
-    let still = c
-        .get_target(GetTargetRequest {
-            id: existing.id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .target
-        .unwrap();
+    let still = c.get(&existing.id).await.unwrap();
     assert_eq!(still, existing);
 }
 
@@ -355,58 +265,51 @@ async fn filters_by_tags_os_and_names(s: &Sandbox) {
         ..Default::default()
     };
     let r = c
-        .list_targets(list(&["web"], OperatingSystem::Unspecified, &[]))
+        .list(list(&["web"], OperatingSystem::Unspecified, &[]))
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(names(r.targets), ["web-1", "web-2"]);
     let r = c
-        .list_targets(list(&["web", "prod"], OperatingSystem::Unspecified, &[]))
+        .list(list(&["web", "prod"], OperatingSystem::Unspecified, &[]))
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(names(r.targets), ["web-1"], "every tag must match");
     let r = c
-        .list_targets(list(&["prod"], OperatingSystem::Windows, &[]))
+        .list(list(&["prod"], OperatingSystem::Windows, &[]))
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(names(r.targets), ["win-1"]);
     let r = c
-        .list_targets(list(
+        .list(list(
             &[],
             OperatingSystem::Unspecified,
             &["web-2", "win-1", "nope"],
         ))
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(names(r.targets), ["web-2", "win-1"]);
     let r = c
-        .list_targets(list(&["absent"], OperatingSystem::Unspecified, &[]))
+        .list(list(&["absent"], OperatingSystem::Unspecified, &[]))
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert!(r.targets.is_empty());
 
     let first = c
-        .list_targets(ListTargetsRequest {
+        .list(ListTargetsRequest {
             page_size: 2,
             ..Default::default()
         })
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(names(first.targets), ["web-1", "web-2"]);
     let second = c
-        .list_targets(ListTargetsRequest {
+        .list(ListTargetsRequest {
             page_size: 2,
             page_token: first.next_page_token,
             ..Default::default()
         })
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(names(second.targets), ["win-1"]);
     assert!(second.next_page_token.is_empty());
 }
@@ -499,13 +402,6 @@ async fn stale_updates_are_refused(s: &Sandbox) {
         Code::FailedPrecondition,
         "CONCURRENT_MODIFICATION",
     );
-    let now = s
-        .targets()
-        .get_target(GetTargetRequest { id: target.id })
-        .await
-        .unwrap()
-        .into_inner()
-        .target
-        .unwrap();
+    let now = s.targets().get(&target.id).await.unwrap();
     assert_eq!(now.tags, ["first"]);
 }

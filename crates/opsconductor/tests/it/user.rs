@@ -3,8 +3,7 @@
 use opsconductor_api::common::v1::{NotificationChannel, Role};
 use opsconductor_api::user::v1::*;
 use opsconductor_platform::ServiceKind;
-use opsconductor_testkit::{now_secs, on_both_backends, Sandbox};
-use prost_types::FieldMask;
+use opsconductor_testkit::{now_secs, on_both_backends, Sandbox, UsersExt};
 use tonic::Code;
 
 use crate::support::{assert_code, assert_violations, MISSING_ID};
@@ -21,28 +20,21 @@ fn new_user(username: &str) -> User {
 
 async fn create(s: &Sandbox, username: &str, password: &str) -> User {
     s.user()
-        .create_user(CreateUserRequest {
-            user: Some(new_user(username)),
-            password: password.into(),
-        })
+        .create(new_user(username), password)
         .await
         .expect("create user")
-        .into_inner()
-        .user
-        .expect("user in response")
 }
 
 /// Users besides the bootstrapped administrator.
 async fn count_users(s: &Sandbox) -> usize {
     s.user()
-        .list_users(ListUsersRequest {
+        .list(ListUsersRequest {
             page_size: 500,
             show_disabled: true,
             ..Default::default()
         })
         .await
         .expect("list")
-        .into_inner()
         .users
         .iter()
         .filter(|u| u.username != "admin")
@@ -57,36 +49,22 @@ async fn crud_round_trip(s: &Sandbox) {
     assert_eq!(created.role, Role::Operator as i32);
     assert!(created.create_time.is_some());
 
-    let got = s
-        .user()
-        .get_user(GetUserRequest {
-            id: created.id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .user
-        .unwrap();
+    let got = s.user().get(&created.id).await.unwrap();
     assert_eq!(got, created);
 
     let updated = s
         .user()
-        .update_user(UpdateUserRequest {
-            user: Some(User {
+        .update(
+            User {
                 id: created.id.clone(),
                 display_name: "Alice A.".into(),
                 role: Role::Admin as i32,
                 email: "ignored@example.com".into(),
                 ..Default::default()
-            }),
-            update_mask: Some(FieldMask {
-                paths: vec!["display_name".into(), "role".into()],
-            }),
-        })
+            },
+            &["display_name", "role"],
+        )
         .await
-        .unwrap()
-        .into_inner()
-        .user
         .unwrap();
     assert_eq!(updated.display_name, "Alice A.");
     assert_eq!(updated.role, Role::Admin as i32);
@@ -98,45 +76,24 @@ async fn crud_round_trip(s: &Sandbox) {
                 + i64::from(created.update_time.unwrap().nanos)
     );
 
-    s.user()
-        .delete_user(DeleteUserRequest {
-            id: created.id.clone(),
-        })
-        .await
-        .unwrap();
-    let err = s
-        .user()
-        .get_user(GetUserRequest {
-            id: created.id.clone(),
-        })
-        .await
-        .unwrap_err();
+    s.user().delete(&created.id).await.unwrap();
+    let err = s.user().get(&created.id).await.unwrap_err();
     assert_code(&err, Code::NotFound, "RESOURCE_NOT_FOUND");
 }
 
 on_both_backends!(duplicates_and_missing);
 async fn duplicates_and_missing(s: &Sandbox) {
     create(s, "bob", "").await;
-    let err = s
-        .user()
-        .create_user(CreateUserRequest {
-            user: Some(new_user("bob")),
-            password: String::new(),
-        })
-        .await
-        .unwrap_err();
+    let err = s.user().create(new_user("bob"), "").await.unwrap_err();
     assert_code(&err, Code::AlreadyExists, "RESOURCE_ALREADY_EXISTS");
     assert_eq!(count_users(s).await, 1, "the duplicate wrote nothing");
 
     let id = MISSING_ID.to_string();
     let mut c = s.user();
     let not_found = [
-        c.get_user(GetUserRequest { id: id.clone() })
-            .await
-            .unwrap_err(),
-        c.delete_user(DeleteUserRequest { id: id.clone() })
-            .await
-            .unwrap_err(),
+        c.get(&id).await.unwrap_err(),
+        c.delete(&id).await.unwrap_err(),
+        // No mask at all, not an empty one.
         c.update_user(UpdateUserRequest {
             user: Some(User {
                 id: id.clone(),
@@ -170,16 +127,10 @@ async fn duplicates_and_missing(s: &Sandbox) {
         })
         .await
         .unwrap_err(),
-        c.get_notification_preferences(GetNotificationPreferencesRequest {
+        c.preferences(&id).await.unwrap_err(),
+        c.set_preferences(NotificationPreferences {
             user_id: id.clone(),
-        })
-        .await
-        .unwrap_err(),
-        c.update_notification_preferences(UpdateNotificationPreferencesRequest {
-            preferences: Some(NotificationPreferences {
-                user_id: id.clone(),
-                ..Default::default()
-            }),
+            ..Default::default()
         })
         .await
         .unwrap_err(),
@@ -205,16 +156,16 @@ async fn bad_input_is_rejected_and_writes_nothing(s: &Sandbox) {
     let mut c = s.user();
 
     let err = c
-        .create_user(CreateUserRequest {
-            user: Some(User {
+        .create(
+            User {
                 username: "9-Bad Name".into(),
                 email: "not-an-email".into(),
                 display_name: "x".repeat(200),
                 role: 42,
                 ..Default::default()
-            }),
-            password: "short".into(),
-        })
+            },
+            "short",
+        )
         .await
         .unwrap_err();
     assert_violations(
@@ -236,29 +187,23 @@ async fn bad_input_is_rejected_and_writes_nothing(s: &Sandbox) {
         .unwrap_err();
     assert_violations(&err, &["user"]);
     let err = c
-        .create_user(CreateUserRequest {
-            user: Some(User {
+        .create(
+            User {
                 role: 0,
                 ..new_user("dave")
-            }),
-            password: String::new(),
-        })
+            },
+            "",
+        )
         .await
         .unwrap_err();
     assert_violations(&err, &["user.role"]);
 
-    let err = c
-        .get_user(GetUserRequest { id: "nope".into() })
-        .await
-        .unwrap_err();
+    let err = c.get("nope").await.unwrap_err();
+    assert_violations(&err, &["id"]);
+    let err = c.delete("").await.unwrap_err();
     assert_violations(&err, &["id"]);
     let err = c
-        .delete_user(DeleteUserRequest { id: String::new() })
-        .await
-        .unwrap_err();
-    assert_violations(&err, &["id"]);
-    let err = c
-        .list_users(ListUsersRequest {
+        .list(ListUsersRequest {
             page_size: -1,
             page_token: "garbage".into(),
             role: 9,
@@ -269,29 +214,25 @@ async fn bad_input_is_rejected_and_writes_nothing(s: &Sandbox) {
     assert_violations(&err, &["page_size", "page_token", "role"]);
 
     let err = c
-        .update_user(UpdateUserRequest {
-            user: Some(User {
+        .update(
+            User {
                 id: existing.id.clone(),
                 ..Default::default()
-            }),
-            update_mask: Some(FieldMask {
-                paths: vec!["username".into(), "email".into()],
-            }),
-        })
+            },
+            &["username", "email"],
+        )
         .await
         .unwrap_err();
     assert_violations(&err, &["update_mask.paths[0]"]);
     let err = c
-        .update_user(UpdateUserRequest {
-            user: Some(User {
+        .update(
+            User {
                 id: existing.id.clone(),
                 email: "bad".into(),
                 ..Default::default()
-            }),
-            update_mask: Some(FieldMask {
-                paths: vec!["email".into()],
-            }),
-        })
+            },
+            &["email"],
+        )
         .await
         .unwrap_err();
     assert_violations(&err, &["user.email"]);
@@ -316,49 +257,39 @@ async fn bad_input_is_rejected_and_writes_nothing(s: &Sandbox) {
     let err = s
         .clients_as(&s.service_token(ServiceKind::Auth).await)
         .user()
-        .check_password(CheckPasswordRequest {
-            username: String::new(),
-            password: String::new(),
-        })
+        .check("", "")
         .await
         .unwrap_err();
     assert_violations(&err, &["username", "password"]);
-    let err = c
-        .get_notification_preferences(GetNotificationPreferencesRequest {
-            user_id: "1".into(),
-        })
-        .await
-        .unwrap_err();
+    let err = c.preferences("1").await.unwrap_err();
     assert_violations(&err, &["user_id"]);
     let err = c
-        .update_notification_preferences(UpdateNotificationPreferencesRequest {
-            preferences: Some(NotificationPreferences {
-                user_id: existing.id.clone(),
-                destinations: vec![
-                    ChannelDestination {
-                        channel: NotificationChannel::Email as i32,
-                        destination: "nobody".into(),
-                        enabled: true,
-                    },
-                    ChannelDestination {
-                        channel: NotificationChannel::Slack as i32,
-                        destination: "http://insecure.example.com/hook".into(),
-                        enabled: true,
-                    },
-                    ChannelDestination {
-                        channel: 0,
-                        destination: "x".into(),
-                        enabled: true,
-                    },
-                ],
-                quiet_hours: Some(QuietHours {
+        .set_preferences(NotificationPreferences {
+            user_id: existing.id.clone(),
+            destinations: vec![
+                ChannelDestination {
+                    channel: NotificationChannel::Email as i32,
+                    destination: "nobody".into(),
                     enabled: true,
-                    start: "25:00".into(),
-                    end: "07:00".into(),
-                    time_zone: "Mars/Olympus".into(),
-                }),
-                ..Default::default()
+                },
+                ChannelDestination {
+                    channel: NotificationChannel::Slack as i32,
+                    destination: "http://insecure.example.com/hook".into(),
+                    enabled: true,
+                },
+                ChannelDestination {
+                    channel: 0,
+                    destination: "x".into(),
+                    enabled: true,
+                },
+            ],
+            quiet_hours: Some(QuietHours {
+                enabled: true,
+                start: "25:00".into(),
+                end: "07:00".into(),
+                time_zone: "Mars/Olympus".into(),
             }),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -375,25 +306,9 @@ async fn bad_input_is_rejected_and_writes_nothing(s: &Sandbox) {
 
     // Nothing above was written.
     assert_eq!(count_users(s).await, 1);
-    let still = c
-        .get_user(GetUserRequest {
-            id: existing.id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .user
-        .unwrap();
+    let still = c.get(&existing.id).await.unwrap();
     assert_eq!(still, existing);
-    let prefs = c
-        .get_notification_preferences(GetNotificationPreferencesRequest {
-            user_id: existing.id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .preferences
-        .unwrap();
+    let prefs = c.preferences(&existing.id).await.unwrap();
     assert!(prefs.update_time.is_none(), "still the defaults: {prefs:?}");
 }
 
@@ -407,28 +322,12 @@ async fn passwords_are_checked_and_never_returned(s: &Sandbox) {
     let mut erin = s
         .clients_as(&s.login("erin", "first password 1").await.access_token)
         .user();
-    let check = |username: &str, password: &str| CheckPasswordRequest {
-        username: username.into(),
-        password: password.into(),
-    };
-    let ok = c
-        .check_password(check("erin", "first password 1"))
-        .await
-        .unwrap()
-        .into_inner();
+    let ok = c.check("erin", "first password 1").await.unwrap();
     assert!(ok.valid);
     assert_eq!(ok.user.unwrap().id, user.id);
-    let bad = c
-        .check_password(check("erin", "wrong password!!"))
-        .await
-        .unwrap()
-        .into_inner();
+    let bad = c.check("erin", "wrong password!!").await.unwrap();
     assert!(!bad.valid && bad.user.is_none());
-    let unknown = c
-        .check_password(check("nobody", "first password 1"))
-        .await
-        .unwrap()
-        .into_inner();
+    let unknown = c.check("nobody", "first password 1").await.unwrap();
     assert!(!unknown.valid);
 
     let err = erin
@@ -447,20 +346,8 @@ async fn passwords_are_checked_and_never_returned(s: &Sandbox) {
     })
     .await
     .unwrap();
-    assert!(
-        !c.check_password(check("erin", "first password 1"))
-            .await
-            .unwrap()
-            .into_inner()
-            .valid
-    );
-    assert!(
-        c.check_password(check("erin", "second password 2"))
-            .await
-            .unwrap()
-            .into_inner()
-            .valid
-    );
+    assert!(!c.check("erin", "first password 1").await.unwrap().valid);
+    assert!(c.check("erin", "second password 2").await.unwrap().valid);
 
     s.user()
         .set_password(SetPasswordRequest {
@@ -469,41 +356,26 @@ async fn passwords_are_checked_and_never_returned(s: &Sandbox) {
         })
         .await
         .unwrap();
-    assert!(
-        c.check_password(check("erin", "admin reset pw 3"))
-            .await
-            .unwrap()
-            .into_inner()
-            .valid
-    );
+    assert!(c.check("erin", "admin reset pw 3").await.unwrap().valid);
 
     // A disabled user's correct password does not pass.
     s.user()
-        .update_user(UpdateUserRequest {
-            user: Some(User {
+        .update(
+            User {
                 id: user.id.clone(),
                 disabled: true,
                 ..Default::default()
-            }),
-            update_mask: Some(FieldMask {
-                paths: vec!["disabled".into()],
-            }),
-        })
+            },
+            &["disabled"],
+        )
         .await
         .unwrap();
-    assert!(
-        !c.check_password(check("erin", "admin reset pw 3"))
-            .await
-            .unwrap()
-            .into_inner()
-            .valid
-    );
+    assert!(!c.check("erin", "admin reset pw 3").await.unwrap().valid);
     // Disabled users are hidden unless asked for (the auth service sees the administrator).
     assert_eq!(
-        c.list_users(ListUsersRequest::default())
+        c.list(ListUsersRequest::default())
             .await
             .unwrap()
-            .into_inner()
             .users
             .len(),
         1
@@ -526,15 +398,7 @@ on_both_backends!(preferences_default_and_replace);
 async fn preferences_default_and_replace(s: &Sandbox) {
     let user = create(s, "frank", "").await;
     let mut c = s.user();
-    let defaults = c
-        .get_notification_preferences(GetNotificationPreferencesRequest {
-            user_id: user.id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .preferences
-        .unwrap();
+    let defaults = c.preferences(&user.id).await.unwrap();
     assert!(defaults.notify_on_failure && !defaults.notify_on_success);
     assert_eq!(defaults.destinations[0].destination, user.email);
 
@@ -563,25 +427,9 @@ async fn preferences_default_and_replace(s: &Sandbox) {
         }),
         update_time: None,
     };
-    let stored = c
-        .update_notification_preferences(UpdateNotificationPreferencesRequest {
-            preferences: Some(wanted.clone()),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .preferences
-        .unwrap();
+    let stored = c.set_preferences(wanted.clone()).await.unwrap();
     assert!(stored.update_time.is_some());
-    let read = c
-        .get_notification_preferences(GetNotificationPreferencesRequest {
-            user_id: user.id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .preferences
-        .unwrap();
+    let read = c.preferences(&user.id).await.unwrap();
     assert_eq!(
         NotificationPreferences {
             update_time: None,
@@ -592,19 +440,9 @@ async fn preferences_default_and_replace(s: &Sandbox) {
     assert_eq!(read.update_time, stored.update_time);
 
     // Deleting the user deletes the preferences with it.
-    c.delete_user(DeleteUserRequest {
-        id: user.id.clone(),
-    })
-    .await
-    .unwrap();
+    c.delete(&user.id).await.unwrap();
     let again = create(s, "frank", "").await;
-    let fresh = c
-        .get_notification_preferences(GetNotificationPreferencesRequest { user_id: again.id })
-        .await
-        .unwrap()
-        .into_inner()
-        .preferences
-        .unwrap();
+    let fresh = c.preferences(&again.id).await.unwrap();
     assert!(fresh.update_time.is_none());
 }
 
@@ -617,32 +455,20 @@ async fn list_filters_and_pages(s: &Sandbox) {
         if i % 3 == 0 {
             u.role = Role::Viewer as i32;
         }
-        ids.push(
-            c.create_user(CreateUserRequest {
-                user: Some(u),
-                password: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .user
-            .unwrap()
-            .id,
-        );
+        ids.push(c.create(u, "").await.unwrap().id);
     }
     let mut seen = Vec::new();
     let mut token = String::new();
     let mut pages = 0;
     loop {
         let page = c
-            .list_users(ListUsersRequest {
+            .list(ListUsersRequest {
                 page_size: 3,
                 page_token: token.clone(),
                 ..Default::default()
             })
             .await
-            .unwrap()
-            .into_inner();
+            .unwrap();
         pages += 1;
         assert!(page.users.len() <= 3);
         seen.extend(page.users.into_iter().map(|u| u.id));
@@ -658,23 +484,21 @@ async fn list_filters_and_pages(s: &Sandbox) {
     assert_eq!(seen, expected, "every user once, in creation order");
 
     let viewers = c
-        .list_users(ListUsersRequest {
+        .list(ListUsersRequest {
             role: Role::Viewer as i32,
             ..Default::default()
         })
         .await
         .unwrap()
-        .into_inner()
         .users;
     assert_eq!(viewers.len(), 3);
     let one = c
-        .list_users(ListUsersRequest {
+        .list(ListUsersRequest {
             username: "user4".into(),
             ..Default::default()
         })
         .await
         .unwrap()
-        .into_inner()
         .users;
     assert_eq!(one.len(), 1);
     assert_eq!(one[0].id, ids[4]);
@@ -728,13 +552,6 @@ async fn stale_updates_are_refused(s: &Sandbox) {
         .unwrap_err();
     let status = tonic::Status::from(err);
     assert_code(&status, Code::FailedPrecondition, "CONCURRENT_MODIFICATION");
-    let now = s
-        .user()
-        .get_user(GetUserRequest { id: user.id })
-        .await
-        .unwrap()
-        .into_inner()
-        .user
-        .unwrap();
+    let now = s.user().get(&user.id).await.unwrap();
     assert_eq!(now.display_name, "first writer");
 }
