@@ -47,7 +47,7 @@ enum Command {
     Healthcheck {
         /// host:port or http://host:port
         addr: String,
-        /// A fully qualified service name; empty asks about the whole server.
+        /// A service: its short name (`user`) or gRPC name; empty asks about the whole server.
         #[arg(default_value = "")]
         service: String,
         /// Give up after this many milliseconds.

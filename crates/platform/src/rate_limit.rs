@@ -197,6 +197,11 @@ impl CredentialThrottle {
     }
 }
 
+/// The address a call came from (the proxy's, behind one).
+pub fn peer<T>(request: &tonic::Request<T>) -> Option<IpAddr> {
+    request.remote_addr().map(|a| a.ip())
+}
+
 /// Accounts are keyed by at most 128 characters: a megabyte of username costs no more memory.
 fn account_key(account: &str) -> String {
     account.chars().take(128).collect()

@@ -20,7 +20,7 @@ use opsconductor_platform::auth::Verifier;
 use opsconductor_platform::client::Clients;
 use opsconductor_platform::page::Page;
 use opsconductor_platform::principal::{role_name, Principal};
-use opsconductor_platform::rate_limit::CredentialThrottle;
+use opsconductor_platform::rate_limit::{peer, CredentialThrottle};
 use opsconductor_platform::time::{now_micros, now_secs, to_timestamp};
 use opsconductor_platform::validate::Violations;
 use opsconductor_platform::ApiError;
@@ -662,10 +662,6 @@ fn client_of<T>(request: &Request<T>) -> (String, String) {
         .map(|s| truncate(s, 256))
         .unwrap_or_default();
     (address, agent)
-}
-
-fn peer<T>(request: &Request<T>) -> Option<IpAddr> {
-    request.remote_addr().map(|a| a.ip())
 }
 
 #[tonic::async_trait]

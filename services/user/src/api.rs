@@ -11,7 +11,7 @@ use opsconductor_messaging::Cause;
 use opsconductor_platform::client::Clients;
 use opsconductor_platform::page::Page;
 use opsconductor_platform::principal::Principal;
-use opsconductor_platform::rate_limit::CredentialThrottle;
+use opsconductor_platform::rate_limit::{peer, CredentialThrottle};
 use opsconductor_platform::validate::{require_id, required, Violations};
 use opsconductor_platform::ApiError;
 use tonic::{Request, Response, Status};
@@ -317,10 +317,6 @@ impl UserApi {
         }
         self.store.put_preferences(&prefs, cause).await
     }
-}
-
-fn peer<T>(request: &Request<T>) -> Option<std::net::IpAddr> {
-    request.remote_addr().map(|a| a.ip())
 }
 
 #[tonic::async_trait]
