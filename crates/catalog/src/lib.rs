@@ -10,6 +10,7 @@ use opsconductor_runtime::ServiceModule;
 pub static SERVICES: &[&dyn ServiceModule] = &[
     &opsconductor_auth::Auth,
     &opsconductor_user::User,
+    &opsconductor_audit::Audit,
     &opsconductor_targets::Targets,
 ];
 
@@ -24,7 +25,7 @@ pub fn implemented() -> impl Iterator<Item = ServiceKind> {
 }
 
 /// Why `kind` cannot be started: `"the jobs service is not part of this build yet
-/// (implemented: auth, user, targets)"`.
+/// (implemented: auth, user, audit, targets)"`.
 pub fn not_implemented(kind: ServiceKind) -> String {
     let names: Vec<&str> = implemented().map(ServiceKind::name).collect();
     format!(
@@ -46,6 +47,6 @@ mod tests {
         unique.dedup();
         assert_eq!(unique.len(), kinds.len());
         assert!(module(ServiceKind::User).is_some());
-        assert!(not_implemented(ServiceKind::Jobs).contains("auth, user, targets"));
+        assert!(not_implemented(ServiceKind::Jobs).contains("auth, user, audit, targets"));
     }
 }

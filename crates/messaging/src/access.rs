@@ -263,6 +263,7 @@ fn arguments_json(args: &FieldTable) -> Value {
         let value = match value {
             AMQPValue::LongString(s) => Value::from(String::from_utf8_lossy(s.as_bytes())),
             AMQPValue::LongLongInt(n) => Value::from(*n),
+            AMQPValue::Boolean(b) => Value::from(*b),
             other => Value::from(crate::message::value_text(other)),
         };
         out.insert(key.to_string(), value);

@@ -75,6 +75,22 @@ impl Consumer {
         Consumer::new(broker, Source::Work(queue.clone()), Arc::new(handlers))
     }
 
+    /// Competing consumption of a work queue whose messages `handler` takes in batches of at
+    /// most `max_batch`, in delivery order (raise the prefetch and concurrency to fill them).
+    pub fn batched<M, H>(
+        broker: &Broker,
+        queue: &WorkQueue,
+        handler: H,
+        max_batch: usize,
+    ) -> Consumer
+    where
+        M: prost::Message + prost::Name + Default + Send + 'static,
+        H: crate::batch::BatchHandler<M>,
+    {
+        let dispatch = crate::batch::Batched::start(handler, max_batch);
+        Consumer::new(broker, Source::Work(queue.clone()), Arc::new(dispatch))
+    }
+
     /// Every message of `broadcast`, on a queue of this instance's own.
     pub fn broadcast(broker: &Broker, broadcast: &Broadcast, handlers: Handlers) -> Consumer {
         Consumer::new(
@@ -363,9 +379,12 @@ async fn consume(
         tokio::select! {
             next = deliveries.next() => match next {
                 Some(Ok(delivery)) => {
+                    // Handed to the handler here, in delivery order (a batching handler keeps
+                    // it); the work then runs concurrently.
+                    let (delivery, raw, span, handling) = dispatch(&context, delivery);
                     let context = context.clone();
                     in_flight.spawn(async move {
-                        handle(&context, delivery).await;
+                        finish(&context, delivery, raw, handling).instrument(span).await;
                         drop(permit);
                     });
                 }
@@ -394,7 +413,16 @@ async fn consume(
     ended
 }
 
-async fn handle(context: &Context, mut delivery: Delivery) {
+/// Starts handling `delivery`: decodes what comes with it and hands it to the handler.
+fn dispatch(
+    context: &Context,
+    mut delivery: Delivery,
+) -> (
+    Delivery,
+    RawMessage,
+    tracing::Span,
+    BoxFuture<'static, Outcome>,
+) {
     let consumer = &context.consumer;
     let metrics = consumer.broker.counters();
     Metrics::add(&metrics.consumed, 1);
@@ -422,23 +450,23 @@ async fn handle(context: &Context, mut delivery: Delivery) {
         meta,
         properties: std::mem::take(&mut delivery.properties),
     };
-    async {
-        let outcome = match tokio::time::timeout(
-            consumer.options.handler_timeout,
-            consumer.dispatch.dispatch(&raw),
-        )
-        .await
-        {
-            Ok(outcome) => outcome,
-            Err(_) => Outcome::Retry(format!(
-                "the handler did not finish within {:?}",
-                consumer.options.handler_timeout
-            )),
-        };
-        settle(context, &delivery, &raw, outcome).await;
-    }
-    .instrument(span)
-    .await
+    let handling = span.in_scope(|| consumer.dispatch.dispatch(&raw));
+    (delivery, raw, span, handling)
+}
+
+/// Waits for the handler (bounded by the handler timeout) and settles the delivery.
+async fn finish(
+    context: &Context,
+    delivery: Delivery,
+    raw: RawMessage,
+    handling: BoxFuture<'static, Outcome>,
+) {
+    let timeout = context.consumer.options.handler_timeout;
+    let outcome = match tokio::time::timeout(timeout, handling).await {
+        Ok(outcome) => outcome,
+        Err(_) => Outcome::Retry(format!("the handler did not finish within {timeout:?}")),
+    };
+    settle(context, &delivery, &raw, outcome).await;
 }
 
 async fn settle(context: &Context, delivery: &Delivery, raw: &RawMessage, outcome: Outcome) {

@@ -27,6 +27,7 @@
 
 mod access;
 mod audit;
+mod batch;
 mod broker;
 mod config;
 mod consumer;
@@ -44,6 +45,7 @@ pub mod topology;
 
 pub use access::{definitions, password_hash, Account, BrokerUse, Permissions};
 pub use audit::{AuditLog, Cause};
+pub use batch::BatchHandler;
 pub use broker::{Broker, BrokerHealth};
 pub use config::{BrokerConfig, DeadLetterStrategy, DeclareMode, DEFAULT_AMQP_URL, DEFAULT_PREFIX};
 pub use consumer::{Consumer, ConsumerOptions, RunningConsumer};

@@ -79,6 +79,9 @@ pub struct WorkQueue {
     /// Routing keys (patterns for a topic exchange) bound to the queue.
     pub routing_keys: Vec<String>,
     pub retry: RetryPolicy,
+    /// One consumer at a time gets the queue's messages (the others wait as standbys), so
+    /// they are handled in the order they were published.
+    pub single_active_consumer: bool,
 }
 
 impl WorkQueue {
@@ -88,7 +91,14 @@ impl WorkQueue {
             exchange,
             routing_keys: routing_keys.iter().map(|k| k.to_string()).collect(),
             retry: RetryPolicy::default(),
+            single_active_consumer: false,
         }
+    }
+
+    /// Delivers to one consumer at a time, in order; replicas take over when it goes.
+    pub fn with_single_active_consumer(mut self) -> WorkQueue {
+        self.single_active_consumer = true;
+        self
     }
 
     pub fn with_retry(mut self, retry: RetryPolicy) -> WorkQueue {
@@ -322,6 +332,9 @@ pub fn work_queue_arguments(
         "x-delivery-limit".into(),
         AMQPValue::LongLongInt(DELIVERY_LIMIT),
     );
+    if queue.single_active_consumer {
+        args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+    }
     all.push((main.clone(), args));
     for (name, delay) in names
         .retry_queues(queue)
@@ -411,8 +424,10 @@ pub mod platform {
         Exchange::topic("audit")
     }
 
+    /// One active consumer: the audit service appends events to its chain in the order each
+    /// publisher committed them, with replicas standing by.
     pub fn audit_events() -> WorkQueue {
-        WorkQueue::new("audit.events", audit_exchange(), &["#"])
+        WorkQueue::new("audit.events", audit_exchange(), &["#"]).with_single_active_consumer()
     }
 
     /// Token revocations from the auth service, to every server instance.

@@ -24,6 +24,13 @@ pub fn to_timestamp(micros: i64) -> prost_types::Timestamp {
     }
 }
 
+/// A protobuf Timestamp as microseconds since the Unix epoch (saturating).
+pub fn to_micros(t: &prost_types::Timestamp) -> i64 {
+    t.seconds
+        .saturating_mul(1_000_000)
+        .saturating_add(i64::from(t.nanos) / 1_000)
+}
+
 pub fn from_duration(d: std::time::Duration) -> prost_types::Duration {
     prost_types::Duration {
         seconds: d.as_secs() as i64,

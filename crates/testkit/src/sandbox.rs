@@ -9,7 +9,7 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use opsconductor_api::auth::v1::{ExchangeServiceTokenRequest, LoginRequest, LoginResponse};
 use opsconductor_api::common::v1::Role;
@@ -20,6 +20,7 @@ use opsconductor_platform::auth::{IssuedToken, StaticToken, TokenSource};
 use opsconductor_platform::client::Clients;
 use opsconductor_platform::config::Env;
 use opsconductor_platform::ServiceKind;
+use opsconductor_runtime::SecretKind;
 use opsconductor_storage::testing::TestDatabase;
 use opsconductor_storage::{Backend, Database};
 use opsconductor_tokens::Claims;
@@ -90,10 +91,6 @@ impl Sandbox {
             .filter(|k| **k != ServiceKind::Auth)
             .map(|k| (*k, random_secret()))
             .collect();
-        let identities: Vec<String> = secrets
-            .iter()
-            .map(|(k, s)| format!("{}={}", k.name(), opsconductor_auth::secret_digest(s)))
-            .collect();
         let admin_password = random_secret();
         let mut env = Env::isolated([
             ("AMQP_URL", crate::amqp_url()),
@@ -102,13 +99,22 @@ impl Sandbox {
             ("OPSCONDUCTOR_AMQP_RECONNECT_MAX_MS", "500".into()),
             ("OPSCONDUCTOR_SHUTDOWN_DELAY_MS", "0".into()),
             ("OPSCONDUCTOR_SHUTDOWN_GRACE_MS", "5000".into()),
-            (
-                "AUTH_KEY_ENCRYPTION_KEY",
-                STANDARD.encode(rand::random::<[u8; 32]>()),
-            ),
-            ("AUTH_SERVICE_IDENTITIES", identities.join(",")),
-            ("OPSCONDUCTOR_ADMIN_PASSWORD", admin_password.clone()),
+            // Checkpoints every few events, so a test's handful of events has several.
+            ("AUDIT_CHECKPOINT_EVERY", "4".into()),
         ]);
+        // Every service's own secrets, as the catalog declares them.
+        let kinds_with_secrets: Vec<(ServiceKind, String)> =
+            secrets.iter().map(|(k, s)| (*k, s.clone())).collect();
+        for module in SERVICES {
+            for spec in module.secrets() {
+                let value = match spec.kind {
+                    SecretKind::Random(generate) => generate(),
+                    SecretKind::Password => admin_password.clone(),
+                    SecretKind::Identities(render) => render(&kinds_with_secrets),
+                };
+                env = env.with(spec.var, value);
+            }
+        }
         for kind in ServiceKind::ALL {
             let url = match addrs.get(&kind) {
                 Some(addr) => format!("http://{addr}"),

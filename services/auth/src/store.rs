@@ -6,7 +6,7 @@ use base64::Engine;
 use opsconductor_api::auth::v1::{Session, TokenRevoked};
 use opsconductor_api::common::v1::Actor;
 use opsconductor_platform::page::{Page, MAX_PAGE_SIZE};
-use opsconductor_platform::time::{now_micros, to_timestamp};
+use opsconductor_platform::time::{now_micros, to_micros, to_timestamp};
 use opsconductor_storage::{Database, Select};
 use sha2::{Digest, Sha256};
 use sqlx::AnyConnection;
@@ -329,7 +329,7 @@ impl AuthStore {
         let at = event
             .revoke_time
             .as_ref()
-            .map(|t| t.seconds * 1_000_000 + i64::from(t.nanos) / 1000)
+            .map(to_micros)
             .unwrap_or_else(now_micros);
         sqlx::query(
             "INSERT INTO revocations (id, user_id, token_version, session_id, kid, reason, \

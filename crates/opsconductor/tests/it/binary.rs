@@ -257,7 +257,7 @@ async fn up_serves_every_implemented_service_and_keeps_data() {
         .lines()
         .find(|l| l.starts_with("OpsConductor is serving:"))
         .unwrap_or_else(|| panic!("no serving line: {stdout}"));
-    for (name, offset) in [("auth", 1), ("user", 2), ("targets", 5)] {
+    for (name, offset) in [("auth", 1), ("user", 2), ("audit", 3), ("targets", 5)] {
         assert!(
             serving.contains(&format!("{name} 127.0.0.1:{}", base + offset)),
             "{serving}"
@@ -267,7 +267,7 @@ async fn up_serves_every_implemented_service_and_keeps_data() {
     // WAL) and every secret 0600, each service's secrets in a directory of its own.
     let state = dir.path().join("state");
     assert_eq!(mode(&state), 0o700);
-    for db in ["auth", "user", "targets"] {
+    for db in ["auth", "user", "audit", "targets"] {
         assert!(state.join(format!("{db}.db")).exists());
     }
     let mut files = 0;
@@ -279,7 +279,7 @@ async fn up_serves_every_implemented_service_and_keeps_data() {
         }
     }
     assert!(files >= 3, "the databases");
-    for service in ["auth", "user", "targets"] {
+    for service in ["auth", "user", "audit", "targets"] {
         let own = state.join("secrets").join(service);
         assert_eq!(mode(&own), 0o700, "{}", own.display());
         for entry in std::fs::read_dir(&own).unwrap() {
@@ -625,15 +625,15 @@ async fn logs_never_contain_passwords_secrets_or_tokens() {
         for entry in std::fs::read_dir(service.unwrap().path()).unwrap() {
             let path = entry.unwrap().path();
             let name = path.file_name().unwrap().to_string_lossy().to_string();
-            if name == "service.secret" || name == "key-encryption-key" {
+            if ["service.secret", "key-encryption-key", "signing-key"].contains(&name.as_str()) {
                 secrets.push(std::fs::read_to_string(&path).unwrap().trim().to_string());
             }
         }
     }
     assert_eq!(
         secrets.len(),
-        4,
-        "the admin password, the user and targets service secrets, the KEK"
+        6,
+        "the admin password, three service secrets, the KEK, the audit signing key"
     );
 
     let admin = login(&url(1), "admin", &admin_password).await;

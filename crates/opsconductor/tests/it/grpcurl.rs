@@ -187,6 +187,39 @@ async fn grpcurl_lists_describes_and_calls_every_service() {
             || out.contains("\"field\":\"target.name\""),
         "{out}"
     );
+
+    // The audit trail of all that, as the README's tour reads it.
+    crate::support::drain_audit(&s).await;
+    let audit = s.addr(ServiceKind::Audit).to_string();
+    let (ok, out) = run(&[
+        "-plaintext",
+        "-H",
+        &header,
+        "-d",
+        r#"{"action_prefix": "target."}"#,
+        &audit,
+        "opsconductor.audit.v1.AuditService/ListAuditEvents",
+    ]);
+    assert!(ok && out.contains("\"action\": \"target.create\""), "{out}");
+    assert!(!out.contains("user.create"), "{out}");
+    let (ok, out) = run(&[
+        "-plaintext",
+        "-H",
+        &header,
+        &audit,
+        "opsconductor.audit.v1.AuditService/VerifyAuditChain",
+    ]);
+    assert!(ok && out.contains("\"ok\": true"), "{out}");
+    let (ok, out) = run(&[
+        "-plaintext",
+        "-H",
+        &header,
+        "-d",
+        r#"{"start_sequence": 2}"#,
+        &audit,
+        "opsconductor.audit.v1.AuditService/ExportAuditEvents",
+    ]);
+    assert!(ok && out.contains("\"sequence\": \"2\""), "{out}");
     s.stop().await;
 }
 

@@ -3,6 +3,7 @@
 //! real grpcurl and a Python gRPC client — and isolates itself (own ports, own database).
 
 mod attacks;
+mod audit;
 mod audit_events;
 mod auth;
 mod authz;

@@ -66,3 +66,53 @@ async fn python_client_generated_from_the_protos_calls_the_user_service() {
     assert_eq!(seen["role"], 1);
     s.stop().await;
 }
+
+/// Another implementation checks the audit chain: Python, from the export, the checkpoints and
+/// the published keys alone, with its own protobuf encoder; then finds an edit made in the
+/// database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_verifies_the_audit_chain_from_an_export() {
+    let s = Sandbox::start(StorageBackend::Sqlite).await;
+    s.user_with_role("py-audited", opsconductor_api::common::v1::Role::Operator)
+        .await;
+    let events = crate::support::drain_audit(&s).await;
+    assert!(events.len() >= 3);
+    let run = |s: &Sandbox| {
+        let root = repo_root();
+        let addr = s.addr(ServiceKind::Audit).to_string();
+        let token = s.admin.access_token.clone();
+        tokio::task::spawn_blocking(move || {
+            let output = Command::new(python())
+                .arg(root.join("crates/opsconductor/tests/python/audit_verify.py"))
+                .args(["--addr", &addr])
+                .arg("--proto-dir")
+                .arg(root.join("proto"))
+                .env("OPSCONDUCTOR_TOKEN", token)
+                .output()
+                .expect("run python (pip install grpcio-tools cryptography)");
+            let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+            assert!(
+                output.status.success(),
+                "python failed: {stdout}{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            serde_json::from_str::<serde_json::Value>(stdout.trim()).expect("one JSON line")
+        })
+    };
+    let seen = run(&s).await.unwrap();
+    assert_eq!(seen["ok"], true, "{seen}");
+    assert!(
+        seen["checked"].as_u64().unwrap() > events.len() as u64,
+        "{seen}"
+    );
+    assert!(seen["checkpoints"].as_u64().unwrap() >= 1, "{seen}");
+
+    sqlx::query("UPDATE audit_events SET resource_id = 'someone-else' WHERE sequence = 2")
+        .execute(s.db(ServiceKind::Audit).pool())
+        .await
+        .unwrap();
+    let seen = run(&s).await.unwrap();
+    assert_eq!(seen["ok"], false, "{seen}");
+    assert_eq!(seen["sequence"], 2, "{seen}");
+    s.stop().await;
+}

@@ -57,23 +57,25 @@ pub async fn slow_target(
     (target, (held, listener))
 }
 
-/// Every audit event the sandbox's services have published so far: waits until their outboxes
-/// are empty (everything committed has been confirmed by the broker), then takes what the
-/// audit queue holds.
+/// Every audit event the sandbox's services have published so far, as the audit service
+/// appended them (in sequence order): waits until their outboxes are empty (everything
+/// committed is in the queue), publishes a barrier event behind them, and once the barrier is
+/// in the chain, everything before it is too (one active consumer, appended in queue order).
 pub async fn drain_audit(
     s: &opsconductor_testkit::Sandbox,
 ) -> Vec<opsconductor_api::audit::v1::AuditEvent> {
     drain_audit_from(s, &opsconductor_testkit::amqp_url()).await
 }
 
-/// [`drain_audit`] through the broker at `url` (an account that may read the audit queue).
+/// [`drain_audit`], publishing the barrier through the broker at `url`.
 pub async fn drain_audit_from(
     s: &opsconductor_testkit::Sandbox,
     url: &str,
 ) -> Vec<opsconductor_api::audit::v1::AuditEvent> {
-    use lapin::options::{BasicAckOptions, BasicGetOptions};
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    use opsconductor_api::audit::v1::{AuditEvent, ListAuditEventsRequest};
     use opsconductor_messaging::topology::platform;
-    use prost::Message;
+    use prost::{Message, Name};
 
     let started = std::time::Instant::now();
     for kind in opsconductor_catalog::implemented() {
@@ -92,32 +94,83 @@ pub async fn drain_audit_from(
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
+    let barrier = AuditEvent {
+        id: uuid::Uuid::now_v7().to_string(),
+        action: "test.barrier".into(),
+        request_id: uuid::Uuid::now_v7().to_string(),
+        ..Default::default()
+    };
     let connection = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
         .await
         .unwrap();
     let channel = connection.create_channel().await.unwrap();
-    let queue = s.broker.names().queue(&platform::audit_events());
-    let mut events = Vec::new();
-    while let Some(message) = channel
-        .basic_get(queue.as_str().into(), BasicGetOptions::default())
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let properties = lapin::BasicProperties::default()
+        .with_type(AuditEvent::full_name().as_str().into())
+        .with_message_id(barrier.id.as_str().into());
+    channel
+        .basic_publish(
+            s.broker
+                .names()
+                .exchange(&platform::audit_exchange())
+                .as_str()
+                .into(),
+            "test.barrier".into(),
+            BasicPublishOptions::default(),
+            &barrier.encode_to_vec(),
+            properties,
+        )
         .await
         .unwrap()
-    {
-        // Only what the services published (a test may have put others there).
-        let kind = message.delivery.properties.kind().clone();
-        if kind.as_ref().map(|k| k.as_str()) == Some("opsconductor.audit.v1.AuditEvent") {
-            events.push(
-                opsconductor_api::audit::v1::AuditEvent::decode(message.delivery.data.as_slice())
-                    .unwrap(),
-            );
-        }
-        message
-            .delivery
-            .ack(BasicAckOptions::default())
+        .await
+        .unwrap();
+    let _ = connection.close(200, "barrier sent".into()).await;
+    let mut audit = s.audit();
+    let barrier_sequence = loop {
+        let found = audit
+            .list_audit_events(ListAuditEventsRequest {
+                request_id: barrier.request_id.clone(),
+                ..Default::default()
+            })
             .await
-            .unwrap();
+            .unwrap()
+            .into_inner()
+            .audit_events;
+        if let Some(event) = found.first() {
+            break event.sequence;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the barrier never reached the audit log"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let mut events = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = audit
+            .list_audit_events(ListAuditEventsRequest {
+                page_size: 500,
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        events.extend(
+            page.audit_events
+                .into_iter()
+                .filter(|e| e.sequence < barrier_sequence),
+        );
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
     }
-    let _ = connection.close(200, "drained".into()).await;
+    events.reverse();
     events
 }
 
