@@ -4,6 +4,7 @@
 //! Build both binaries in release first, so `startup` finds `opsconductor` beside this one:
 //! `cargo build --release -p opsconductor -p opsconductor-bench`.
 
+mod audit;
 mod getuser;
 mod messaging;
 mod startup;
@@ -44,6 +45,14 @@ enum Bench {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Audit ingest from the queue: into the hash chain vs into a plain table, SQLite and
+    /// PostgreSQL.
+    Audit {
+        #[arg(long, default_value_t = 20_000)]
+        events: usize,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// A token check: full Ed25519 verification vs a verified-token cache hit.
     Tokens {
         #[arg(long, default_value_t = 3)]
@@ -63,5 +72,6 @@ async fn main() -> anyhow::Result<()> {
         } => getuser::run(concurrency, seconds, rounds, token_ttl).await,
         Bench::Messaging { messages, rounds } => messaging::run(messages, rounds).await,
         Bench::Tokens { seconds } => tokens::run(seconds),
+        Bench::Audit { events, rounds } => audit::run(events, rounds).await,
     }
 }

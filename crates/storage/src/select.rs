@@ -120,10 +120,9 @@ impl Select {
         &self.args
     }
 
-    /// Runs it, every value bound in order.
-    pub async fn fetch_all<T>(&self, pool: &AnyPool) -> Result<Vec<T>, sqlx::Error>
+    fn query<T>(&self) -> sqlx::query::QueryAs<'_, Any, T, sqlx::any::AnyArguments<'_>>
     where
-        T: for<'r> FromRow<'r, AnyRow> + Send + Unpin,
+        T: for<'r> FromRow<'r, AnyRow>,
     {
         let mut query = sqlx::query_as::<Any, T>(&self.sql);
         for arg in &self.args {
@@ -132,7 +131,26 @@ impl Select {
                 Arg::Int(n) => query.bind(*n),
             };
         }
-        query.fetch_all(pool).await
+        query
+    }
+
+    /// Runs it, every value bound in order.
+    pub async fn fetch_all<T>(&self, pool: &AnyPool) -> Result<Vec<T>, sqlx::Error>
+    where
+        T: for<'r> FromRow<'r, AnyRow> + Send + Unpin,
+    {
+        self.query().fetch_all(pool).await
+    }
+
+    /// Runs it on `connection` (inside a transaction).
+    pub async fn fetch_all_on<T>(
+        &self,
+        connection: &mut sqlx::AnyConnection,
+    ) -> Result<Vec<T>, sqlx::Error>
+    where
+        T: for<'r> FromRow<'r, AnyRow> + Send + Unpin,
+    {
+        self.query().fetch_all(connection).await
     }
 }
 

@@ -9,8 +9,6 @@ pub enum AuditError {
     Api(#[from] ApiError),
     #[error("audit event {0} not found")]
     NotFound(String),
-    #[error("recording the message in the inbox failed: {0}")]
-    Inbox(String),
     #[error("an event cannot be encoded: {0}")]
     Encode(String),
     #[error(transparent)]
@@ -27,7 +25,7 @@ impl From<AuditError> for ApiError {
                 kind: "audit event",
                 id,
             },
-            e @ (AuditError::Inbox(_) | AuditError::Encode(_)) => ApiError::internal(e.to_string()),
+            e @ AuditError::Encode(_) => ApiError::internal(e.to_string()),
             AuditError::Infra(e) => e.into(),
         }
     }

@@ -17,7 +17,7 @@ use base64::Engine;
 use futures::future::{BoxFuture, FutureExt};
 use opsconductor_api::audit::v1::audit_service_server::AuditServiceServer;
 use opsconductor_messaging::topology::platform;
-use opsconductor_messaging::{BrokerUse, Consumer, DeadLetters, Inbox};
+use opsconductor_messaging::{Broker, BrokerUse, Consumer, DeadLetters, RunningConsumer};
 use opsconductor_platform::config::{ConfigError, Env};
 use opsconductor_platform::server::Worker;
 use opsconductor_platform::ServiceKind;
@@ -29,7 +29,7 @@ use opsconductor_tokens::SigningKey;
 
 pub use api::AuditApi;
 pub use error::AuditError;
-pub use store::AuditStore;
+pub use store::{AuditStore, Signer};
 
 /// The embedded schema, per backend.
 pub fn migrations() -> Migrations {
@@ -116,10 +116,8 @@ impl ServiceModule for Audit {
             let messaging = context
                 .start_messaging(&db, &migrations(), topology)
                 .await?;
-            let inbox = Inbox::new("audit-chain").counted_by(&messaging.broker);
             let store = AuditStore::new(
                 db.clone(),
-                inbox,
                 store::Signer {
                     key: settings.key.clone(),
                     every: settings.checkpoint_every,
@@ -127,14 +125,7 @@ impl ServiceModule for Audit {
                 messaging.audit.clone(),
             );
             let queue = platform::audit_events();
-            let writer = writer::Writer {
-                store: store.clone(),
-            };
-            // The whole prefetch in flight, so a batch takes what is waiting.
-            let consumer = Consumer::batched(&messaging.broker, &queue, writer, settings.batch)
-                .prefetch(settings.batch.min(u16::MAX as usize) as u16)
-                .concurrency(settings.batch)
-                .start();
+            let consumer = start_ingest(store.clone(), &messaging.broker, settings.batch);
             let dead_letters = DeadLetters::new(db.clone(), &messaging.broker, &[queue]);
             let keepers = dead_letters.start_keepers();
             let background = Background(vec![
@@ -157,6 +148,20 @@ impl ServiceModule for Audit {
         }
         .boxed()
     }
+}
+
+/// Consumes the audit queue into `store`'s chain, `batch` events at most per transaction (the
+/// whole prefetch in flight, so a batch takes what is waiting).
+pub fn start_ingest(store: AuditStore, broker: &Broker, batch: usize) -> RunningConsumer {
+    Consumer::batched(
+        broker,
+        &platform::audit_events(),
+        writer::Writer { store },
+        batch,
+    )
+    .prefetch(batch.clamp(1, u16::MAX as usize) as u16)
+    .concurrency(batch)
+    .start()
 }
 
 /// Prunes events older than `retention` every `every`, up to a signed checkpoint.

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use opsconductor_api::audit::v1::{AuditCheckpoint, AuditEvent};
 use opsconductor_api::common::v1::Actor;
-use opsconductor_messaging::{AuditLog, Cause, Inbox};
+use opsconductor_messaging::{AuditLog, Cause};
 use opsconductor_platform::time::{now_micros, to_micros, to_timestamp};
 use opsconductor_storage::{Backend, Database, Select};
 use opsconductor_tokens::SigningKey;
@@ -14,6 +14,9 @@ use sqlx::AnyConnection;
 
 use crate::chain::{self, CHECKPOINT_CONTEXT, GENESIS};
 use crate::AuditError;
+
+/// Events per INSERT statement: 16 parameters each, well within every backend's limit.
+const INSERT_ROWS: usize = 100;
 
 const COLUMNS: &str = "sequence, id, actor_user_id, actor_service_id, action, resource_type, \
     resource_id, occur_time, outcome, details, request_id, prev_hash, hash, source, record_time, \
@@ -131,7 +134,6 @@ pub struct Signer {
 #[derive(Clone)]
 pub struct AuditStore {
     db: Database,
-    inbox: Inbox,
     signer: Signer,
     /// The service's own audit trail (pruning is audited too).
     audit: AuditLog,
@@ -151,13 +153,8 @@ fn like_prefix(prefix: &str) -> String {
 }
 
 impl AuditStore {
-    pub fn new(db: Database, inbox: Inbox, signer: Signer, audit: AuditLog) -> AuditStore {
-        AuditStore {
-            db,
-            inbox,
-            signer,
-            audit,
-        }
+    pub fn new(db: Database, signer: Signer, audit: AuditLog) -> AuditStore {
+        AuditStore { db, signer, audit }
     }
 
     pub fn db(&self) -> &Database {
@@ -200,35 +197,33 @@ impl AuditStore {
         Ok(head)
     }
 
-    /// Appends `batch` in order, in one transaction: each event not seen before gets the next
-    /// sequence and its hash; a checkpoint is signed when one is due. Returns how many were
-    /// appended (the rest were duplicates).
+    /// Appends `batch` in order, in one transaction: each event not in the log yet gets the
+    /// next sequence and its hash; a checkpoint is signed when one is due. The log is its own
+    /// inbox: an event id is unique in it, and a redelivered event is found there. Returns how
+    /// many were appended (the rest were duplicates).
     pub async fn append(&self, batch: Vec<Incoming>) -> Result<usize, AuditError> {
         let mut tx = self.db.begin().await?;
         let mut head = self.lock_head(&mut tx).await?;
         let record_time = now_micros();
-        let mut appended = 0;
+        let known = self.known_ids(&mut tx, &batch).await?;
+        let mut seen = std::collections::HashSet::new();
+        let mut rows = Vec::with_capacity(batch.len());
         for Incoming { event, publisher } in batch {
-            if !self
-                .inbox
-                .record(&mut tx, &event.id)
-                .await
-                .map_err(|e| AuditError::Inbox(e.to_string()))?
-            {
+            if known.contains(&event.id) || !seen.insert(event.id.clone()) {
                 continue;
             }
             let mut event = normalized(event, publisher);
             event.sequence = head.sequence + 1;
             event.prev_hash = head.hash.clone();
             event.hash = chain::hash(&event).to_vec();
-            let inserted = self.insert(&mut tx, &event, record_time).await?;
-            if inserted {
-                head.sequence = event.sequence;
-                head.hash = event.hash;
-                appended += 1;
-            }
+            head.sequence = event.sequence;
+            head.hash = event.hash.clone();
+            rows.push(event);
         }
-        if appended > 0 {
+        for chunk in rows.chunks(INSERT_ROWS) {
+            self.insert(&mut tx, chunk, record_time).await?;
+        }
+        if !rows.is_empty() {
             sqlx::query("UPDATE audit_head SET sequence = $1, hash = $2 WHERE name = 'main'")
                 .bind(head.sequence as i64)
                 .bind(head.hash.clone())
@@ -240,9 +235,25 @@ impl AuditStore {
             }
         }
         tx.commit().await?;
-        Ok(appended)
+        Ok(rows.len())
     }
 
+    /// The ids of `batch` already in the log.
+    async fn known_ids(
+        &self,
+        conn: &mut AnyConnection,
+        batch: &[Incoming],
+    ) -> Result<std::collections::HashSet<String>, AuditError> {
+        let mut known = std::collections::HashSet::new();
+        let ids: Vec<&String> = batch.iter().map(|i| &i.event.id).collect();
+        for chunk in ids.chunks(500) {
+            let mut q = Select::new("SELECT id FROM audit_events WHERE 1 = 1");
+            q.and_in("id IN ({})", chunk.iter().copied());
+            let found: Vec<(String,)> = q.fetch_all_on(&mut *conn).await?;
+            known.extend(found.into_iter().map(|(id,)| id));
+        }
+        Ok(known)
+    }
     /// Signs the head now if events were appended since the last checkpoint (the writer's
     /// timer: no event waits long for a signature).
     pub async fn checkpoint_if_due(&self) -> Result<Option<u64>, AuditError> {
@@ -286,41 +297,51 @@ impl AuditStore {
         Ok(())
     }
 
-    /// False when an event with this id is already in the log (a duplicate the inbox had
-    /// forgotten).
+    /// Inserts `events` in one statement.
     async fn insert(
         &self,
         conn: &mut AnyConnection,
-        event: &AuditEvent,
+        events: &[AuditEvent],
         record_time: i64,
-    ) -> Result<bool, AuditError> {
-        let actor = event.actor.clone().unwrap_or_default();
-        let details = serde_json::to_string(&sorted(&event.details))
-            .map_err(|e| AuditError::Encode(e.to_string()))?;
-        let done = sqlx::query(&format!(
-            "INSERT INTO audit_events ({COLUMNS}) VALUES \
-             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
-             ON CONFLICT (id) DO NOTHING"
-        ))
-        .bind(event.sequence as i64)
-        .bind(&event.id)
-        .bind(actor.user_id)
-        .bind(actor.service_id)
-        .bind(&event.action)
-        .bind(&event.resource_type)
-        .bind(&event.resource_id)
-        .bind(event.occur_time.as_ref().map(to_micros).unwrap_or(0))
-        .bind(i64::from(event.outcome))
-        .bind(details)
-        .bind(&event.request_id)
-        .bind(event.prev_hash.clone())
-        .bind(event.hash.clone())
-        .bind(&event.source)
-        .bind(record_time)
-        .bind(&event.publisher)
-        .execute(&mut *conn)
-        .await?;
-        Ok(done.rows_affected() == 1)
+    ) -> Result<(), AuditError> {
+        const COLUMN_COUNT: usize = 16;
+        let rows: Vec<String> = (0..events.len())
+            .map(|r| {
+                let params: Vec<String> = (1..=COLUMN_COUNT)
+                    .map(|c| format!("${}", r * COLUMN_COUNT + c))
+                    .collect();
+                format!("({})", params.join(", "))
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO audit_events ({COLUMNS}) VALUES {}",
+            rows.join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for event in events {
+            let actor = event.actor.clone().unwrap_or_default();
+            let details = serde_json::to_string(&sorted(&event.details))
+                .map_err(|e| AuditError::Encode(e.to_string()))?;
+            query = query
+                .bind(event.sequence as i64)
+                .bind(event.id.clone())
+                .bind(actor.user_id)
+                .bind(actor.service_id)
+                .bind(event.action.clone())
+                .bind(event.resource_type.clone())
+                .bind(event.resource_id.clone())
+                .bind(event.occur_time.as_ref().map(to_micros).unwrap_or(0))
+                .bind(i64::from(event.outcome))
+                .bind(details)
+                .bind(event.request_id.clone())
+                .bind(event.prev_hash.clone())
+                .bind(event.hash.clone())
+                .bind(event.source.clone())
+                .bind(record_time)
+                .bind(event.publisher.clone());
+        }
+        query.execute(&mut *conn).await?;
+        Ok(())
     }
 
     pub async fn get(&self, id: &str) -> Result<AuditEvent, AuditError> {
