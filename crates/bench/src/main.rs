@@ -7,6 +7,7 @@
 mod audit;
 mod getuser;
 mod messaging;
+mod reveal;
 mod startup;
 mod tokens;
 
@@ -53,6 +54,14 @@ enum Bench {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// RevealCredential latency p50/p99, administrator and executor (with the run check),
+    /// against GetCredential.
+    Reveal {
+        #[arg(long, default_value_t = 1000)]
+        calls: usize,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// A token check: full Ed25519 verification vs a verified-token cache hit.
     Tokens {
         #[arg(long, default_value_t = 3)]
@@ -73,5 +82,6 @@ async fn main() -> anyhow::Result<()> {
         Bench::Messaging { messages, rounds } => messaging::run(messages, rounds).await,
         Bench::Tokens { seconds } => tokens::run(seconds),
         Bench::Audit { events, rounds } => audit::run(events, rounds).await,
+        Bench::Reveal { calls, rounds } => reveal::run(calls, rounds).await,
     }
 }

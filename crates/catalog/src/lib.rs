@@ -12,7 +12,11 @@ pub static SERVICES: &[&dyn ServiceModule] = &[
     &opsconductor_user::User,
     &opsconductor_audit::Audit,
     &opsconductor_targets::Targets,
+    &CREDENTIALS,
 ];
+
+static CREDENTIALS: opsconductor_credentials::Credentials =
+    opsconductor_credentials::Credentials::production();
 
 /// The module of `kind`, if this build implements it.
 pub fn module(kind: ServiceKind) -> Option<&'static dyn ServiceModule> {
@@ -25,7 +29,7 @@ pub fn implemented() -> impl Iterator<Item = ServiceKind> {
 }
 
 /// Why `kind` cannot be started: `"the jobs service is not part of this build yet
-/// (implemented: auth, user, audit, targets)"`.
+/// (implemented: auth, user, audit, targets, credentials)"`.
 pub fn not_implemented(kind: ServiceKind) -> String {
     let names: Vec<&str> = implemented().map(ServiceKind::name).collect();
     format!(
@@ -47,6 +51,8 @@ mod tests {
         unique.dedup();
         assert_eq!(unique.len(), kinds.len());
         assert!(module(ServiceKind::User).is_some());
-        assert!(not_implemented(ServiceKind::Jobs).contains("auth, user, audit, targets"));
+        assert!(
+            not_implemented(ServiceKind::Jobs).contains("auth, user, audit, targets, credentials")
+        );
     }
 }

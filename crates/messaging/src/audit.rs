@@ -71,7 +71,8 @@ impl AuditLog {
         self.outbox.commit(tx).await
     }
 
-    /// Stages `action` ("user.create") on a resource, successful, with `details` (never secrets).
+    /// Stages `action` ("user.create") on a resource, successful, with `details` (never
+    /// secrets). Returns the event's id.
     pub async fn record(
         &self,
         connection: &mut AnyConnection,
@@ -79,7 +80,7 @@ impl AuditLog {
         action: &str,
         resource: (&str, &str),
         details: &[(&str, String)],
-    ) -> Result<(), MessagingError> {
+    ) -> Result<String, MessagingError> {
         self.record_outcome(
             connection,
             cause,
@@ -99,7 +100,7 @@ impl AuditLog {
         (resource_type, resource_id): (&str, &str),
         outcome: AuditOutcome,
         details: &[(&str, String)],
-    ) -> Result<(), MessagingError> {
+    ) -> Result<String, MessagingError> {
         let event = AuditEvent {
             id: uuid::Uuid::now_v7().to_string(),
             actor: Some(cause.actor.clone()),
@@ -126,7 +127,8 @@ impl AuditLog {
                     .unwrap_or_else(TraceContext::new_root),
             );
         // The event's own id is the message id: a consumer deduplicates on either.
-        message.message_id = event.id;
-        self.outbox.stage(connection, &message).await
+        message.message_id = event.id.clone();
+        self.outbox.stage(connection, &message).await?;
+        Ok(event.id)
     }
 }

@@ -478,6 +478,18 @@ pub mod platform {
         )
     }
 
+    pub const CREDENTIAL_EXPIRING: &str = "credential.expiring";
+
+    /// Credentials nearing their expiry, published by the credentials service's daily sweep;
+    /// declared by their publisher so they wait for the notification service.
+    pub fn credential_expiring_notifications() -> WorkQueue {
+        WorkQueue::new(
+            "notification.credential-expiring",
+            events_exchange(),
+            &[CREDENTIAL_EXPIRING],
+        )
+    }
+
     /// Notifications, one queue per channel so a slow SMTP server never holds back webhooks.
     pub fn notification_exchange() -> Exchange {
         Exchange::direct("notification")

@@ -386,7 +386,10 @@ mod tests {
             .iter()
             .map(|u| u["name"].as_str().unwrap())
             .collect();
-        assert_eq!(users, ["auth", "user", "audit", "targets", "admin"]);
+        assert_eq!(
+            users,
+            ["auth", "user", "audit", "targets", "credentials", "admin"]
+        );
         let password: BTreeMap<_, _> = secrets.vars(ServiceKind::Targets).collect();
         assert!(!definitions.to_string().contains(password["AMQP_PASSWORD"]));
         assert_eq!(mode(&dir.path().join("rabbitmq/definitions.json")), 0o600);

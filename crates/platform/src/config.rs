@@ -95,6 +95,11 @@ impl Env {
         self
     }
 
+    /// The variables set on top of the process environment (to hand to a child process).
+    pub fn overrides(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.overrides.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
     /// The value of `var`, if set and not empty.
     pub fn get(&self, var: &str) -> Option<String> {
         let value = match self.overrides.get(var) {

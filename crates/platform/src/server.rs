@@ -44,6 +44,19 @@ pub trait Worker: Send + 'static {
     fn stop(self: Box<Self>, grace: Duration) -> BoxFuture<'static, ()>;
 }
 
+/// Periodic tasks of a service (a sweeper, a checkpointer): nothing to drain, aborted when
+/// the server stops.
+pub struct Tasks(pub Vec<tokio::task::JoinHandle<()>>);
+
+impl Worker for Tasks {
+    fn stop(self: Box<Self>, _grace: Duration) -> BoxFuture<'static, ()> {
+        for task in &self.0 {
+            task.abort();
+        }
+        Box::pin(std::future::ready(()))
+    }
+}
+
 /// A generated gRPC server over its implementation (`UserServiceServer<UserApi>` ...), that the
 /// platform can serve and limit to its message size both ways.
 pub trait GrpcService:

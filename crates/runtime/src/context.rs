@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use opsconductor_messaging::{BrokerConfig, ServiceMessaging, Topology};
 use opsconductor_platform::auth::{
-    Authenticator, KeySource, RemoteJwks, ServiceCredentials, TokenFetcher, TokenSettings,
-    TokenSource, Verifier,
+    Authenticator, KeySource, RefusalAudit, RemoteJwks, ServiceCredentials, TokenFetcher,
+    TokenSettings, TokenSource, Verifier,
 };
 use opsconductor_platform::client::Clients;
 use opsconductor_platform::config::{ConfigError, Env, ServerConfig};
@@ -166,6 +166,20 @@ impl ServiceContext {
         self.finish(server, messaging)
     }
 
+    /// [`ServiceContext::serve`], with callers refused by a policy that says
+    /// `audit_refusals` handed to `refusals`.
+    pub fn serve_auditing_refusals<S: GrpcService>(
+        &self,
+        service: S,
+        db: Database,
+        messaging: &ServiceMessaging,
+        refusals: Arc<dyn RefusalAudit>,
+    ) -> Result<ServiceServer, StartError> {
+        let server =
+            ServiceServer::grpc(self.kind.name(), self.server.clone(), service).depends_on(db);
+        self.finish_with(server, messaging, Some(refusals))
+    }
+
     /// Puts token checks in front of `server`, starts the revocation listener and the token
     /// refresher, and hands the messaging workers to the server (stopped after it drains:
     /// the listener, then the outbox relay, then the connection).
@@ -174,7 +188,20 @@ impl ServiceContext {
         server: ServiceServer,
         messaging: &ServiceMessaging,
     ) -> Result<ServiceServer, StartError> {
-        let authenticator = Arc::new(Authenticator::new(self.verifier.clone())?);
+        self.finish_with(server, messaging, None)
+    }
+
+    fn finish_with(
+        &self,
+        server: ServiceServer,
+        messaging: &ServiceMessaging,
+        refusals: Option<Arc<dyn RefusalAudit>>,
+    ) -> Result<ServiceServer, StartError> {
+        let mut authenticator = Authenticator::new(self.verifier.clone())?;
+        if let Some(refusals) = refusals {
+            authenticator = authenticator.with_refusal_audit(refusals);
+        }
+        let authenticator = Arc::new(authenticator);
         if !self.refresher_started.swap(true, Ordering::SeqCst) {
             if let Some(tokens) = self.clients.tokens() {
                 tokens.spawn_refresher();

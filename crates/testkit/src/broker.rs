@@ -88,6 +88,7 @@ impl TestBroker {
         self.track(&platform::audit_events());
         self.track(&platform::run_requests());
         self.track(&platform::run_finished_notifications());
+        self.track(&platform::credential_expiring_notifications());
         for channel in platform::NOTIFICATION_CHANNELS {
             self.track(&platform::notification_queue(channel));
         }
@@ -115,6 +116,40 @@ impl TestBroker {
             .unwrap_or_else(|e| panic!("queue {name}: {e}"));
         let _ = connection.close(200, "done".into()).await;
         queue.message_count()
+    }
+}
+
+impl TestBroker {
+    /// The next message of a queue (`name` is the broker name), acknowledged: its routing key
+    /// and body. Panics if none comes within `limit`.
+    pub async fn next_message(&self, name: &str, limit: std::time::Duration) -> (String, Vec<u8>) {
+        use futures::StreamExt;
+        let connection = connect().await;
+        let channel = connection
+            .create_channel()
+            .await
+            .unwrap_or_else(|e| panic!("channel: {e}"));
+        let mut consumer = channel
+            .basic_consume(
+                name.into(),
+                "testkit".into(),
+                lapin::options::BasicConsumeOptions::default(),
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("consume {name}: {e}"));
+        let delivery = tokio::time::timeout(limit, consumer.next())
+            .await
+            .unwrap_or_else(|_| panic!("no message on {name} within {limit:?}"))
+            .unwrap_or_else(|| panic!("the consumer of {name} ended"))
+            .unwrap_or_else(|e| panic!("delivery on {name}: {e}"));
+        delivery
+            .ack(lapin::options::BasicAckOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("ack: {e}"));
+        let key = delivery.routing_key.to_string();
+        let _ = connection.close(200, "done".into()).await;
+        (key, delivery.data)
     }
 }
 

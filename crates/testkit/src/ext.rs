@@ -9,6 +9,11 @@ use opsconductor_api::auth::v1::{
     ListSessionsRequest, LoginRequest, LoginResponse, RefreshTokenRequest, RefreshTokenResponse,
     Session,
 };
+use opsconductor_api::credentials::v1::credentials_service_client::CredentialsServiceClient;
+use opsconductor_api::credentials::v1::{
+    CreateCredentialRequest, Credential, DeleteCredentialRequest, GetCredentialRequest,
+    RevealCredentialRequest, RevealCredentialResponse, SecretMaterial,
+};
 use opsconductor_api::targets::v1::targets_service_client::TargetsServiceClient;
 use opsconductor_api::targets::v1::*;
 use opsconductor_api::user::v1::user_service_client::UserServiceClient;
@@ -231,5 +236,67 @@ impl AuthExt for AuthServiceClient<AuthChannel> {
             ..Default::default()
         };
         Ok(self.list_sessions(request).await?.into_inner().sessions)
+    }
+}
+
+pub trait CredentialsExt {
+    fn create(
+        &mut self,
+        credential: Credential,
+        secret: SecretMaterial,
+    ) -> impl Future<Output = Result<Credential, Status>> + Send;
+    fn get(&mut self, id: &str) -> impl Future<Output = Result<Credential, Status>> + Send;
+    /// An administrator's reveal of the current version, under `key`.
+    fn reveal(
+        &mut self,
+        id: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<RevealCredentialResponse, Status>> + Send;
+    fn delete(&mut self, id: &str, force: bool) -> impl Future<Output = Result<(), Status>> + Send;
+}
+
+impl CredentialsExt for CredentialsServiceClient<AuthChannel> {
+    async fn create(
+        &mut self,
+        credential: Credential,
+        secret: SecretMaterial,
+    ) -> Result<Credential, Status> {
+        let request = CreateCredentialRequest {
+            credential: Some(credential),
+            secret: Some(secret),
+        };
+        present(
+            self.create_credential(request)
+                .await?
+                .into_inner()
+                .credential,
+            "credential",
+        )
+    }
+
+    async fn get(&mut self, id: &str) -> Result<Credential, Status> {
+        let request = GetCredentialRequest { id: id.into() };
+        present(
+            self.get_credential(request).await?.into_inner().credential,
+            "credential",
+        )
+    }
+
+    async fn reveal(&mut self, id: &str, key: &str) -> Result<RevealCredentialResponse, Status> {
+        let request = RevealCredentialRequest {
+            id: id.into(),
+            reason: "a test".into(),
+            idempotency_key: key.into(),
+            ..Default::default()
+        };
+        Ok(self.reveal_credential(request).await?.into_inner())
+    }
+
+    async fn delete(&mut self, id: &str, force: bool) -> Result<(), Status> {
+        let request = DeleteCredentialRequest {
+            id: id.into(),
+            force,
+        };
+        self.delete_credential(request).await.map(|_| ())
     }
 }

@@ -12,7 +12,7 @@ mod sandbox;
 pub use assertions::{assert_code, assert_violations};
 pub use auth::{bearer, channel_as, static_source, TestAuth};
 pub use broker::{amqp_url, TestBroker};
-pub use ext::{AuthExt, TargetsExt, UsersExt};
+pub use ext::{AuthExt, CredentialsExt, TargetsExt, UsersExt};
 pub use opsconductor_platform::time::now_secs;
 pub use sandbox::{role_label, session_source, Sandbox, PASSWORD};
 

@@ -20,7 +20,7 @@ use opsconductor_platform::auth::{IssuedToken, StaticToken, TokenSource};
 use opsconductor_platform::client::Clients;
 use opsconductor_platform::config::Env;
 use opsconductor_platform::ServiceKind;
-use opsconductor_runtime::SecretKind;
+use opsconductor_runtime::{SecretKind, ServiceModule};
 use opsconductor_storage::testing::TestDatabase;
 use opsconductor_storage::{Backend, Database};
 use opsconductor_tokens::Claims;
@@ -211,12 +211,28 @@ impl Sandbox {
         let test_db = TestDatabase::new(self.backend)
             .await
             .unwrap_or_else(|e| panic!("test database: {e}"));
-        let env = service_env(&self.env, &self.secrets, kind);
-        let listen = SocketAddr::from(([127, 0, 0, 1], 0));
         let module = opsconductor_catalog::module(kind)
             .unwrap_or_else(|| panic!("{}", opsconductor_catalog::not_implemented(kind)));
+        let running = self.start_module(module, test_db.db.clone(), &[]).await;
+        (running, test_db)
+    }
+
+    /// `module` (a catalog row, or one built with a test double) over `db` on an ephemeral
+    /// port, with the sandbox's identities and broker, and `extra` variables.
+    pub async fn start_module(
+        &self,
+        module: &dyn ServiceModule,
+        db: Database,
+        extra: &[(&str, &str)],
+    ) -> crate::Running {
+        let kind = module.kind();
+        let mut env = self.service_env(kind);
+        for (var, value) in extra {
+            env = env.with(*var, *value);
+        }
+        let listen = SocketAddr::from(([127, 0, 0, 1], 0));
         let built = module
-            .build(test_db.db.clone(), &env, listen)
+            .build(db, &env, listen)
             .await
             .unwrap_or_else(|e| panic!("{kind}: {e}"));
         let bound = built
@@ -224,7 +240,17 @@ impl Sandbox {
             .bind()
             .await
             .unwrap_or_else(|e| panic!("bind: {e}"));
-        (crate::Running::start(bound), test_db)
+        crate::Running::start(bound)
+    }
+
+    /// The variables `kind` runs with here: the sandbox's, its identity and secret.
+    pub fn service_env(&self, kind: ServiceKind) -> Env {
+        service_env(&self.env, &self.secrets, kind)
+    }
+
+    /// Where `kind`'s database is (a `sqlite://` file or a `postgres://` database).
+    pub fn database_url(&self, kind: ServiceKind) -> &str {
+        &self.databases[&kind].url
     }
 
     /// The variables the services were started with (URLs, broker prefix...).

@@ -19,7 +19,7 @@ use opsconductor_api::audit::v1::audit_service_server::AuditServiceServer;
 use opsconductor_messaging::topology::platform;
 use opsconductor_messaging::{Broker, BrokerUse, Consumer, DeadLetters, RunningConsumer};
 use opsconductor_platform::config::{ConfigError, Env};
-use opsconductor_platform::server::Worker;
+use opsconductor_platform::server::Tasks;
 use opsconductor_platform::ServiceKind;
 use opsconductor_runtime::{
     Built, SecretKind, SecretSpec, ServiceContext, ServiceModule, StartError,
@@ -128,7 +128,7 @@ impl ServiceModule for Audit {
             let consumer = start_ingest(store.clone(), &messaging.broker, settings.batch);
             let dead_letters = DeadLetters::new(db.clone(), &messaging.broker, &[queue]);
             let keepers = dead_letters.start_keepers();
-            let background = Background(vec![
+            let background = Tasks(vec![
                 writer::spawn_checkpointer(store.clone(), settings.checkpoint_interval),
                 spawn_pruner(store.clone(), settings.retention, settings.prune_interval),
             ]);
@@ -186,16 +186,4 @@ fn spawn_pruner(
             }
         }
     })
-}
-
-/// Background tasks stopped with the server.
-struct Background(Vec<tokio::task::JoinHandle<()>>);
-
-impl Worker for Background {
-    fn stop(self: Box<Self>, _grace: Duration) -> BoxFuture<'static, ()> {
-        for task in &self.0 {
-            task.abort();
-        }
-        futures::future::ready(()).boxed()
-    }
 }

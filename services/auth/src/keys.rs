@@ -16,8 +16,8 @@ use opsconductor_storage::Database;
 use opsconductor_tokens::{Claims, KeySet, SigningKey};
 use sqlx::AnyConnection;
 
-use crate::seal;
 use crate::AuthServiceError;
+use opsconductor_seal::{open, seal, Key};
 
 #[derive(sqlx::FromRow)]
 struct KeyRow {
@@ -36,7 +36,7 @@ struct Ring {
 
 pub struct KeyRing {
     db: Database,
-    kek: [u8; 32],
+    kek: Key,
     /// How long a retired key stays published: the longest token lifetime plus clock skew.
     overlap: Duration,
     ring: RwLock<Arc<Ring>>,
@@ -69,7 +69,7 @@ impl KeyRing {
     /// Loads the keys, creating the first one if there is none.
     pub async fn open(
         db: Database,
-        kek: [u8; 32],
+        kek: Key,
         overlap: Duration,
     ) -> Result<Arc<KeyRing>, AuthServiceError> {
         let ring = match read(&db, &kek).await? {
@@ -173,12 +173,9 @@ impl KeyRing {
     }
 }
 
-async fn insert_new(
-    tx: &mut AnyConnection,
-    kek: &[u8; 32],
-) -> Result<SigningKey, AuthServiceError> {
+async fn insert_new(tx: &mut AnyConnection, kek: &Key) -> Result<SigningKey, AuthServiceError> {
     let key = SigningKey::generate();
-    let sealed = seal::seal(kek, key.kid(), &key.secret_bytes()).map_err(AuthServiceError::Keys)?;
+    let sealed = seal(kek, key.kid().as_bytes(), &key.secret_bytes());
     let public = URL_SAFE_NO_PAD
         .decode(jwk(&key).x)
         .map_err(|e| AuthServiceError::Keys(e.to_string()))?;
@@ -196,7 +193,7 @@ async fn insert_new(
 }
 
 /// The published keys, the newest unretired one active; None when there is no usable key.
-async fn read(db: &Database, kek: &[u8; 32]) -> Result<Option<Ring>, AuthServiceError> {
+async fn read(db: &Database, kek: &Key) -> Result<Option<Ring>, AuthServiceError> {
     let rows: Vec<KeyRow> = sqlx::query_as(
         "SELECT kid, sealed_secret, retire_time FROM signing_keys \
          WHERE expire_time IS NULL OR expire_time > $1 ORDER BY create_time DESC, kid",
@@ -206,8 +203,11 @@ async fn read(db: &Database, kek: &[u8; 32]) -> Result<Option<Ring>, AuthService
     .await?;
     let mut keys = Vec::new();
     for row in &rows {
-        let secret =
-            seal::open(kek, &row.kid, &row.sealed_secret).map_err(AuthServiceError::Keys)?;
+        let secret = open(kek, row.kid.as_bytes(), &row.sealed_secret).map_err(|_| {
+            AuthServiceError::Keys(
+                "AUTH_KEY_ENCRYPTION_KEY is not the key the signing keys were sealed with".into(),
+            )
+        })?;
         let key = SigningKey::from_secret_bytes(&secret)
             .map_err(|e| AuthServiceError::Keys(e.to_string()))?;
         if key.kid() != row.kid {

@@ -7,7 +7,6 @@
 mod api;
 mod error;
 mod keys;
-mod seal;
 mod settings;
 mod store;
 
@@ -167,7 +166,7 @@ async fn build(
     db.migrate_all(&[&migrations(), &opsconductor_messaging::migrations()])
         .await?;
     let overlap = settings.max_token_lifetime() + settings.tokens.leeway;
-    let keys = KeyRing::open(db.clone(), settings.key_encryption_key, overlap)
+    let keys = KeyRing::open(db.clone(), settings.key_encryption_key.clone(), overlap)
         .await
         .map_err(failed)?;
     keys.spawn_reloader(Duration::from_secs(10));

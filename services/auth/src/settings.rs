@@ -1,11 +1,10 @@
 //! The auth service's configuration: token lifetimes, the key-encryption key and the service
 //! identities it accepts. Every variable is in docs/configuration.md.
 
+use opsconductor_seal::Key;
 use std::fmt;
 use std::time::Duration;
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use opsconductor_platform::auth::TokenSettings;
 use opsconductor_platform::config::{ConfigError, Env};
 use opsconductor_platform::validate::is_slug;
@@ -20,7 +19,7 @@ pub struct AuthSettings {
     /// default 7 days, at most 30).
     pub refresh_ttl: Duration,
     /// Seals signing keys at rest (`AUTH_KEY_ENCRYPTION_KEY[_FILE]`, 32 bytes, base64).
-    pub key_encryption_key: [u8; 32],
+    pub key_encryption_key: Key,
     /// `service_id` → SHA-256 (hex) of its secret (`AUTH_SERVICE_IDENTITIES[_FILE]`).
     pub identities: Vec<(String, String)>,
 }
@@ -49,17 +48,13 @@ impl AuthSettings {
                        `opsconductor secrets init` generates one"
                         .into(),
                 })?;
-        let key_encryption_key: [u8; 32] = STANDARD
-            .decode(kek_text.trim())
-            .ok()
-            .and_then(|bytes| bytes.try_into().ok())
-            .ok_or_else(|| {
-                ConfigError::invalid(
-                    "AUTH_KEY_ENCRYPTION_KEY",
-                    "",
-                    "must be 32 bytes, base64-encoded",
-                )
-            })?;
+        let key_encryption_key = Key::from_base64(&kek_text).ok_or_else(|| {
+            ConfigError::invalid(
+                "AUTH_KEY_ENCRYPTION_KEY",
+                "",
+                "must be 32 bytes, base64-encoded",
+            )
+        })?;
         let identities = match env.secret("AUTH_SERVICE_IDENTITIES")? {
             Some(text) => parse_identities(&text)
                 .map_err(|reason| ConfigError::invalid("AUTH_SERVICE_IDENTITIES", "", reason))?,

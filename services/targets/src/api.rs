@@ -66,6 +66,9 @@ impl TargetsApi {
         for (i, name) in req.names.iter().enumerate() {
             validate::name(&mut v, &format!("names[{i}]"), name);
         }
+        if !req.credential_id.is_empty() {
+            v.id("credential_id", &req.credential_id);
+        }
         let os = match OperatingSystem::try_from(req.os) {
             Ok(OperatingSystem::Unspecified) => None,
             Ok(os) => Some(os as i32),
@@ -82,6 +85,7 @@ impl TargetsApi {
             tags,
             os,
             names: req.names,
+            credential_id: (!req.credential_id.is_empty()).then_some(req.credential_id),
         };
         let (targets, next_page_token) = self.store.list(&filter, &page).await?;
         Ok(ListTargetsResponse {

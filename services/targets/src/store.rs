@@ -36,6 +36,7 @@ pub struct TargetFilter {
     pub tags: Vec<String>,
     pub os: Option<i32>,
     pub names: Vec<String>,
+    pub credential_id: Option<String>,
 }
 
 /// Every change is written with its audit event, in one transaction.
@@ -82,6 +83,7 @@ impl TargetStore {
             Err(e) => return Err(e.into()),
         }
         write_tags(&mut tx, &id, &target.tags).await?;
+        write_credential_refs(&mut tx, &id, target).await?;
         let details = [("name", target.name.clone())];
         self.audit
             .record(&mut tx, cause, "target.create", ("target", &id), &details)
@@ -131,6 +133,12 @@ impl TargetStore {
         }
         if !filter.names.is_empty() {
             select.and_in("t.name IN ({})", &filter.names);
+        }
+        if let Some(credential_id) = &filter.credential_id {
+            select.and(
+                "t.id IN (SELECT c.target_id FROM target_credentials c WHERE c.credential_id = {})",
+                credential_id,
+            );
         }
         page.apply(&mut select, "t.id");
         let rows: Vec<TargetRow> = select.fetch_all(self.db.pool()).await?;
@@ -182,6 +190,11 @@ impl TargetStore {
             .execute(&mut *tx)
             .await?;
         write_tags(&mut tx, &target.id, &target.tags).await?;
+        sqlx::query("DELETE FROM target_credentials WHERE target_id = $1")
+            .bind(&target.id)
+            .execute(&mut *tx)
+            .await?;
+        write_credential_refs(&mut tx, &target.id, target).await?;
         let details = [("name", target.name.clone()), ("fields", fields.join(","))];
         self.audit
             .record(
@@ -198,10 +211,12 @@ impl TargetStore {
 
     pub async fn delete(&self, id: &str, cause: &Cause) -> Result<(), TargetsError> {
         let mut tx = self.db.begin().await?;
-        sqlx::query("DELETE FROM target_tags WHERE target_id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        for table in ["target_tags", "target_credentials"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE target_id = $1"))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
         let done = sqlx::query("DELETE FROM targets WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
@@ -226,6 +241,28 @@ async fn write_tags(
         sqlx::query("INSERT INTO target_tags (target_id, tag) VALUES ($1, $2)")
             .bind(id)
             .bind(tag)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn write_credential_refs(
+    tx: &mut Transaction<'static, Any>,
+    id: &str,
+    target: &Target,
+) -> Result<(), TargetsError> {
+    let mut ids: Vec<&str> = target
+        .credential_refs
+        .iter()
+        .map(|r| r.credential_id.as_str())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    for credential_id in ids {
+        sqlx::query("INSERT INTO target_credentials (target_id, credential_id) VALUES ($1, $2)")
+            .bind(id)
+            .bind(credential_id)
             .execute(&mut **tx)
             .await?;
     }

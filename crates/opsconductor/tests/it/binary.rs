@@ -8,6 +8,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use opsconductor_api::auth::v1::{LoginRequest, LoginResponse};
+use opsconductor_api::credentials::v1::credentials_service_client::CredentialsServiceClient;
+use opsconductor_api::credentials::v1::{
+    CreateCredentialRequest, Credential, CredentialKind, RevealCredentialRequest,
+    RotateCredentialRequest, RotateEncryptionKeyRequest,
+};
 use opsconductor_api::targets::v1::targets_service_client::TargetsServiceClient;
 use opsconductor_api::targets::v1::{CreateTargetRequest, Target, TestTargetConnectivityRequest};
 use opsconductor_api::user::v1::user_service_client::UserServiceClient;
@@ -16,7 +21,7 @@ use opsconductor_platform::client::check_health;
 use opsconductor_platform::health::ServingStatusPb;
 use opsconductor_testkit::{channel_as, free_port, free_port_base, TestBroker};
 
-use crate::support::slow_target;
+use crate::support::{password_secret, slow_target};
 
 const BIN: &str = env!("CARGO_BIN_EXE_opsconductor");
 
@@ -150,7 +155,7 @@ fn admin_password(data_dir: &Path) -> String {
         .to_string()
 }
 
-async fn wait_serving(url: &str) {
+pub(crate) async fn wait_serving(url: &str) {
     let started = Instant::now();
     loop {
         if let Ok(ServingStatusPb::Serving) = check_health(url, "", Duration::from_secs(1)).await {
@@ -257,7 +262,13 @@ async fn up_serves_every_implemented_service_and_keeps_data() {
         .lines()
         .find(|l| l.starts_with("OpsConductor is serving:"))
         .unwrap_or_else(|| panic!("no serving line: {stdout}"));
-    for (name, offset) in [("auth", 1), ("user", 2), ("audit", 3), ("targets", 5)] {
+    for (name, offset) in [
+        ("auth", 1),
+        ("user", 2),
+        ("audit", 3),
+        ("credentials", 4),
+        ("targets", 5),
+    ] {
         assert!(
             serving.contains(&format!("{name} 127.0.0.1:{}", base + offset)),
             "{serving}"
@@ -267,7 +278,7 @@ async fn up_serves_every_implemented_service_and_keeps_data() {
     // WAL) and every secret 0600, each service's secrets in a directory of its own.
     let state = dir.path().join("state");
     assert_eq!(mode(&state), 0o700);
-    for db in ["auth", "user", "audit", "targets"] {
+    for db in ["auth", "user", "audit", "credentials", "targets"] {
         assert!(state.join(format!("{db}.db")).exists());
     }
     let mut files = 0;
@@ -279,7 +290,7 @@ async fn up_serves_every_implemented_service_and_keeps_data() {
         }
     }
     assert!(files >= 3, "the databases");
-    for service in ["auth", "user", "audit", "targets"] {
+    for service in ["auth", "user", "audit", "credentials", "targets"] {
         let own = state.join("secrets").join(service);
         assert_eq!(mode(&own), 0o700, "{}", own.display());
         for entry in std::fs::read_dir(&own).unwrap() {
@@ -617,6 +628,7 @@ async fn logs_never_contain_passwords_secrets_or_tokens() {
     );
     wait_serving(&url(1)).await;
     wait_serving(&url(2)).await;
+    wait_serving(&url(4)).await;
     wait_serving(&url(5)).await;
     let state = dir.path().join("state");
     let admin_password = admin_password(&state);
@@ -625,15 +637,23 @@ async fn logs_never_contain_passwords_secrets_or_tokens() {
         for entry in std::fs::read_dir(service.unwrap().path()).unwrap() {
             let path = entry.unwrap().path();
             let name = path.file_name().unwrap().to_string_lossy().to_string();
-            if ["service.secret", "key-encryption-key", "signing-key"].contains(&name.as_str()) {
+            if [
+                "service.secret",
+                "key-encryption-key",
+                "signing-key",
+                "master-key",
+            ]
+            .contains(&name.as_str())
+            {
                 secrets.push(std::fs::read_to_string(&path).unwrap().trim().to_string());
             }
         }
     }
     assert_eq!(
         secrets.len(),
-        6,
-        "the admin password, three service secrets, the KEK, the audit signing key"
+        8,
+        "the admin password, four service secrets, the KEK, the audit signing key, \
+         the credentials master key"
     );
 
     let admin = login(&url(1), "admin", &admin_password).await;
@@ -740,7 +760,49 @@ async fn logs_never_contain_passwords_secrets_or_tokens() {
             .list_targets(opsconductor_api::targets::v1::ListTargetsRequest::default())
             .await;
     }
+    // A credential created, rotated and revealed: its material is in none of the lines.
+    let mut vault = CredentialsServiceClient::new(channel_as(&url(4), admin.access_token.clone()));
+    let created = vault
+        .create_credential(CreateCredentialRequest {
+            credential: Some(Credential {
+                name: "logcheck".into(),
+                kind: CredentialKind::Password as i32,
+                username: "deploy".into(),
+                ..Default::default()
+            }),
+            secret: Some(password_secret("vault password one")),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .credential
+        .unwrap();
+    vault
+        .rotate_credential(RotateCredentialRequest {
+            id: created.id.clone(),
+            secret: Some(password_secret("vault password two")),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let revealed = vault
+        .reveal_credential(RevealCredentialRequest {
+            id: created.id.clone(),
+            reason: "log check".into(),
+            idempotency_key: "log-check-1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(revealed.secret, Some(password_secret("vault password two")));
+    vault
+        .rotate_encryption_key(RotateEncryptionKeyRequest::default())
+        .await
+        .unwrap();
     secrets.extend([
+        "vault password one".into(),
+        "vault password two".into(),
         "first secret password".into(),
         "second secret password".into(),
         "third secret password".into(),

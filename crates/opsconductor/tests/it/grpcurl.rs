@@ -188,6 +188,55 @@ async fn grpcurl_lists_describes_and_calls_every_service() {
         "{out}"
     );
 
+    // A credential, as the tour creates and reveals it: the secret only in the reveal.
+    let vault = s.addr(ServiceKind::Credentials).to_string();
+    let (ok, out) = run(&[
+        "-plaintext",
+        "-H",
+        &header,
+        "-d",
+        r#"{"credential": {"name": "web-deploy", "kind": "CREDENTIAL_KIND_PASSWORD", "username": "deploy"}, "secret": {"password": {"password": "s3cret-tour"}}}"#,
+        &vault,
+        "opsconductor.credentials.v1.CredentialsService/CreateCredential",
+    ]);
+    assert!(ok && !out.contains("s3cret-tour"), "{out}");
+    let created: serde_json::Value = serde_json::from_str(&out).expect("a JSON credential");
+    let id = created["credential"]["id"].as_str().unwrap().to_string();
+    let (ok, out) = run(&[
+        "-plaintext",
+        "-H",
+        &header,
+        &vault,
+        "opsconductor.credentials.v1.CredentialsService/ListCredentials",
+    ]);
+    assert!(
+        ok && out.contains("web-deploy") && !out.contains("s3cret-tour"),
+        "{out}"
+    );
+    let reveal =
+        format!(r#"{{"id": "{id}", "reason": "break-glass", "idempotency_key": "reveal-1"}}"#);
+    let (ok, out) = run(&[
+        "-plaintext",
+        "-H",
+        &header,
+        "-d",
+        &reveal,
+        &vault,
+        "opsconductor.credentials.v1.CredentialsService/RevealCredential",
+    ]);
+    assert!(
+        ok && out.contains("s3cret-tour") && out.contains("auditEventId"),
+        "{out}"
+    );
+    let (ok, out) = run(&[
+        "-plaintext",
+        "-H",
+        &header,
+        &vault,
+        "opsconductor.credentials.v1.CredentialsService/RotateEncryptionKey",
+    ]);
+    assert!(ok && out.contains("\"keyVersion\": 2"), "{out}");
+
     // The audit trail of all that, as the README's tour reads it.
     crate::support::drain_audit(&s).await;
     let audit = s.addr(ServiceKind::Audit).to_string();

@@ -10,6 +10,7 @@ mod authz;
 mod binary;
 mod broker_accounts;
 mod contracts;
+mod credentials;
 mod grpcurl;
 mod health;
 mod python;

@@ -214,3 +214,13 @@ pub async fn list_targets(
         .await
         .map(|_| ())
 }
+
+/// Password material for a credential.
+pub fn password_secret(password: &str) -> opsconductor_api::credentials::v1::SecretMaterial {
+    use opsconductor_api::credentials::v1::{secret_material::Material, PasswordSecret};
+    opsconductor_api::credentials::v1::SecretMaterial {
+        material: Some(Material::Password(PasswordSecret {
+            password: password.into(),
+        })),
+    }
+}

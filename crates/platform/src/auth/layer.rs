@@ -20,11 +20,28 @@ fn is_open(path: &str) -> bool {
     path.starts_with("/grpc.health.v1.") || path.starts_with("/grpc.reflection.")
 }
 
+/// A caller a policy refused, on a method whose policy says `audit_refusals`.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// The method's path, `/package.Service/Method`.
+    pub method: String,
+    pub principal: Principal,
+    pub reason: String,
+    pub request_id: String,
+}
+
+/// Records refusals in the service's audit trail. Called on the request path: hand the work to
+/// a task, do not wait for it.
+pub trait RefusalAudit: Send + Sync + 'static {
+    fn refused(&self, refusal: Refusal);
+}
+
 /// Decides who may call what: tokens verified by the [`Verifier`], policies from the
 /// descriptor set.
 pub struct Authenticator {
     policies: &'static PolicyTable,
     verifier: Arc<Verifier>,
+    refusals: Option<Arc<dyn RefusalAudit>>,
 }
 
 impl Authenticator {
@@ -32,7 +49,14 @@ impl Authenticator {
         Ok(Authenticator {
             policies: PolicyTable::global()?,
             verifier,
+            refusals: None,
         })
+    }
+
+    /// Tells `refusals` about refused callers of methods whose policy asks for it.
+    pub fn with_refusal_audit(mut self, refusals: Arc<dyn RefusalAudit>) -> Authenticator {
+        self.refusals = Some(refusals);
+        self
     }
 
     pub fn verifier(&self) -> &Arc<Verifier> {
@@ -62,9 +86,25 @@ impl Authenticator {
         let token = bearer(headers)?;
         let verified = self.verifier.verify(token).await?;
         let mut principal = identity(&verified, token);
+        let refused = |principal: &Principal, reason: String| {
+            if let (true, Some(refusals)) = (policy.audit_refusals, &self.refusals) {
+                refusals.refused(Refusal {
+                    method: path.to_string(),
+                    principal: principal.clone(),
+                    reason: reason.clone(),
+                    request_id: headers
+                        .get(crate::layers::REQUEST_ID_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string(),
+                });
+            }
+            ApiError::PermissionDenied(reason)
+        };
         if let Some(forwarded) = headers.get(ON_BEHALF_OF) {
             if principal.service.is_none() {
-                return Err(ApiError::PermissionDenied(
+                return Err(refused(
+                    &principal,
                     "only services may call on behalf of a user".into(),
                 ));
             }
@@ -78,10 +118,8 @@ impl Authenticator {
         if super::admits(policy, &principal) {
             Ok(Some(principal))
         } else {
-            Err(ApiError::PermissionDenied(format!(
-                "{} may not call {path}",
-                describe(&principal)
-            )))
+            let reason = format!("{} may not call {path}", describe(&principal));
+            Err(refused(&principal, reason))
         }
     }
 }

@@ -24,7 +24,7 @@ mod verifier;
 pub use channel::AuthChannel;
 pub use error::AuthError;
 pub use keys::{KeySource, RemoteJwks, StaticKeys};
-pub use layer::{AuthLayer, Authenticator};
+pub use layer::{AuthLayer, Authenticator, Refusal, RefusalAudit};
 pub use policy::admits;
 pub use revocations::{Revocations, CLOCK_SKEW};
 pub use settings::TokenSettings;
