@@ -8,7 +8,9 @@ mod audit;
 mod getuser;
 mod messaging;
 mod reveal;
+mod runs;
 mod startup;
+mod stats;
 mod tokens;
 
 use clap::{Parser, Subcommand};
@@ -62,6 +64,17 @@ enum Bench {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// StartRun -> first step p50/p99 (one in flight, and at a rate), runs/s with one and two
+    /// executors, WatchRun log-line latency.
+    Runs {
+        #[arg(long, default_value_t = 200)]
+        runs: usize,
+        #[arg(long, default_value_t = 50)]
+        rate: u32,
+        /// PostgreSQL instead of SQLite.
+        #[arg(long)]
+        postgres: bool,
+    },
     /// A token check: full Ed25519 verification vs a verified-token cache hit.
     Tokens {
         #[arg(long, default_value_t = 3)]
@@ -83,5 +96,10 @@ async fn main() -> anyhow::Result<()> {
         Bench::Tokens { seconds } => tokens::run(seconds),
         Bench::Audit { events, rounds } => audit::run(events, rounds).await,
         Bench::Reveal { calls, rounds } => reveal::run(calls, rounds).await,
+        Bench::Runs {
+            runs,
+            rate,
+            postgres,
+        } => runs::run(runs, rate, postgres).await,
     }
 }

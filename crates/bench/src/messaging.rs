@@ -24,6 +24,8 @@ use opsconductor_storage::Database;
 use prost::Message;
 use tokio::sync::mpsc;
 
+use crate::stats::ms;
+
 const WINDOW: usize = 1024;
 const PREFETCH: u16 = 256;
 
@@ -110,10 +112,6 @@ pub async fn run(messages: usize, rounds: usize) -> anyhow::Result<()> {
         ms(outbox.p99)
     );
     cleanup(&url, &prefix, &queue).await
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
 
 /// Raw lapin: one connection publishing pipelined, another consuming with manual acks.

@@ -21,6 +21,8 @@ use opsconductor_platform::client::Clients;
 use opsconductor_platform::ServiceKind;
 use opsconductor_testkit::{channel_as, CredentialsExt, Sandbox, StorageBackend, TargetsExt};
 
+use crate::stats::{ms, percentile};
+
 /// Two GetTarget calls: the network and decoding cost of GetRun + GetTarget.
 struct TwoHops(Clients);
 
@@ -189,14 +191,4 @@ async fn call(
         }
     }
     Ok(())
-}
-
-fn percentile(samples: &mut [Duration], q: f64) -> Duration {
-    samples.sort_unstable();
-    let index = ((samples.len() as f64 - 1.0) * q).round() as usize;
-    samples.get(index).copied().unwrap_or_default()
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }

@@ -13,6 +13,8 @@ pub static SERVICES: &[&dyn ServiceModule] = &[
     &opsconductor_audit::Audit,
     &opsconductor_targets::Targets,
     &CREDENTIALS,
+    &opsconductor_jobs::Jobs,
+    &opsconductor_executor::Executor,
 ];
 
 static CREDENTIALS: opsconductor_credentials::Credentials =
@@ -28,8 +30,8 @@ pub fn implemented() -> impl Iterator<Item = ServiceKind> {
     SERVICES.iter().map(|m| m.kind())
 }
 
-/// Why `kind` cannot be started: `"the jobs service is not part of this build yet
-/// (implemented: auth, user, audit, targets, credentials)"`.
+/// Why `kind` cannot be started: `"the scheduler service is not part of this build yet
+/// (implemented: auth, user, audit, targets, credentials, jobs, executor)"`.
 pub fn not_implemented(kind: ServiceKind) -> String {
     let names: Vec<&str> = implemented().map(ServiceKind::name).collect();
     format!(
@@ -51,8 +53,7 @@ mod tests {
         unique.dedup();
         assert_eq!(unique.len(), kinds.len());
         assert!(module(ServiceKind::User).is_some());
-        assert!(
-            not_implemented(ServiceKind::Jobs).contains("auth, user, audit, targets, credentials")
-        );
+        assert!(not_implemented(ServiceKind::Scheduler)
+            .contains("auth, user, audit, targets, credentials, jobs, executor"));
     }
 }

@@ -478,6 +478,17 @@ pub mod platform {
         )
     }
 
+    pub const RUN_STARTED: &str = "run.started";
+
+    /// Runs an executor claimed, for the notification service ("run started" messages).
+    pub fn run_started_notifications() -> WorkQueue {
+        WorkQueue::new(
+            "notification.run-started",
+            events_exchange(),
+            &[RUN_STARTED],
+        )
+    }
+
     pub const CREDENTIAL_EXPIRING: &str = "credential.expiring";
 
     /// Credentials nearing their expiry, published by the credentials service's daily sweep;

@@ -388,7 +388,16 @@ mod tests {
             .collect();
         assert_eq!(
             users,
-            ["auth", "user", "audit", "targets", "credentials", "admin"]
+            [
+                "auth",
+                "user",
+                "audit",
+                "targets",
+                "credentials",
+                "jobs",
+                "executor",
+                "admin"
+            ]
         );
         let password: BTreeMap<_, _> = secrets.vars(ServiceKind::Targets).collect();
         assert!(!definitions.to_string().contains(password["AMQP_PASSWORD"]));

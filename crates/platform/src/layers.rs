@@ -67,7 +67,8 @@ where
 }
 
 /// Sheds calls beyond `max` in flight with UNAVAILABLE and a RetryInfo, instead of queueing
-/// them until every caller times out.
+/// them until every caller times out; the calls it admits run to their end even if their
+/// caller leaves.
 #[derive(Clone)]
 pub struct LoadShedLayer {
     permits: Arc<Semaphore>,
@@ -120,10 +121,19 @@ where
         match self.permits.clone().try_acquire_owned() {
             Ok(permit) => {
                 let fut = self.inner.call(req);
-                async move {
+                // The call runs to its end in a task of its own: a caller that goes away
+                // mid-call (its deadline passed, its connection dropped) must not cut the
+                // handler off halfway through a database transaction.
+                let call = tokio::spawn(async move {
                     let resp = fut.await;
                     drop(permit);
                     resp
+                });
+                async move {
+                    match call.await {
+                        Ok(resp) => resp,
+                        Err(_) => Ok(Status::internal("the call's handler failed").into_http()),
+                    }
                 }
                 .boxed()
             }

@@ -88,6 +88,7 @@ impl TestBroker {
         self.track(&platform::audit_events());
         self.track(&platform::run_requests());
         self.track(&platform::run_finished_notifications());
+        self.track(&platform::run_started_notifications());
         self.track(&platform::credential_expiring_notifications());
         for channel in platform::NOTIFICATION_CHANNELS {
             self.track(&platform::notification_queue(channel));

@@ -14,6 +14,11 @@ use opsconductor_api::credentials::v1::{
     CreateCredentialRequest, Credential, DeleteCredentialRequest, GetCredentialRequest,
     RevealCredentialRequest, RevealCredentialResponse, SecretMaterial,
 };
+use opsconductor_api::jobs::v1::jobs_service_client::JobsServiceClient;
+use opsconductor_api::jobs::v1::{
+    watch_run_response, CreateJobRequest, GetRunRequest, Job, ListRunLogsRequest, Run, RunState,
+    StartRunRequest, WatchRunRequest, WatchRunResponse,
+};
 use opsconductor_api::targets::v1::targets_service_client::TargetsServiceClient;
 use opsconductor_api::targets::v1::*;
 use opsconductor_api::user::v1::user_service_client::UserServiceClient;
@@ -298,5 +303,122 @@ impl CredentialsExt for CredentialsServiceClient<AuthChannel> {
             force,
         };
         self.delete_credential(request).await.map(|_| ())
+    }
+}
+
+pub trait JobsExt {
+    fn create(&mut self, job: Job) -> impl Future<Output = Result<Job, Status>> + Send;
+    /// Starts a run of `job_id` with `parameters` under a fresh idempotency key.
+    fn start(
+        &mut self,
+        job_id: &str,
+        parameters: &[(&str, &str)],
+    ) -> impl Future<Output = Result<Run, Status>> + Send;
+    fn run(&mut self, id: &str) -> impl Future<Output = Result<Run, Status>> + Send;
+    /// Watches the run until it ends (within `limit`): every event in order.
+    fn finish(
+        &mut self,
+        id: &str,
+        limit: std::time::Duration,
+    ) -> impl Future<Output = Result<(Run, Vec<WatchRunResponse>), Status>> + Send;
+    /// Every stored log line's text, in seq order.
+    fn log_text(
+        &mut self,
+        run_id: &str,
+    ) -> impl Future<Output = Result<Vec<String>, Status>> + Send;
+}
+
+impl JobsExt for JobsServiceClient<AuthChannel> {
+    async fn create(&mut self, job: Job) -> Result<Job, Status> {
+        let request = CreateJobRequest { job: Some(job) };
+        present(self.create_job(request).await?.into_inner().job, "job")
+    }
+
+    async fn start(&mut self, job_id: &str, parameters: &[(&str, &str)]) -> Result<Run, Status> {
+        let request = StartRunRequest {
+            job_id: job_id.into(),
+            parameters: parameters
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            idempotency_key: uuid::Uuid::now_v7().to_string(),
+            trigger: None,
+        };
+        present(self.start_run(request).await?.into_inner().run, "run")
+    }
+
+    async fn run(&mut self, id: &str) -> Result<Run, Status> {
+        present(
+            self.get_run(GetRunRequest { id: id.into() })
+                .await?
+                .into_inner()
+                .run,
+            "run",
+        )
+    }
+
+    async fn finish(
+        &mut self,
+        id: &str,
+        limit: std::time::Duration,
+    ) -> Result<(Run, Vec<WatchRunResponse>), Status> {
+        let request = WatchRunRequest {
+            id: id.into(),
+            include_logs: true,
+            after_log_seq: 0,
+        };
+        let mut stream = self.watch_run(request).await?.into_inner();
+        let mut events = Vec::new();
+        // The server ends the stream once the run ended and everything was sent.
+        let watching = async {
+            while let Some(event) = stream.message().await? {
+                events.push(event);
+            }
+            let ended = events.iter().any(|e| {
+                matches!(
+                    &e.event,
+                    Some(watch_run_response::Event::Run(run))
+                        if !matches!(RunState::try_from(run.state), Ok(RunState::Queued | RunState::Running))
+                )
+            });
+            if ended {
+                Ok(())
+            } else {
+                Err(Status::internal("the watch ended before the run did"))
+            }
+        };
+        match tokio::time::timeout(limit, watching).await {
+            Ok(watched) => watched?,
+            Err(_) => {
+                let now = self.run(id).await?;
+                return Err(Status::deadline_exceeded(format!(
+                    "run {id} did not finish in {limit:?}: {now:?}"
+                )));
+            }
+        }
+        let run = self.run(id).await?;
+        Ok((run, events))
+    }
+
+    async fn log_text(&mut self, run_id: &str) -> Result<Vec<String>, Status> {
+        let mut lines = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .list_run_logs(ListRunLogsRequest {
+                    run_id: run_id.into(),
+                    page_size: 5000,
+                    page_token: page_token.clone(),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            let empty = page.lines.is_empty();
+            lines.extend(page.lines.into_iter().map(|l| l.text));
+            if page.next_page_token.is_empty() || empty {
+                return Ok(lines);
+            }
+            page_token = page.next_page_token;
+        }
     }
 }

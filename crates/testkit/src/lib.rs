@@ -12,7 +12,7 @@ mod sandbox;
 pub use assertions::{assert_code, assert_violations};
 pub use auth::{bearer, channel_as, static_source, TestAuth};
 pub use broker::{amqp_url, TestBroker};
-pub use ext::{AuthExt, CredentialsExt, TargetsExt, UsersExt};
+pub use ext::{AuthExt, CredentialsExt, JobsExt, TargetsExt, UsersExt};
 pub use opsconductor_platform::time::now_secs;
 pub use sandbox::{role_label, session_source, Sandbox, PASSWORD};
 
@@ -75,10 +75,28 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_else(|e| panic!("repository root: {e}"))
 }
 
+/// Ports handed out by [`free_port`] and [`free_port_base`] come from below the kernel's
+/// ephemeral range (32768-60999 on Linux), in turn: a port the kernel handed out could be given
+/// again to an outgoing connection before its service binds it.
+const PORTS: std::ops::Range<u16> = 12_000..32_000;
+
+fn next_ports(count: u16) -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let span = PORTS.end - PORTS.start;
+    let _ = NEXT.compare_exchange(0, 1 + rand_u16() % span, Ordering::SeqCst, Ordering::SeqCst);
+    loop {
+        let offset = NEXT.fetch_add(count, Ordering::SeqCst) % span;
+        if offset + count < span {
+            return PORTS.start + offset;
+        }
+    }
+}
+
 /// A port base whose nine ports are free right now (for running the binary).
 pub fn free_port_base() -> u16 {
-    for _ in 0..100 {
-        let base = 20_000 + (rand_u16() % 400) * 100;
+    for _ in 0..1000 {
+        let base = next_ports(10);
         let free = (1..=9).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
         if free {
             return base;
@@ -90,10 +108,13 @@ pub fn free_port_base() -> u16 {
 /// A loopback port that was free a moment ago (for services whose URLs must be known before
 /// they bind).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
+    for _ in 0..1000 {
+        let port = next_ports(1);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {PORTS:?}")
 }
 
 fn rand_u16() -> u16 {

@@ -32,6 +32,20 @@ use crate::{free_port, TestBroker};
 /// The password every sandbox user gets from [`Sandbox::user_with_role`].
 pub const PASSWORD: &str = "correct horse battery staple";
 
+/// With `OPSCONDUCTOR_TEST_LOG` set (an env filter such as `warn` or `opsconductor=debug`),
+/// the services' logs go to stderr (shown for failing tests).
+fn init_test_log() {
+    if let Ok(filter) = std::env::var("OPSCONDUCTOR_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// The account `.ci/run` creates for shell steps.
+pub const STEP_USER: &str = "opsconductor-steps";
+
 pub struct Sandbox {
     pub backend: Backend,
     pub broker: TestBroker,
@@ -81,6 +95,7 @@ impl Sandbox {
         extra: &[(&str, &str)],
         per_service: &BTreeMap<ServiceKind, Vec<(String, String)>>,
     ) -> Sandbox {
+        init_test_log();
         broker.track_platform();
         let addrs: BTreeMap<ServiceKind, SocketAddr> = SERVICES
             .iter()
@@ -102,6 +117,15 @@ impl Sandbox {
             // Checkpoints every few events, so a test's handful of events has several.
             ("AUDIT_CHECKPOINT_EVERY", "4".into()),
         ]);
+        // The unprivileged account shell steps run as (.ci/run creates it); `nobody` otherwise.
+        if nix::unistd::geteuid().is_root()
+            && nix::unistd::User::from_name(STEP_USER)
+                .ok()
+                .flatten()
+                .is_some()
+        {
+            env = env.with("OPSCONDUCTOR_STEP_USER", STEP_USER);
+        }
         // Every service's own secrets, as the catalog declares them.
         let kinds_with_secrets: Vec<(ServiceKind, String)> =
             secrets.iter().map(|(k, s)| (*k, s.clone())).collect();

@@ -70,7 +70,7 @@ impl RunChecker for FromJobs {
                     "the run's lease is held by another executor".into(),
                 ));
             }
-            if !run.steps.iter().any(|s| s.target_id == request.target_id) {
+            if !run.targets.iter().any(|t| t.id == request.target_id) {
                 return Err(Refused::Denied("the target is not one of the run's".into()));
             }
             let target = self

@@ -16,7 +16,7 @@ use crate::{validate, TargetsError};
 
 type Result<T> = std::result::Result<T, TargetsError>;
 
-const MUTABLE_FIELDS: [&str; 8] = [
+const MUTABLE_FIELDS: [&str; 9] = [
     "name",
     "address",
     "port",
@@ -25,6 +25,7 @@ const MUTABLE_FIELDS: [&str; 8] = [
     "labels",
     "credential_refs",
     "description",
+    "ssh_host_key_fingerprint",
 ];
 
 pub struct TargetsApi {
@@ -111,6 +112,9 @@ impl TargetsApi {
                 "labels" => target.labels = patch.labels.clone(),
                 "credential_refs" => target.credential_refs = patch.credential_refs.clone(),
                 "description" => target.description = patch.description.clone(),
+                "ssh_host_key_fingerprint" => {
+                    target.ssh_host_key_fingerprint = patch.ssh_host_key_fingerprint.clone()
+                }
                 _ => {}
             }
         }

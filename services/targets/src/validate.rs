@@ -106,11 +106,40 @@ pub fn target(v: &mut Violations, t: &Target) {
         v.id(&format!("{field}.credential_id"), &r.credential_id);
     }
     v.max_chars("target.description", &t.description, 1024);
+    if !t.ssh_host_key_fingerprint.is_empty() {
+        v.check(
+            is_sha256_fingerprint(&t.ssh_host_key_fingerprint),
+            "target.ssh_host_key_fingerprint",
+            "must be \"SHA256:\" and 43 characters of unpadded base64, as ssh-keygen -l prints it",
+        );
+    }
+}
+
+/// `SHA256:` and the unpadded standard base64 of 32 bytes.
+fn is_sha256_fingerprint(value: &str) -> bool {
+    value.strip_prefix("SHA256:").is_some_and(|b64| {
+        b64.len() == 43
+            && b64
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '/')
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::is_address;
+    use super::{is_address, is_sha256_fingerprint};
+
+    #[test]
+    fn fingerprints() {
+        assert!(is_sha256_fingerprint(
+            "SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s"
+        ));
+        assert!(!is_sha256_fingerprint(
+            "SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s="
+        ));
+        assert!(!is_sha256_fingerprint("MD5:aa:bb"));
+        assert!(!is_sha256_fingerprint("SHA256:short"));
+    }
 
     #[test]
     fn addresses() {

@@ -27,7 +27,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_opsconductor");
 
 /// A spawned `opsconductor`, with a broker prefix of its own (removed when it is dropped).
 /// Its output is drained as it comes, so a chatty process never blocks on a full pipe.
-struct Process {
+pub(crate) struct Process {
     child: Child,
     stdout: Option<std::thread::JoinHandle<String>>,
     stderr: Option<std::thread::JoinHandle<String>>,
@@ -47,7 +47,7 @@ fn drain(
 }
 
 impl Process {
-    fn start(args: &[&str], envs: &[(&str, String)], dir: &Path) -> Process {
+    pub(crate) fn start(args: &[&str], envs: &[(&str, String)], dir: &Path) -> Process {
         let broker = TestBroker::new();
         broker.track_platform();
         let mut cmd = Command::new(BIN);
@@ -71,7 +71,13 @@ impl Process {
         }
     }
 
-    fn sigterm(&self) {
+    /// SIGKILL: the process gets no chance to clean up.
+    pub(crate) fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub(crate) fn sigterm(&self) {
         // kill(1) rather than kill(2): the workspace forbids unsafe code. The pid is ours and
         // not yet waited for, so it cannot have been reused.
         let status = Command::new("kill")
@@ -90,7 +96,7 @@ impl Process {
     }
 
     /// Waits for exit, returning the exit code and what it logged.
-    fn wait(mut self, limit: Duration) -> (Option<i32>, String) {
+    pub(crate) fn wait(mut self, limit: Duration) -> (Option<i32>, String) {
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
@@ -198,9 +204,11 @@ async fn up_serves_every_implemented_service_and_keeps_data() {
     wait_serving(&auth_url).await;
     wait_serving(&user_url).await;
     wait_serving(&targets_url).await;
-    // Only implemented services listen: nothing answers on the jobs port yet.
+    wait_serving(&format!("http://127.0.0.1:{}", base + 6)).await;
+    wait_serving(&format!("http://127.0.0.1:{}", base + 9)).await;
+    // Only implemented services listen: nothing answers on the scheduler port yet.
     assert!(check_health(
-        &format!("http://127.0.0.1:{}", base + 6),
+        &format!("http://127.0.0.1:{}", base + 8),
         "",
         Duration::from_millis(500)
     )
@@ -573,7 +581,7 @@ fn bad_configuration_names_the_variable() {
         !ok && err.contains("OPSCONDUCTOR_ADMIN_PASSWORD") && !err.contains("short"),
         "{err}"
     );
-    let (ok, err) = run(&["serve", "jobs"], &[]);
+    let (ok, err) = run(&["serve", "scheduler"], &[]);
     assert!(!ok && err.contains("not part of this build"), "{err}");
     let (ok, err) = run(&["serve", "nonsense"], &[]);
     assert!(!ok && err.contains("unknown service"), "{err}");
@@ -651,8 +659,8 @@ async fn logs_never_contain_passwords_secrets_or_tokens() {
     }
     assert_eq!(
         secrets.len(),
-        8,
-        "the admin password, four service secrets, the KEK, the audit signing key, \
+        10,
+        "the admin password, six service secrets, the KEK, the audit signing key, \
          the credentials master key"
     );
 

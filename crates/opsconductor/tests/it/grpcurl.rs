@@ -237,6 +237,71 @@ async fn grpcurl_lists_describes_and_calls_every_service() {
     ]);
     assert!(ok && out.contains("\"keyVersion\": 2"), "{out}");
 
+    // A job, a run, and its log followed live, as the tour does.
+    let jobs = s.addr(ServiceKind::Jobs).to_string();
+    let (ok, out) = run(&[
+        "-plaintext",
+        "-H",
+        &header,
+        "-d",
+        r#"{"job": {"name": "hello", "parameters": [{"name": "who", "type": "PARAMETER_TYPE_STRING", "required": true}], "steps": [{"name": "greet", "shell": {"command": "echo hello {{ params.who }}"}}]}}"#,
+        &jobs,
+        "opsconductor.jobs.v1.JobsService/CreateJob",
+    ]);
+    assert!(ok, "{out}");
+    let created: serde_json::Value = serde_json::from_str(&out).expect("a JSON job");
+    let job = created["job"]["id"].as_str().unwrap().to_string();
+    let start = format!(
+        r#"{{"job_id": "{job}", "parameters": {{"who": "world"}}, "idempotency_key": "hello-1"}}"#
+    );
+    let (ok, out) = run(&[
+        "-plaintext",
+        "-H",
+        &header,
+        "-d",
+        &start,
+        &jobs,
+        "opsconductor.jobs.v1.JobsService/StartRun",
+    ]);
+    assert!(ok && out.contains("RUN_STATE_QUEUED"), "{out}");
+    let started: serde_json::Value = serde_json::from_str(&out).expect("a JSON run");
+    let run_id = started["run"]["id"].as_str().unwrap().to_string();
+    let watch = format!(r#"{{"id": "{run_id}", "include_logs": true}}"#);
+    let (ok, out) = run(&[
+        "-plaintext",
+        "-H",
+        &header,
+        "-d",
+        &watch,
+        &jobs,
+        "opsconductor.jobs.v1.JobsService/WatchRun",
+    ]);
+    assert!(
+        ok && out.contains("\"text\": \"hello world\"") && out.contains("RUN_STATE_SUCCEEDED"),
+        "{out}"
+    );
+    let (ok, out) = run(&[
+        "-plaintext",
+        "-H",
+        &header,
+        "-d",
+        &format!(r#"{{"run_id": "{run_id}"}}"#),
+        &jobs,
+        "opsconductor.jobs.v1.JobsService/ListRunLogs",
+    ]);
+    assert!(ok && out.contains("hello world"), "{out}");
+    let (ok, out) = run(&[
+        "-plaintext",
+        "-H",
+        &header,
+        &s.addr(ServiceKind::Executor).to_string(),
+        "opsconductor.executor.v1.ExecutorService/GetExecutorStatus",
+    ]);
+    assert!(
+        ok && out.contains("executorId") && out.contains("\"capacity\": 8"),
+        "{out}"
+    );
+
     // The audit trail of all that, as the README's tour reads it.
     crate::support::drain_audit(&s).await;
     let audit = s.addr(ServiceKind::Audit).to_string();

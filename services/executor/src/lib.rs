@@ -1,0 +1,183 @@
+//! The executor: competes for `RunRequested` with its replicas, claims runs from the jobs
+//! service under a lease, runs their steps (shell on this host as an unprivileged user, ssh on
+//! targets, http) and reports back. It keeps nothing of its own: a run it holds lives in the
+//! jobs service, so if this process dies the reaper gives the run to another executor.
+
+mod api;
+mod http;
+mod instance;
+mod logs;
+mod runner;
+mod shell;
+mod ssh;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::{BoxFuture, FutureExt};
+use opsconductor_api::executor::v1::executor_service_server::ExecutorServiceServer;
+use opsconductor_api::jobs::v1::{RunCancelRequested, RunRequested};
+use opsconductor_messaging::topology::platform;
+use opsconductor_messaging::{BrokerUse, Consumer, DeadLetters, HandleError, Handlers, Received};
+use opsconductor_platform::config::{ConfigError, Env};
+use opsconductor_platform::server::Worker;
+use opsconductor_platform::ServiceKind;
+use opsconductor_runtime::{Built, ServiceContext, ServiceModule, StartError};
+use opsconductor_storage::{Database, Migrations};
+
+pub use instance::{Instance, Stop};
+pub use shell::StepUser;
+
+/// The embedded schema, per backend (only the messaging tables).
+pub fn migrations() -> Migrations {
+    opsconductor_storage::embedded_migrations!()
+}
+
+/// How long a run request waits for a free slot before it goes back to the queue.
+const SLOT_WAIT: Duration = Duration::from_secs(20);
+
+/// How the executor runs (docs/configuration.md).
+struct Settings {
+    capacity: u32,
+    user: Option<StepUser>,
+}
+
+impl Settings {
+    fn from_env(env: &Env) -> Result<Settings, ConfigError> {
+        let capacity = env.bounded("EXECUTOR_CAPACITY", 8, 1..=1024)? as u32;
+        let root = nix::unistd::geteuid().is_root();
+        let user = match (env.get("OPSCONDUCTOR_STEP_USER"), root) {
+            (Some(name), true) => Some(
+                StepUser::lookup(&name)
+                    .map_err(|e| ConfigError::invalid("OPSCONDUCTOR_STEP_USER", &name, &e))?,
+            ),
+            (Some(name), false) => {
+                return Err(ConfigError::invalid(
+                    "OPSCONDUCTOR_STEP_USER",
+                    &name,
+                    "switching users needs the executor to run as root; unset it to run steps as the executor's own user",
+                ))
+            }
+            // Never run steps as root: `nobody` unless told otherwise.
+            (None, true) => Some(
+                StepUser::lookup("nobody")
+                    .map_err(|e| ConfigError::invalid("OPSCONDUCTOR_STEP_USER", "nobody", &e))?,
+            ),
+            (None, false) => None,
+        };
+        Ok(Settings { capacity, user })
+    }
+}
+
+/// The executor service, as the catalog lists it.
+pub struct Executor;
+
+impl ServiceModule for Executor {
+    fn kind(&self) -> ServiceKind {
+        ServiceKind::Executor
+    }
+
+    fn broker(&self) -> BrokerUse {
+        BrokerUse {
+            consumes: vec![platform::run_requests()],
+            listens: vec![platform::run_cancellations()],
+            ..BrokerUse::default()
+        }
+    }
+
+    fn assemble<'a>(
+        &'a self,
+        db: Database,
+        context: Arc<ServiceContext>,
+        env: &'a Env,
+    ) -> BoxFuture<'a, Result<Built, StartError>> {
+        async move {
+            let settings = Settings::from_env(env)?;
+            let topology = opsconductor_runtime::broker_use(self).topology;
+            let messaging = context.start_messaging(&db, &migrations(), topology).await?;
+            let service_id = env.get("SERVICE_ID").unwrap_or_else(|| "executor".into());
+            let instance = Arc::new(Instance::new(&service_id, settings.capacity));
+            if let Some(user) = &settings.user {
+                tracing::info!(user = %user.name, uid = user.uid, "steps run as an unprivileged user");
+            }
+            let runner = Arc::new(runner::Runner {
+                clients: context.clients().clone(),
+                instance: instance.clone(),
+                http: http::client().map_err(StartError::Service)?,
+                user: settings.user,
+            });
+            let requests = {
+                let runner = runner.clone();
+                Handlers::new().on(move |request: Received<RunRequested>| {
+                    let runner = runner.clone();
+                    async move { runner.take(request.message, SLOT_WAIT).await }
+                })
+            };
+            let capacity = settings.capacity.min(u16::MAX as u32) as u16;
+            let consumer = Consumer::work(&messaging.broker, &platform::run_requests(), requests)
+                .prefetch(capacity)
+                .concurrency(capacity as usize)
+                .handler_timeout(SLOT_WAIT + Duration::from_secs(30))
+                .start();
+            let cancels = {
+                let instance = instance.clone();
+                Handlers::new().on(move |cancel: Received<RunCancelRequested>| {
+                    let instance = instance.clone();
+                    async move {
+                        let message = cancel.message;
+                        if instance.stop(&message.run_id, Stop::Cancel(message.reason)) {
+                            tracing::info!(run_id = %message.run_id, "run cancel received");
+                        }
+                        Ok::<(), HandleError>(())
+                    }
+                })
+            };
+            let listener = Consumer::broadcast(&messaging.broker, &platform::run_cancellations(), cancels).start();
+            let dead_letters = DeadLetters::new(db.clone(), &messaging.broker, &[platform::run_requests()]);
+            let keepers = dead_letters.start_keepers();
+            let api = api::ExecutorApi {
+                instance: instance.clone(),
+                broker: messaging.broker.clone(),
+            };
+            let mut server = context
+                .serve(ExecutorServiceServer::new(api), db, &messaging)?
+                .also_serve(dead_letters.service())
+                .with_worker(consumer)
+                .with_worker(Drain(instance))
+                .with_worker(listener);
+            for keeper in keepers {
+                server = server.with_worker(keeper);
+            }
+            Ok(Built::new(server, context))
+        }
+        .boxed()
+    }
+}
+
+/// On shutdown (after the request consumer stopped): let the runs held finish within the
+/// grace period, then stop the rest and give them back to the jobs service.
+struct Drain(Arc<Instance>);
+
+impl Worker for Drain {
+    fn stop(self: Box<Self>, grace: Duration) -> BoxFuture<'static, ()> {
+        async move {
+            let instance = self.0;
+            instance.set_draining(true);
+            let margin = Duration::from_secs(1).min(grace / 2);
+            if tokio::time::timeout(grace - margin, instance.idle())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    runs = instance.active_count(),
+                    "grace period over; giving runs back"
+                );
+                instance.stop_all(Stop::Shutdown);
+                let _ =
+                    tokio::time::timeout(margin.max(Duration::from_millis(500)), instance.idle())
+                        .await;
+            }
+        }
+        .boxed()
+    }
+}
