@@ -5,8 +5,8 @@
 //!   time minus the moment the client sent StartRun (one clock: same host), one run in flight,
 //!   and at a steady rate of runs per second. The baseline, measured in the same run, is the
 //!   floor an executor cannot go under: spawning `setpriv … /bin/sh -c true` and waiting for it.
-//! - Sustained runs per second with one executor and with two (all started at once, timed until
-//!   the last has finished).
+//! - Sustained runs per second with one executor and with two (started sixteen calls at a time,
+//!   timed until the last has finished).
 //! - WatchRun: a step prints its own clock every 20 ms; a watcher notes when each line arrives.
 //!   The executor batches log lines every 100 ms, which bounds this from below.
 
@@ -76,6 +76,7 @@ pub async fn run(runs: usize, rate: u32, postgres: bool) -> anyhow::Result<()> {
         s.jobs().finish(&run.id, Duration::from_secs(60)).await?;
     }
 
+    eprintln!("measuring: spawn floor");
     let mut floor = Vec::new();
     for _ in 0..runs.min(200) {
         let started = Instant::now();
@@ -94,6 +95,7 @@ pub async fn run(runs: usize, rate: u32, postgres: bool) -> anyhow::Result<()> {
         floor.push(started.elapsed());
     }
 
+    eprintln!("measuring: one in flight");
     let mut one = Vec::new();
     for _ in 0..runs {
         let sent = now_nanos();
@@ -101,6 +103,7 @@ pub async fn run(runs: usize, rate: u32, postgres: bool) -> anyhow::Result<()> {
         one.push(first_step_latency(&s, &run.id, sent).await?);
     }
 
+    eprintln!("measuring: paced");
     let mut paced = Vec::new();
     let mut started = Vec::new();
     let every = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
@@ -115,11 +118,14 @@ pub async fn run(runs: usize, rate: u32, postgres: bool) -> anyhow::Result<()> {
         paced.push(first_step_latency(&s, id, *sent).await?);
     }
 
+    eprintln!("measuring: throughput, one executor");
     let one_executor = throughput(&s, &job.id, runs).await?;
     let (second, _db) = s.start_replica(ServiceKind::Executor).await;
+    eprintln!("measuring: throughput, two executors");
     let two_executors = throughput(&s, &job.id, runs).await?;
     second.stop().await.map_err(|e| anyhow::anyhow!("{e}"))?;
 
+    eprintln!("measuring: watch latency");
     let watch = watch_latency(&s).await?;
 
     let backend = if postgres { "PostgreSQL" } else { "SQLite" };
@@ -160,15 +166,20 @@ pub async fn run(runs: usize, rate: u32, postgres: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts `runs` runs at once and waits for the last: runs per second.
+/// Starts `runs` runs, sixteen calls in flight, and waits for the last: runs per second.
 async fn throughput(s: &Sandbox, job_id: &str, runs: usize) -> anyhow::Result<f64> {
     let started = Instant::now();
     let mut ids = Vec::with_capacity(runs);
-    let starts = futures::future::join_all((0..runs).map(|_| {
-        let mut jobs = s.jobs();
-        async move { jobs.start(job_id, &[]).await }
-    }))
-    .await;
+    use futures::StreamExt;
+    // Sixteen starts in flight: a busy scheduler or API client, not a thundering herd.
+    let starts: Vec<_> = futures::stream::iter(0..runs)
+        .map(|_| {
+            let mut jobs = s.jobs();
+            async move { jobs.start(job_id, &[]).await }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
     for run in starts {
         ids.push(run?.id);
     }

@@ -463,6 +463,13 @@ pub mod platform {
         )
     }
 
+    pub const RUN_PROGRESS: &str = "run.progress";
+
+    /// What executors report to one jobs replica, fanned out to the others' watchers.
+    pub fn run_progress() -> Broadcast {
+        Broadcast::new("jobs.run-progress", jobs_exchange(), &[RUN_PROGRESS])
+    }
+
     /// Domain events, e.g. a run that finished.
     pub fn events_exchange() -> Exchange {
         Exchange::topic("events")

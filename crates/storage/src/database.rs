@@ -25,6 +25,9 @@ pub struct Migrations {
 #[derive(Clone, Debug)]
 pub struct Database {
     pool: AnyPool,
+    /// SQLite's writers: one connection, so write transactions queue in order here instead of
+    /// sleeping in SQLite's busy handler, whose back-off collapses throughput under contention.
+    writer: Option<AnyPool>,
     backend: Backend,
 }
 
@@ -43,35 +46,25 @@ impl Database {
             return Err(StorageError::UnsupportedUrl(redact_url(url)));
         };
         let options: AnyConnectOptions = url.parse()?;
-        let pool = match backend {
-            // SQLite allows one writer: a small pool in WAL mode with a busy timeout keeps
-            // readers concurrent and lets writers queue instead of failing.
-            Backend::Sqlite => {
-                AnyPoolOptions::new()
-                    .max_connections(4)
-                    .acquire_timeout(Duration::from_secs(10))
-                    .after_connect(|conn, _| {
-                        Box::pin(async move {
-                            conn.execute(
-                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                                 PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
-                            )
-                            .await?;
-                            Ok(())
-                        })
-                    })
-                    .connect_with(options)
-                    .await?
-            }
-            Backend::Postgres => {
-                AnyPoolOptions::new()
+        match backend {
+            // SQLite allows one writer: in WAL mode readers stay concurrent on a small pool,
+            // and write transactions take turns on a pool of one (autocommit writes outside a
+            // transaction wait in the busy handler).
+            Backend::Sqlite => Ok(Database {
+                pool: sqlite_pool(&options, 4).await?,
+                writer: Some(sqlite_pool(&options, 1).await?),
+                backend,
+            }),
+            Backend::Postgres => Ok(Database {
+                pool: AnyPoolOptions::new()
                     .max_connections(16)
                     .acquire_timeout(Duration::from_secs(10))
                     .connect_with(options)
-                    .await?
-            }
-        };
-        Ok(Database { pool, backend })
+                    .await?,
+                writer: None,
+                backend,
+            }),
+        }
     }
 
     /// Opens (creating it if needed) the SQLite file at `path`. The file is the owning
@@ -125,7 +118,10 @@ impl Database {
     /// needs nothing of the kind.
     pub async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
         match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Sqlite => {
+                let writer = self.writer.as_ref().unwrap_or(&self.pool);
+                writer.begin_with("BEGIN IMMEDIATE").await
+            }
             Backend::Postgres => self.pool.begin().await,
         }
     }
@@ -146,8 +142,32 @@ impl Database {
 
     /// Closes every connection, waiting for those in use to be returned.
     pub async fn close(&self) {
+        if let Some(writer) = &self.writer {
+            writer.close().await;
+        }
         self.pool.close().await;
     }
+}
+
+async fn sqlite_pool(
+    options: &AnyConnectOptions,
+    connections: u32,
+) -> Result<AnyPool, sqlx::Error> {
+    AnyPoolOptions::new()
+        .max_connections(connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                conn.execute(
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                     PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                )
+                .await?;
+                Ok(())
+            })
+        })
+        .connect_with(options.clone())
+        .await
 }
 
 /// Migrations gathered from several embedded sets, handed to sqlx as one source.

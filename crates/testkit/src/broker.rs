@@ -95,6 +95,7 @@ impl TestBroker {
         }
         self.track_broadcast(&platform::token_revocations());
         self.track_broadcast(&platform::run_cancellations());
+        self.track_broadcast(&platform::run_progress());
     }
 
     /// Messages in a queue right now (`name` is the broker name).

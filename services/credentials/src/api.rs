@@ -233,7 +233,8 @@ impl CredentialsApi {
         if for_a_run || !req.run_id.is_empty() {
             v.id("run_id", &req.run_id);
         }
-        if for_a_run || !req.target_id.is_empty() {
+        // The executor names the target it reveals for, except for a run's secret parameter.
+        if !req.target_id.is_empty() {
             v.id("target_id", &req.target_id);
         }
         if for_a_run {

@@ -1,6 +1,6 @@
 //! Whether the executor may reveal a credential for a run: the run is RUNNING under the lease of
-//! the executor that asks, the target is one of the run's, and the target refers to the
-//! credential. Behind a trait, so the service is tested with a double until the jobs service
+//! the executor that asks, and either the run's SECRET parameters name the credential, or the
+//! target is one of the run's and refers to the credential. Behind a trait, so the service is tested with a double until the jobs service
 //! exists; [`FromJobs`] asks the jobs and targets services.
 
 use std::sync::Arc;
@@ -68,6 +68,19 @@ impl RunChecker for FromJobs {
             if run.executor_id != request.executor_id {
                 return Err(Refused::Denied(
                     "the run's lease is held by another executor".into(),
+                ));
+            }
+            // A credential the run's SECRET parameters name is the run's to reveal.
+            if run
+                .parameter_credential_ids
+                .iter()
+                .any(|id| id == request.credential_id)
+            {
+                return Ok(());
+            }
+            if request.target_id.is_empty() {
+                return Err(Refused::Denied(
+                    "no target named, and the run's parameters do not name this credential".into(),
                 ));
             }
             if !run.targets.iter().any(|t| t.id == request.target_id) {

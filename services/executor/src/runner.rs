@@ -236,7 +236,10 @@ impl Runner {
                 run_id, execution.run.attempt, self.instance.id
             ),
         );
-        let failed = self.steps(&mut execution).await;
+        let failed = match self.reveal_secret_parameters(&mut execution).await {
+            Ok(()) => self.steps(&mut execution).await,
+            Err(error) => Some(error),
+        };
         timer.abort();
         let why = execution.stop.borrow().clone();
         let (state, error) = match (&why, failed) {
@@ -735,6 +738,67 @@ impl Runner {
         }
     }
 
+    /// Replaces each SECRET parameter's credential id with the secret, revealed for this run
+    /// and masked in its log from now on.
+    async fn reveal_secret_parameters(&self, execution: &mut Execution) -> Result<(), String> {
+        let secret: Vec<String> = execution
+            .job
+            .parameters
+            .iter()
+            .filter(|p| p.r#type == ParameterType::Secret as i32)
+            .map(|p| p.name.clone())
+            .collect();
+        for name in secret {
+            let Some(credential_id) = execution
+                .parameters
+                .get(&name)
+                .filter(|v| !v.is_empty())
+                .cloned()
+            else {
+                continue;
+            };
+            let revealed = self
+                .clients
+                .credentials()
+                .reveal_credential(RevealCredentialRequest {
+                    id: credential_id,
+                    reason: format!("secret parameter {name:?} of run {}", execution.run.id),
+                    idempotency_key: format!(
+                        "{}/{}/param/{name}",
+                        execution.run.id, execution.run.attempt
+                    )
+                    .chars()
+                    .take(128)
+                    .collect(),
+                    run_id: execution.run.id.clone(),
+                    target_id: String::new(),
+                    executor_id: self.instance.id.clone(),
+                    secret_version: 0,
+                })
+                .await
+                .map_err(|s| {
+                    format!(
+                        "the secret parameter {name:?} could not be revealed: {}",
+                        s.message()
+                    )
+                })?
+                .into_inner();
+            let value = match revealed.secret.and_then(|s| s.material) {
+                Some(Material::Password(p)) => p.password,
+                Some(Material::ApiToken(t)) => t.token,
+                Some(Material::SshKey(k)) => k.private_key,
+                Some(Material::Certificate(c)) => c.private_key_pem,
+                None => return Err(format!("the secret parameter {name:?} revealed nothing")),
+            };
+            execution.log.add_secret(&value);
+            for line in value.lines().filter(|l| l.len() >= 16) {
+                execution.log.add_secret(line);
+            }
+            execution.parameters.insert(name, value);
+        }
+        Ok(())
+    }
+
     /// Where and as whom an ssh step logs in: the target's pinned host key, the credential the
     /// step names or the target's SSH credential, revealed for this run and target (and masked
     /// in the log from then on).
@@ -850,10 +914,8 @@ impl Runner {
             env.push(("OPS_TARGET_ADDRESS".into(), t.address.clone()));
             env.push(("OPS_TARGET_PORT".into(), t.port.to_string()));
         }
+        // SECRET parameters hold their revealed secret by now (masked in the log).
         for spec in &execution.job.parameters {
-            if spec.r#type == ParameterType::Secret as i32 {
-                continue;
-            }
             if let Some(value) = execution.parameters.get(&spec.name) {
                 env.push((
                     format!("OPS_PARAM_{}", spec.name.to_ascii_uppercase()),

@@ -19,8 +19,11 @@ use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt};
 use opsconductor_api::jobs::v1::jobs_service_server::JobsServiceServer;
+use opsconductor_api::jobs::v1::RunProgress;
 use opsconductor_messaging::topology::platform;
-use opsconductor_messaging::{BrokerUse, Topology};
+use opsconductor_messaging::{
+    Broker, BrokerUse, Consumer, HandleError, Handlers, Received, RunningConsumer, Topology,
+};
 use opsconductor_platform::config::{ConfigError, Env};
 use opsconductor_platform::server::Tasks;
 use opsconductor_platform::ServiceKind;
@@ -79,6 +82,7 @@ impl ServiceModule for Jobs {
                 .exchange(platform::jobs_exchange())
                 .queue(platform::run_started_notifications())
                 .queue(platform::run_finished_notifications()),
+            listens: vec![platform::run_progress()],
             ..BrokerUse::default()
         }
     }
@@ -96,12 +100,14 @@ impl ServiceModule for Jobs {
                 .start_messaging(&db, &migrations(), topology)
                 .await?;
             let jobs = JobStore::new(db.clone(), messaging.audit.clone());
+            let (hub, fanout) = Hub::fanning_out(&messaging.broker);
+            let progress = listen_to_progress(&messaging.broker, hub.clone());
             let runs = RunStore::new(
                 db.clone(),
                 messaging.audit.clone(),
                 messaging.outbox.clone(),
                 messaging.broker.names(),
-                Hub::default(),
+                hub,
                 settings.lease,
             );
             let reaper = Reaper {
@@ -117,9 +123,28 @@ impl ServiceModule for Jobs {
             };
             let server = context
                 .serve(JobsServiceServer::new(api), db, &messaging)?
-                .with_worker(Tasks(vec![reaper::spawn(reaper, settings.reap_every)]));
+                .with_worker(progress)
+                .with_worker(Tasks(vec![
+                    reaper::spawn(reaper, settings.reap_every),
+                    fanout,
+                ]));
             Ok(Built::new(server, context))
         }
         .boxed()
     }
+}
+
+/// Hands the progress other replicas stored to this replica's watchers.
+fn listen_to_progress(broker: &Broker, hub: Hub) -> RunningConsumer {
+    let handlers = Handlers::new().on(move |progress: Received<RunProgress>| {
+        let hub = hub.clone();
+        async move {
+            let progress = progress.message;
+            if progress.origin != hub.origin {
+                hub.deliver(&progress.run_id, progress.events);
+            }
+            Ok::<(), HandleError>(())
+        }
+    });
+    Consumer::broadcast(broker, &platform::run_progress(), handlers).start()
 }

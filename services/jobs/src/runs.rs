@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use opsconductor_api::common::v1::Actor;
 use opsconductor_api::jobs::v1::{
-    watch_run_response::Event, ConcurrencyPolicy, Job, LogLine, Run, RunCancelRequested,
-    RunFinished, RunRequested, RunStarted, RunState, RunStep, RunTarget, RunTrigger, StepState,
-    WatchRunResponse,
+    watch_run_response::Event, ConcurrencyPolicy, Job, LogLine, ParameterType, Run,
+    RunCancelRequested, RunFinished, RunRequested, RunStarted, RunState, RunStep, RunTarget,
+    RunTrigger, StepState, WatchRunResponse,
 };
 use opsconductor_messaging::topology::platform;
 use opsconductor_messaging::{AuditLog, Cause, Names, Outbox, OutgoingMessage};
@@ -144,6 +144,28 @@ pub struct NewRun {
     pub rerun_of: String,
 }
 
+impl NewRun {
+    /// The credentials the run's SECRET parameters name, given or by default.
+    fn parameter_credential_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .job
+            .parameters
+            .iter()
+            .filter(|p| p.r#type == ParameterType::Secret as i32)
+            .filter_map(|p| {
+                self.parameters
+                    .get(&p.name)
+                    .cloned()
+                    .or_else(|| (!p.default_value.is_empty()).then(|| p.default_value.clone()))
+            })
+            .filter(|id| !id.is_empty())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+}
+
 /// A claim: the lease token (only ever returned, never stored) and the run as claimed.
 pub struct Claim {
     pub token: String,
@@ -204,6 +226,7 @@ impl RunStore {
     pub async fn start(&self, new: NewRun, cause: &Cause) -> Result<Run, JobsError> {
         let id = uuid::Uuid::now_v7().to_string();
         let now = now_micros();
+        let parameter_credential_ids = new.parameter_credential_ids();
         let run = Run {
             id: id.clone(),
             job_id: new.job.id.clone(),
@@ -215,6 +238,7 @@ impl RunStore {
             triggered_by: Some(new.triggered_by),
             targets: new.targets,
             labels: new.job.labels.clone(),
+            parameter_credential_ids,
             rerun_of: new.rerun_of,
             ..Run::default()
         };
@@ -794,14 +818,13 @@ impl RunStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        for line in fresh {
-            self.hub.publish(
-                id,
-                WatchRunResponse {
-                    event: Some(Event::LogLine(line)),
-                },
-            );
-        }
+        let events = fresh
+            .into_iter()
+            .map(|line| WatchRunResponse {
+                event: Some(Event::LogLine(line)),
+            })
+            .collect();
+        self.hub.publish_all(id, events);
         Ok(last_seq)
     }
 

@@ -16,6 +16,9 @@ use crate::JobsError;
 
 type Item = Result<WatchRunResponse, Status>;
 
+/// How long a watch waits without news before it looks at the run in the database.
+const SILENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub async fn watch(
     runs: RunStore,
     req: WatchRunRequest,
@@ -81,7 +84,22 @@ impl Watcher {
             return Ok(());
         }
         loop {
-            let event = match events.recv().await {
+            // Silence is checked against the database now and then: a final event that never
+            // reached this replica (its progress was dropped) must not keep the watch open.
+            let received = tokio::select! {
+                received = events.recv() => received,
+                _ = tokio::time::sleep(SILENCE) => {
+                    let run = self.runs.get(&self.id).await?;
+                    if finished(run.state) {
+                        if self.catch_up().await.is_ok() {
+                            let _ = self.send(Event::Run(run)).await;
+                        }
+                        return Ok(());
+                    }
+                    continue;
+                }
+            };
+            let event = match received {
                 Ok(WatchRunResponse { event: Some(event) }) => event,
                 Ok(_) => continue,
                 Err(broadcast::error::RecvError::Lagged(_)) => {

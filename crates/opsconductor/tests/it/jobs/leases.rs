@@ -20,8 +20,9 @@ const FAST_REAPER: &[(&str, &str)] = &[
     ("JOBS_REAPER_INTERVAL_MS", "200"),
 ];
 
-/// `opsconductor serve executor` as a process of its own, wired to the sandbox.
-fn executor_process(s: &Sandbox, dir: &std::path::Path) -> Process {
+/// `opsconductor serve executor` as a process of its own, wired to the sandbox, with `extra`
+/// variables.
+fn executor_process(s: &Sandbox, dir: &std::path::Path, extra: &[(&str, &str)]) -> Process {
     let env = s.service_env(ServiceKind::Executor);
     let mut envs: Vec<(&str, String)> = env.overrides().map(|(k, v)| (k, v.to_string())).collect();
     envs.push((
@@ -29,6 +30,7 @@ fn executor_process(s: &Sandbox, dir: &std::path::Path) -> Process {
         format!("127.0.0.1:{}", opsconductor_testkit::free_port()),
     ));
     envs.push(("OPSCONDUCTOR_DATA_DIR", dir.display().to_string()));
+    envs.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
     Process::start(&["serve", "executor"], &envs, dir)
 }
 
@@ -75,7 +77,7 @@ async fn a_killed_executor_never_leaves_a_run_running(backend: StorageBackend) {
     let mut s = Sandbox::start_with(backend, FAST_REAPER).await;
     s.stop_service(ServiceKind::Executor).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut doomed = executor_process(&s, dir.path());
+    let mut doomed = executor_process(&s, dir.path(), &[]);
     let repeatable = s
         .jobs()
         .create(lost_after_start("repeatable", true, 3))
@@ -270,18 +272,11 @@ async fn executors_drain_and_hand_runs_over(backend: StorageBackend) {
     let mut s = Sandbox::start(backend).await;
     s.stop_service(ServiceKind::Executor).await;
     let dir = tempfile::tempdir().unwrap();
-    let leaving = {
-        let env = s.service_env(ServiceKind::Executor);
-        let mut envs: Vec<(&str, String)> =
-            env.overrides().map(|(k, v)| (k, v.to_string())).collect();
-        envs.push((
-            "LISTEN_ADDR",
-            format!("127.0.0.1:{}", opsconductor_testkit::free_port()),
-        ));
-        envs.push(("OPSCONDUCTOR_DATA_DIR", dir.path().display().to_string()));
-        envs.push(("OPSCONDUCTOR_SHUTDOWN_GRACE_MS", "1500".to_string()));
-        Process::start(&["serve", "executor"], &envs, dir.path())
-    };
+    let leaving = executor_process(
+        &s,
+        dir.path(),
+        &[("OPSCONDUCTOR_SHUTDOWN_GRACE_MS", "1500")],
+    );
     let j = s
         .jobs()
         .create(lost_after_start("handed-over", true, 3))
