@@ -100,6 +100,17 @@ fn spec(run: &Run) -> Vec<u8> {
     r.encode_to_vec()
 }
 
+/// A schedule's due time, in micros (none for a manual run).
+fn fire_time(trigger: &RunTrigger) -> Option<i64> {
+    if trigger.schedule_id.is_empty() {
+        return None;
+    }
+    trigger
+        .fire_time
+        .as_ref()
+        .map(opsconductor_platform::time::to_micros)
+}
+
 /// Runs of `job_id` in one of `states`.
 async fn count(
     connection: &mut AnyConnection,
@@ -284,7 +295,8 @@ impl RunStore {
         let inserted = sqlx::query(
             "INSERT INTO runs (id, job_id, job_revision, state, attempt, schedule_id, caller, \
              idempotency_key, request_hash, requested_time, queue_deadline, spec, create_time, \
-             update_time) VALUES ($1, $2, $3, $4, 0, $5, $6, $7, $8, $9, $10, $11, $9, $9)",
+             update_time, fire_time) \
+             VALUES ($1, $2, $3, $4, 0, $5, $6, $7, $8, $9, $10, $11, $9, $9, $12)",
         )
         .bind(&id)
         .bind(&new.job.id)
@@ -297,14 +309,22 @@ impl RunStore {
         .bind(now)
         .bind(now.saturating_add(new.queue_timeout.as_micros() as i64))
         .bind(spec(&run))
+        .bind(fire_time(&new.trigger))
         .execute(&mut *tx)
         .await;
         match inserted {
             Ok(_) => {}
             Err(e) if is_unique_violation(&e) => {
                 drop(tx);
-                return self
+                if let Some(run) = self
                     .by_key(&new.caller, &new.idempotency_key, &new.request_hash)
+                    .await?
+                {
+                    return Ok(run);
+                }
+                // Another key, the same fire: the fire's one run.
+                return self
+                    .by_fire(&new.trigger)
                     .await?
                     .ok_or_else(|| JobsError::Infra(sqlx::Error::RowNotFound.into()));
             }
@@ -336,6 +356,23 @@ impl RunStore {
             None => Ok(None),
             Some((_, stored)) if stored != hash => Err(JobsError::IdempotencyKeyReused),
             Some((id, _)) => Ok(Some(self.get(&id).await?)),
+        }
+    }
+
+    /// The run a schedule's fire started, if any.
+    async fn by_fire(&self, trigger: &RunTrigger) -> Result<Option<Run>, JobsError> {
+        let Some(fire_time) = fire_time(trigger) else {
+            return Ok(None);
+        };
+        let found: Option<(String,)> =
+            sqlx::query_as("SELECT id FROM runs WHERE schedule_id = $1 AND fire_time = $2")
+                .bind(&trigger.schedule_id)
+                .bind(fire_time)
+                .fetch_optional(self.db.pool())
+                .await?;
+        match found {
+            Some((id,)) => Ok(Some(self.get(&id).await?)),
+            None => Ok(None),
         }
     }
 

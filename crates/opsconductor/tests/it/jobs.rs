@@ -685,3 +685,75 @@ async fn reruns_repeat_all_or_only_failed_targets(s: &Sandbox) {
     assert!(succeeded.is_ok());
 }
 on_both_backends!(reruns_repeat_all_or_only_failed_targets);
+
+/// A schedule's fire starts one run, ever: the same (schedule, due time) under another key
+/// returns the first run; another due time starts another; only the scheduler may say SCHEDULE.
+async fn a_schedule_fire_starts_one_run_ever(s: &Sandbox) {
+    use opsconductor_api::jobs::v1::jobs_service_client::JobsServiceClient;
+    use opsconductor_platform::ServiceKind;
+
+    let j = s
+        .jobs()
+        .create(job("scheduled", vec![shell("noop", "true")]))
+        .await
+        .unwrap();
+    let schedule_id = uuid::Uuid::now_v7().to_string();
+    let fire = |seconds: i64, key: &str| StartRunRequest {
+        job_id: j.id.clone(),
+        idempotency_key: key.into(),
+        trigger: Some(RunTrigger {
+            kind: TriggerKind::Schedule as i32,
+            schedule_id: schedule_id.clone(),
+            fire_time: Some(prost_types::Timestamp { seconds, nanos: 0 }),
+        }),
+        ..Default::default()
+    };
+    let token = s.service_token(ServiceKind::Scheduler).await;
+    let mut scheduler = JobsServiceClient::new(opsconductor_testkit::channel_as(
+        &s.url(ServiceKind::Jobs),
+        token,
+    ));
+    let first = scheduler
+        .start_run(fire(1_800_000_000, "a"))
+        .await
+        .unwrap()
+        .into_inner()
+        .run
+        .unwrap();
+    let again = scheduler
+        .start_run(fire(1_800_000_000, "b"))
+        .await
+        .unwrap()
+        .into_inner()
+        .run
+        .unwrap();
+    assert_eq!(first.id, again.id, "one run per fire, whatever the key");
+    let next = scheduler
+        .start_run(fire(1_800_000_060, "c"))
+        .await
+        .unwrap()
+        .into_inner()
+        .run
+        .unwrap();
+    assert_ne!(next.id, first.id);
+    let listed = s
+        .jobs()
+        .list_runs(ListRunsRequest {
+            schedule_id: schedule_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.runs.len(), 2);
+    let forged = s
+        .jobs()
+        .start_run(fire(1_800_000_120, "d"))
+        .await
+        .unwrap_err();
+    assert_eq!(forged.code(), Code::PermissionDenied);
+    for run in [&first, &next] {
+        s.jobs().finish(&run.id, LIMIT).await.unwrap();
+    }
+}
+on_both_backends!(a_schedule_fire_starts_one_run_ever);
