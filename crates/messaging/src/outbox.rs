@@ -132,6 +132,7 @@ impl Outbox {
             broker: broker.clone(),
             options,
             holder: uuid::Uuid::now_v7().to_string(),
+            renewed: std::sync::Mutex::new(None),
         };
         RunningRelay {
             stop,
@@ -162,6 +163,9 @@ struct Relay {
     broker: Broker,
     options: RelayOptions,
     holder: String,
+    /// When this relay last took or renewed the lease (not renewed on every round: a write per
+    /// publish would sit on the path of every message).
+    renewed: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Relay {
@@ -275,6 +279,16 @@ impl Relay {
 
     /// Takes or renews the relay lease; false while another relay holds it.
     async fn claim(&self) -> Result<bool, MessagingError> {
+        // Renewed within a third of the lease: still ours, with two thirds to spare.
+        let fresh = self
+            .renewed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|at| at.elapsed() < self.options.lease / 3);
+        if fresh {
+            return Ok(true);
+        }
+        let asked = std::time::Instant::now();
         let now = now_micros();
         let done = sqlx::query(
             "INSERT INTO messaging_outbox_lease (name, holder, expire_time) VALUES ('relay', $1, $2) \
@@ -287,7 +301,9 @@ impl Relay {
         .bind(now)
         .execute(self.outbox.db.pool())
         .await?;
-        Ok(done.rows_affected() == 1)
+        let held = done.rows_affected() == 1;
+        *self.renewed.lock().unwrap_or_else(|p| p.into_inner()) = held.then_some(asked);
+        Ok(held)
     }
 }
 
