@@ -19,6 +19,10 @@ use crate::logs::{Origin, RunLog, MAX_LINE_BYTES};
 /// The only variables a step inherits besides its own (`OPS_*` and the step's `env`).
 pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// Runs `$1` with `/bin/sh -c` and exits with its status; on SIGHUP (the executor died) kills
+/// the process group.
+const GUARD: &str = "trap 'kill -KILL 0' HUP; /bin/sh -c \"$1\" & wait $!";
+
 /// The user steps run as (uid, gid, home), when the executor runs as root.
 #[derive(Debug, Clone)]
 pub struct StepUser {
@@ -69,22 +73,24 @@ pub async fn run(
 ) -> Result<Exit, String> {
     // setpriv (util-linux) prepares the process before it execs the shell, with no unsafe
     // pre_exec here: the step user with no supplementary groups (when the executor is root),
-    // no_new_privs so setuid binaries cannot raise privileges again, and KILL when the
+    // no_new_privs so setuid binaries cannot raise privileges again, and a signal when the
     // executor dies so a step never runs on without it.
     let mut cmd = Command::new("setpriv");
-    cmd.arg("--pdeathsig=KILL").arg("--no-new-privs");
+    cmd.arg("--pdeathsig=HUP").arg("--no-new-privs");
     if let Some(user) = command.user {
         cmd.arg(format!("--reuid={}", user.uid))
             .arg(format!("--regid={}", user.gid))
             .arg("--clear-groups");
     }
     cmd.arg("--").arg("/bin/sh");
+    // The step's shell runs under a small parent that, on the death signal, kills the whole
+    // process group: what the step started in the background dies with the executor too.
+    cmd.arg("-c").arg(GUARD).arg("opsconductor-step");
     let home = command
         .user
         .map(|u| u.home.clone())
         .unwrap_or_else(|| "/tmp".into());
-    cmd.arg("-c")
-        .arg(command.script)
+    cmd.arg(command.script)
         .env_clear()
         .env("PATH", PATH)
         .env("LANG", "C.UTF-8")

@@ -61,11 +61,24 @@ pub async fn wait_for_line(s: &Sandbox, run_id: &str, text: &str) {
 }
 
 fn lost_after_start(name: &str, requeue_after_start: bool, max_attempts: u32) -> Job {
+    lost_after_start_noting(name, requeue_after_start, max_attempts, "/dev/null")
+}
+
+/// The same, appending the pid of what it leaves running on its first attempt to `pids`.
+fn lost_after_start_noting(
+    name: &str,
+    requeue_after_start: bool,
+    max_attempts: u32,
+    pids: &str,
+) -> Job {
     let mut j = job(
         name,
         vec![shell(
             "work",
-            "if [ \"$OPS_RUN_ATTEMPT\" = 1 ]; then echo started; sleep 300; fi; echo done-$OPS_RUN_ATTEMPT",
+            &format!(
+                "if [ \"$OPS_RUN_ATTEMPT\" = 1 ]; then sleep 300 & echo $! >> {pids}; \
+                 echo started; wait; fi; echo done-$OPS_RUN_ATTEMPT"
+            ),
         )],
     );
     j.requeue_after_start = requeue_after_start;
@@ -78,9 +91,10 @@ async fn a_killed_executor_never_leaves_a_run_running(backend: StorageBackend) {
     s.stop_service(ServiceKind::Executor).await;
     let dir = tempfile::tempdir().unwrap();
     let mut doomed = executor_process(&s, dir.path(), &[]);
+    let pids = unique_path("orphans");
     let repeatable = s
         .jobs()
-        .create(lost_after_start("repeatable", true, 3))
+        .create(lost_after_start_noting("repeatable", true, 3, &pids))
         .await
         .unwrap();
     let once = s
@@ -100,6 +114,17 @@ async fn a_killed_executor_never_leaves_a_run_running(backend: StorageBackend) {
         runs.push(run.id);
     }
     doomed.kill9();
+    // What the dead executor's step started in the background dies with it.
+    let orphan = std::fs::read_to_string(&pids).unwrap();
+    let _ = std::fs::remove_file(&pids);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while super::alive(orphan.trim()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{orphan} outlived its executor"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // Another executor: it takes what the reaper requeues.
     let (replica, _db) = s.start_replica(ServiceKind::Executor).await;
     let mut finished = Vec::new();
