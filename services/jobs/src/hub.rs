@@ -88,13 +88,6 @@ impl Hub {
             }
         }
     }
-
-    /// Runs with a watcher in this process.
-    pub fn watched(&self) -> usize {
-        let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
-        runs.retain(|_, s| s.receiver_count() > 0);
-        runs.len()
-    }
 }
 
 /// Publishes progress in order, pipelining what has queued up meanwhile.
