@@ -9,6 +9,7 @@ mod getuser;
 mod messaging;
 mod reveal;
 mod runs;
+mod schedules;
 mod startup;
 mod stats;
 mod tokens;
@@ -75,6 +76,23 @@ enum Bench {
         #[arg(long)]
         postgres: bool,
     },
+    /// The scheduler: CreateSchedule rate, restart to first fire, sustained fires/s and fire
+    /// lag p50/p99 across replicas, against StartRun called directly at the same rate.
+    Schedules {
+        #[arg(long, default_value_t = 100_000)]
+        schedules: usize,
+        /// Each schedule fires every this many seconds (schedules / period = fires/s).
+        #[arg(long, default_value_t = 200)]
+        period: u64,
+        /// How long fires are measured (at most the period: each schedule fires once in it).
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Scheduler replicas on the one database (PostgreSQL; SQLite runs one).
+        #[arg(long, default_value_t = 3)]
+        replicas: usize,
+        #[arg(long)]
+        postgres: bool,
+    },
     /// A token check: full Ed25519 verification vs a verified-token cache hit.
     Tokens {
         #[arg(long, default_value_t = 3)]
@@ -101,5 +119,21 @@ async fn main() -> anyhow::Result<()> {
             rate,
             postgres,
         } => runs::run(runs, rate, postgres).await,
+        Bench::Schedules {
+            schedules,
+            period,
+            seconds,
+            replicas,
+            postgres,
+        } => {
+            schedules::run(schedules::Options {
+                schedules,
+                period,
+                seconds: seconds.min(period),
+                replicas,
+                postgres,
+            })
+            .await
+        }
     }
 }

@@ -15,6 +15,7 @@ pub static SERVICES: &[&dyn ServiceModule] = &[
     &CREDENTIALS,
     &opsconductor_jobs::Jobs,
     &opsconductor_executor::Executor,
+    &opsconductor_scheduler::Scheduler,
 ];
 
 static CREDENTIALS: opsconductor_credentials::Credentials =
@@ -30,8 +31,8 @@ pub fn implemented() -> impl Iterator<Item = ServiceKind> {
     SERVICES.iter().map(|m| m.kind())
 }
 
-/// Why `kind` cannot be started: `"the scheduler service is not part of this build yet
-/// (implemented: auth, user, audit, targets, credentials, jobs, executor)"`.
+/// Why `kind` cannot be started: `"the notification service is not part of this build yet
+/// (implemented: auth, user, audit, targets, credentials, jobs, executor, scheduler)"`.
 pub fn not_implemented(kind: ServiceKind) -> String {
     let names: Vec<&str> = implemented().map(ServiceKind::name).collect();
     format!(
@@ -53,7 +54,8 @@ mod tests {
         unique.dedup();
         assert_eq!(unique.len(), kinds.len());
         assert!(module(ServiceKind::User).is_some());
-        assert!(not_implemented(ServiceKind::Scheduler)
-            .contains("auth, user, audit, targets, credentials, jobs, executor"));
+        assert!(module(ServiceKind::Scheduler).is_some());
+        assert!(not_implemented(ServiceKind::Notification)
+            .contains("auth, user, audit, targets, credentials, jobs, executor, scheduler"));
     }
 }

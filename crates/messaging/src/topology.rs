@@ -508,6 +508,28 @@ pub mod platform {
         )
     }
 
+    /// The runs a schedule started, as they start and finish: the scheduler's overlap policies
+    /// know what is running from these, not by polling the jobs service.
+    pub fn scheduler_run_events() -> WorkQueue {
+        WorkQueue::new(
+            "scheduler.run-events",
+            events_exchange(),
+            &[RUN_STARTED, RUN_FINISHED],
+        )
+    }
+
+    pub const SCHEDULE_FIRE_FAILED: &str = "schedule.fire_failed";
+
+    /// Fires that failed for good (e.g. the owner was disabled), for the notification service
+    /// to tell the schedule's owner; declared by the scheduler so they wait for it.
+    pub fn schedule_fire_failed_notifications() -> WorkQueue {
+        WorkQueue::new(
+            "notification.schedule-fire-failed",
+            events_exchange(),
+            &[SCHEDULE_FIRE_FAILED],
+        )
+    }
+
     /// Notifications, one queue per channel so a slow SMTP server never holds back webhooks.
     pub fn notification_exchange() -> Exchange {
         Exchange::direct("notification")

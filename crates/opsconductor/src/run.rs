@@ -167,9 +167,16 @@ pub async fn serve(kind: ServiceKind, env: Env) -> anyhow::Result<()> {
     ServerConfig::from_env(&env, listen)?;
     BrokerConfig::from_env(&env, kind.name())?;
     let db = match env.get("DATABASE_URL") {
-        Some(url) => Database::connect(&url)
-            .await
-            .context("DATABASE_URL: cannot open the database")?,
+        Some(url) => Database::connect_with(
+            &url,
+            env.bounded(
+                "OPSCONDUCTOR_DB_MAX_CONNECTIONS",
+                opsconductor_storage::DEFAULT_POSTGRES_POOL as u64,
+                1..=1_000,
+            )? as u32,
+        )
+        .await
+        .context("DATABASE_URL: cannot open the database")?,
         None => {
             let dir = PathBuf::from(
                 env.get("OPSCONDUCTOR_DATA_DIR")

@@ -396,6 +396,7 @@ mod tests {
                 "credentials",
                 "jobs",
                 "executor",
+                "scheduler",
                 "admin"
             ]
         );

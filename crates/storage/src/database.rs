@@ -33,10 +33,20 @@ pub struct Database {
 
 static DRIVERS: Once = Once::new();
 
+/// Connections a service keeps to PostgreSQL at most, unless configured
+/// (`OPSCONDUCTOR_DB_MAX_CONNECTIONS`).
+pub const DEFAULT_POSTGRES_POOL: u32 = 16;
+
 impl Database {
     /// Opens the database at `url` (`sqlite://…` or `postgres://…`). For SQLite the file and its
     /// directory are created when missing.
     pub async fn connect(url: &str) -> Result<Self, StorageError> {
+        Database::connect_with(url, DEFAULT_POSTGRES_POOL).await
+    }
+
+    /// [`Database::connect`] with at most `max_connections` to PostgreSQL (SQLite's pools are
+    /// fixed: one writer, four readers).
+    pub async fn connect_with(url: &str, max_connections: u32) -> Result<Self, StorageError> {
         DRIVERS.call_once(sqlx::any::install_default_drivers);
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -57,7 +67,7 @@ impl Database {
             }),
             Backend::Postgres => Ok(Database {
                 pool: AnyPoolOptions::new()
-                    .max_connections(16)
+                    .max_connections(max_connections.max(1))
                     .acquire_timeout(Duration::from_secs(10))
                     .connect_with(options)
                     .await?,

@@ -11,7 +11,10 @@ mod error;
 mod select;
 pub mod testing;
 
-pub use database::{create_private_dir, redact_url, sqlite_url, Backend, Database, Migrations};
+pub use database::{
+    create_private_dir, redact_url, sqlite_url, Backend, Database, Migrations,
+    DEFAULT_POSTGRES_POOL,
+};
 pub use error::{is_unique_violation, StorageError};
 pub use select::{Arg, Select};
 pub use sqlx;

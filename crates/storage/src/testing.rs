@@ -12,6 +12,16 @@ pub fn postgres_admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
 }
 
+/// Connections per test database: a sandbox holds nine services' databases and tests run in
+/// parallel, so PostgreSQL's 100 connections would not go round at the production default.
+/// `OPSCONDUCTOR_TEST_PG_POOL` overrides it (the benchmarks use the production default).
+fn test_pool() -> u32 {
+    std::env::var("OPSCONDUCTOR_TEST_PG_POOL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6)
+}
+
 /// A database that exists for one test.
 pub struct TestDatabase {
     pub db: Database,
@@ -49,7 +59,7 @@ impl TestDatabase {
     pub async fn postgres() -> Result<Self, StorageError> {
         let admin_url = postgres_admin_url();
         let name = format!("opsconductor_test_{}", uuid::Uuid::now_v7().simple());
-        let admin = Database::connect(&admin_url).await?;
+        let admin = Database::connect_with(&admin_url, 1).await?;
         sqlx::query(&format!("CREATE DATABASE {name}"))
             .execute(admin.pool())
             .await?;
@@ -60,7 +70,7 @@ impl TestDatabase {
             }
             _ => format!("{admin_url}/{name}"),
         };
-        let db = Database::connect(&url).await?;
+        let db = Database::connect_with(&url, test_pool()).await?;
         Ok(TestDatabase {
             db,
             url,

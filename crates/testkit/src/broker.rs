@@ -90,6 +90,8 @@ impl TestBroker {
         self.track(&platform::run_finished_notifications());
         self.track(&platform::run_started_notifications());
         self.track(&platform::credential_expiring_notifications());
+        self.track(&platform::scheduler_run_events());
+        self.track(&platform::schedule_fire_failed_notifications());
         for channel in platform::NOTIFICATION_CHANNELS {
             self.track(&platform::notification_queue(channel));
         }

@@ -178,15 +178,7 @@ impl Sandbox {
                 .bind()
                 .await
                 .unwrap_or_else(|e| panic!("{kind} bind: {e}"));
-            let (stop, mut stop_rx) = watch::channel(false);
-            let task = tokio::spawn(async move {
-                let _ = server
-                    .serve(async move {
-                        let _ = stop_rx.wait_for(|s| *s).await;
-                    })
-                    .await;
-            });
-            servers.insert(kind, (stop, task));
+            servers.insert(kind, serve(server));
             databases.insert(kind, test_db);
         }
         let auth = auth.unwrap_or_else(|| panic!("the catalog has no auth service"));
@@ -227,6 +219,24 @@ impl Sandbox {
             let _ = stop.send(true);
             let _ = task.await;
         }
+    }
+
+    /// Starts `kind` again, after [`Sandbox::stop_service`], on its address and database: to
+    /// its clients it was down for a while.
+    pub async fn start_service(&mut self, kind: ServiceKind) {
+        let module = opsconductor_catalog::module(kind)
+            .unwrap_or_else(|| panic!("{}", opsconductor_catalog::not_implemented(kind)));
+        let db = self.databases[&kind].db.clone();
+        let built = module
+            .build(db, &self.service_env(kind), self.addrs[&kind])
+            .await
+            .unwrap_or_else(|e| panic!("{kind}: {e}"));
+        let server = built
+            .server
+            .bind()
+            .await
+            .unwrap_or_else(|e| panic!("{kind} bind: {e}"));
+        self.servers.insert(kind, serve(server));
     }
 
     /// Another replica of `kind` over a fresh database, with the sandbox's identities and
@@ -372,6 +382,21 @@ impl Sandbox {
 }
 
 /// What `kind` is started with: the sandbox's variables plus its identity.
+/// Serves `server` until its sender says stop.
+fn serve(
+    server: opsconductor_platform::server::BoundServer,
+) -> (watch::Sender<bool>, JoinHandle<()>) {
+    let (stop, mut stop_rx) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        let _ = server
+            .serve(async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            })
+            .await;
+    });
+    (stop, task)
+}
+
 fn service_env(env: &Env, secrets: &BTreeMap<ServiceKind, String>, kind: ServiceKind) -> Env {
     let env = env.clone().with("SERVICE_ID", kind.name());
     match secrets.get(&kind) {

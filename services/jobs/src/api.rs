@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
+use opsconductor_api::common::v1::Actor;
 use opsconductor_api::jobs::v1::jobs_service_server::JobsService;
 use opsconductor_api::jobs::v1::*;
 use opsconductor_messaging::Cause;
@@ -166,6 +167,7 @@ impl JobsApi {
                     "trigger.fire_time",
                     "is required for SCHEDULE",
                 );
+                v.id("trigger.owner_user_id", &trigger.owner_user_id);
             }
             Err(_) => v.add("trigger.kind", "is not a trigger kind"),
         }
@@ -185,6 +187,7 @@ impl JobsApi {
         v.finish()?;
         let targets = targets::resolve(&self.clients, &job).await?;
         let caller = cause_caller(cause);
+        let triggered_by = scheduled_for(&trigger).unwrap_or_else(|| cause.actor.clone());
         let new = NewRun {
             queue_timeout: validate::or_default(
                 job.queue_timeout.as_ref(),
@@ -194,7 +197,7 @@ impl JobsApi {
             parameters: given,
             targets,
             trigger,
-            triggered_by: cause.actor.clone(),
+            triggered_by,
             caller,
             idempotency_key: req.idempotency_key,
             rerun_of: String::new(),
@@ -474,6 +477,15 @@ fn executor_id(v: &mut Violations, id: &str) {
             "1-128 characters of A-Z, a-z, 0-9, '-', '_', '.' and ':'",
         );
     }
+}
+
+/// Who a schedule's run is started for: its owner, through the scheduler (which the handler
+/// checked is the caller, and which checked the owner's account at the fire).
+fn scheduled_for(trigger: &RunTrigger) -> Option<Actor> {
+    (trigger.kind == TriggerKind::Schedule as i32).then(|| Actor {
+        user_id: trigger.owner_user_id.clone(),
+        service_id: SCHEDULER.to_string(),
+    })
 }
 
 /// Idempotency keys are scoped to the caller: the service and the user it acts for.

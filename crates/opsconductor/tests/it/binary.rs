@@ -206,9 +206,10 @@ async fn up_serves_every_implemented_service_and_keeps_data() {
     wait_serving(&targets_url).await;
     wait_serving(&format!("http://127.0.0.1:{}", base + 6)).await;
     wait_serving(&format!("http://127.0.0.1:{}", base + 9)).await;
-    // Only implemented services listen: nothing answers on the scheduler port yet.
+    wait_serving(&format!("http://127.0.0.1:{}", base + 8)).await;
+    // Only implemented services listen: nothing answers on the notification port yet.
     assert!(check_health(
-        &format!("http://127.0.0.1:{}", base + 8),
+        &format!("http://127.0.0.1:{}", base + 7),
         "",
         Duration::from_millis(500)
     )
@@ -581,7 +582,7 @@ fn bad_configuration_names_the_variable() {
         !ok && err.contains("OPSCONDUCTOR_ADMIN_PASSWORD") && !err.contains("short"),
         "{err}"
     );
-    let (ok, err) = run(&["serve", "scheduler"], &[]);
+    let (ok, err) = run(&["serve", "notification"], &[]);
     assert!(!ok && err.contains("not part of this build"), "{err}");
     let (ok, err) = run(&["serve", "nonsense"], &[]);
     assert!(!ok && err.contains("unknown service"), "{err}");
@@ -659,8 +660,8 @@ async fn logs_never_contain_passwords_secrets_or_tokens() {
     }
     assert_eq!(
         secrets.len(),
-        10,
-        "the admin password, six service secrets, the KEK, the audit signing key, \
+        11,
+        "the admin password, seven service secrets, the KEK, the audit signing key, \
          the credentials master key"
     );
 

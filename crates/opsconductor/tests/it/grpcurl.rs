@@ -302,6 +302,68 @@ async fn grpcurl_lists_describes_and_calls_every_service() {
         "{out}"
     );
 
+    // A schedule of that job, as the tour makes one: a preview across daylight saving, the
+    // schedule, a fire now, its record; each change is in the audit trail below.
+    let scheduler = s.addr(ServiceKind::Scheduler).to_string();
+    let (ok, out) = run(&[
+        "-plaintext",
+        "-H",
+        &header,
+        "-d",
+        r#"{"cron": {"expression": "30 2 * * *", "time_zone": "Europe/Berlin"}, "count": 2, "after_time": "2026-03-28T12:00:00Z"}"#,
+        &scheduler,
+        "opsconductor.scheduler.v1.SchedulerService/PreviewSchedule",
+    ]);
+    assert!(
+        ok && out.contains("2026-03-29T01:00:00Z") && out.contains("2026-03-30T00:30:00Z"),
+        "{out}"
+    );
+    let create = format!(
+        r#"{{"schedule": {{"name": "hello-nightly", "job_id": "{job}", "parameters": {{"who": "schedule"}}, "cron": {{"expression": "0 3 * * *", "time_zone": "Europe/Berlin"}}, "overlap_policy": "OVERLAP_POLICY_BUFFER_ONE"}}}}"#
+    );
+    let (ok, out) = run(&[
+        "-plaintext",
+        "-H",
+        &header,
+        "-d",
+        &create,
+        &scheduler,
+        "opsconductor.scheduler.v1.SchedulerService/CreateSchedule",
+    ]);
+    assert!(ok && out.contains("nextFireTime"), "{out}");
+    let created: serde_json::Value = serde_json::from_str(&out).expect("a JSON schedule");
+    let schedule = created["schedule"]["id"].as_str().unwrap().to_string();
+    let id = format!(r#"{{"id": "{schedule}"}}"#);
+    let (ok, out) = run(&[
+        "-plaintext",
+        "-H",
+        &header,
+        "-d",
+        &id,
+        &scheduler,
+        "opsconductor.scheduler.v1.SchedulerService/TriggerSchedule",
+    ]);
+    assert!(ok && out.contains("FIRE_KIND_MANUAL"), "{out}");
+    let fires = format!(r#"{{"schedule_id": "{schedule}"}}"#);
+    let started = std::time::Instant::now();
+    loop {
+        let (ok, out) = run(&[
+            "-plaintext",
+            "-H",
+            &header,
+            "-d",
+            &fires,
+            &scheduler,
+            "opsconductor.scheduler.v1.SchedulerService/ListFireRecords",
+        ]);
+        assert!(ok, "{out}");
+        if out.contains("FIRE_OUTCOME_RUN_STARTED") {
+            break;
+        }
+        assert!(started.elapsed().as_secs() < 30, "no run started: {out}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
     // The audit trail of all that, as the README's tour reads it.
     crate::support::drain_audit(&s).await;
     let audit = s.addr(ServiceKind::Audit).to_string();
@@ -315,6 +377,20 @@ async fn grpcurl_lists_describes_and_calls_every_service() {
         "opsconductor.audit.v1.AuditService/ListAuditEvents",
     ]);
     assert!(ok && out.contains("\"action\": \"target.create\""), "{out}");
+    let (ok, out) = run(&[
+        "-plaintext",
+        "-H",
+        &header,
+        "-d",
+        r#"{"action_prefix": "schedule."}"#,
+        &audit,
+        "opsconductor.audit.v1.AuditService/ListAuditEvents",
+    ]);
+    assert!(
+        ok && out.contains("\"action\": \"schedule.create\"")
+            && out.contains("\"action\": \"schedule.trigger\""),
+        "{out}"
+    );
     assert!(!out.contains("user.create"), "{out}");
     let (ok, out) = run(&[
         "-plaintext",

@@ -698,6 +698,7 @@ async fn a_schedule_fire_starts_one_run_ever(s: &Sandbox) {
         .await
         .unwrap();
     let schedule_id = uuid::Uuid::now_v7().to_string();
+    let owner = uuid::Uuid::now_v7().to_string();
     let fire = |seconds: i64, key: &str| StartRunRequest {
         job_id: j.id.clone(),
         idempotency_key: key.into(),
@@ -705,6 +706,7 @@ async fn a_schedule_fire_starts_one_run_ever(s: &Sandbox) {
             kind: TriggerKind::Schedule as i32,
             schedule_id: schedule_id.clone(),
             fire_time: Some(prost_types::Timestamp { seconds, nanos: 0 }),
+            owner_user_id: owner.clone(),
         }),
         ..Default::default()
     };
@@ -728,6 +730,11 @@ async fn a_schedule_fire_starts_one_run_ever(s: &Sandbox) {
         .run
         .unwrap();
     assert_eq!(first.id, again.id, "one run per fire, whatever the key");
+    let by = first.triggered_by.clone().unwrap_or_default();
+    assert_eq!(
+        (by.user_id.as_str(), by.service_id.as_str()),
+        (owner.as_str(), "scheduler")
+    );
     let next = scheduler
         .start_run(fire(1_800_000_060, "c"))
         .await

@@ -15,6 +15,7 @@ mod grpcurl;
 mod health;
 mod jobs;
 mod python;
+mod scheduler;
 mod serving;
 mod support;
 mod targets;
