@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use opsconductor_messaging::{BrokerConfig, ServiceMessaging, Topology};
+use opsconductor_messaging::{BrokerConfig, DeadLetters, ServiceMessaging, Topology, WorkQueue};
 use opsconductor_platform::auth::{
     Authenticator, KeySource, RefusalAudit, RemoteJwks, ServiceCredentials, TokenFetcher,
     TokenSettings, TokenSource, Verifier,
@@ -178,6 +178,22 @@ impl ServiceContext {
         let server =
             ServiceServer::grpc(self.kind.name(), self.server.clone(), service).depends_on(db);
         self.finish_with(server, messaging, Some(refusals))
+    }
+
+    /// `server` with `DeadLetterService` for the work `queues` it consumes beside it, and the
+    /// keepers that move expired retries of those queues into their dead-letter queues.
+    pub fn with_dead_letters(
+        server: ServiceServer,
+        db: Database,
+        messaging: &ServiceMessaging,
+        queues: &[WorkQueue],
+    ) -> ServiceServer {
+        let dead_letters = DeadLetters::new(db, &messaging.broker, queues);
+        let mut server = server.also_serve(dead_letters.service());
+        for keeper in dead_letters.start_keepers() {
+            server = server.with_worker(keeper);
+        }
+        server
     }
 
     /// Puts token checks in front of `server`, starts the revocation listener and the token

@@ -17,7 +17,7 @@ use base64::Engine;
 use futures::future::{BoxFuture, FutureExt};
 use opsconductor_api::audit::v1::audit_service_server::AuditServiceServer;
 use opsconductor_messaging::topology::platform;
-use opsconductor_messaging::{Broker, BrokerUse, Consumer, DeadLetters, RunningConsumer};
+use opsconductor_messaging::{Broker, BrokerUse, Consumer, RunningConsumer};
 use opsconductor_platform::config::{ConfigError, Env};
 use opsconductor_platform::server::Tasks;
 use opsconductor_platform::ServiceKind;
@@ -126,8 +126,6 @@ impl ServiceModule for Audit {
             );
             let queue = platform::audit_events();
             let consumer = start_ingest(store.clone(), &messaging.broker, settings.batch);
-            let dead_letters = DeadLetters::new(db.clone(), &messaging.broker, &[queue]);
-            let keepers = dead_letters.start_keepers();
             let background = Tasks(vec![
                 writer::spawn_checkpointer(store.clone(), settings.checkpoint_interval),
                 spawn_pruner(store.clone(), settings.retention, settings.prune_interval),
@@ -136,14 +134,11 @@ impl ServiceModule for Audit {
                 store,
                 key: settings.key,
             };
-            let mut server = context
-                .serve(AuditServiceServer::new(api), db, &messaging)?
-                .also_serve(dead_letters.service())
+            let server = context
+                .serve(AuditServiceServer::new(api), db.clone(), &messaging)?
                 .with_worker(consumer)
                 .with_worker(background);
-            for keeper in keepers {
-                server = server.with_worker(keeper);
-            }
+            let server = ServiceContext::with_dead_letters(server, db, &messaging, &[queue]);
             Ok(Built::new(server, context))
         }
         .boxed()

@@ -18,7 +18,7 @@ use futures::future::{BoxFuture, FutureExt};
 use opsconductor_api::executor::v1::executor_service_server::ExecutorServiceServer;
 use opsconductor_api::jobs::v1::{RunCancelRequested, RunRequested};
 use opsconductor_messaging::topology::platform;
-use opsconductor_messaging::{BrokerUse, Consumer, DeadLetters, HandleError, Handlers, Received};
+use opsconductor_messaging::{BrokerUse, Consumer, HandleError, Handlers, Received};
 use opsconductor_platform::config::{ConfigError, Env};
 use opsconductor_platform::server::Worker;
 use opsconductor_platform::ServiceKind;
@@ -133,21 +133,17 @@ impl ServiceModule for Executor {
                 })
             };
             let listener = Consumer::broadcast(&messaging.broker, &platform::run_cancellations(), cancels).start();
-            let dead_letters = DeadLetters::new(db.clone(), &messaging.broker, &[platform::run_requests()]);
-            let keepers = dead_letters.start_keepers();
             let api = api::ExecutorApi {
                 instance: instance.clone(),
                 broker: messaging.broker.clone(),
             };
-            let mut server = context
-                .serve(ExecutorServiceServer::new(api), db, &messaging)?
-                .also_serve(dead_letters.service())
+            let server = context
+                .serve(ExecutorServiceServer::new(api), db.clone(), &messaging)?
                 .with_worker(consumer)
                 .with_worker(Drain(instance))
                 .with_worker(listener);
-            for keeper in keepers {
-                server = server.with_worker(keeper);
-            }
+            let server =
+                ServiceContext::with_dead_letters(server, db, &messaging, &[platform::run_requests()]);
             Ok(Built::new(server, context))
         }
         .boxed()

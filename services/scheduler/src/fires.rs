@@ -171,16 +171,19 @@ impl FireStore {
         .await?;
         let mut to_start = Vec::new();
         for row in rows {
-            let schedule = match row.into_schedule() {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(error = %e, "a stored schedule cannot be decoded; not firing it");
-                    continue;
-                }
-            };
-            let mut v = opsconductor_platform::validate::Violations::new();
-            let Some(spec) = Spec::of(&mut v, "", &schedule, 0) else {
-                tracing::error!(schedule_id = %schedule.id, "a stored schedule's spec is invalid");
+            let id = row.id().to_string();
+            let parsed = row.into_schedule().ok().and_then(|schedule| {
+                let mut v = opsconductor_platform::validate::Violations::new();
+                Spec::of(&mut v, "", &schedule, 0).map(|spec| (schedule, spec))
+            });
+            let Some((schedule, spec)) = parsed else {
+                // Not due again until someone fixes it: a row that cannot be read must not
+                // take a batch slot on every pass.
+                tracing::error!(schedule_id = %id, "a stored schedule cannot be read; it stops firing");
+                sqlx::query("UPDATE schedules SET due_time = NULL WHERE id = $1")
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await?;
                 continue;
             };
             self.advance(&mut tx, &schedule, &spec, now, lease_until, &mut to_start)

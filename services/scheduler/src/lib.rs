@@ -22,9 +22,7 @@ use futures::future::{BoxFuture, FutureExt};
 use opsconductor_api::jobs::v1::{RunFinished, RunStarted};
 use opsconductor_api::scheduler::v1::scheduler_service_server::SchedulerServiceServer;
 use opsconductor_messaging::topology::platform;
-use opsconductor_messaging::{
-    BrokerUse, Consumer, DeadLetters, HandleError, Handlers, Received, Topology,
-};
+use opsconductor_messaging::{BrokerUse, Consumer, HandleError, Handlers, Received, Topology};
 use opsconductor_platform::config::{ConfigError, Env};
 use opsconductor_platform::ServiceKind;
 use opsconductor_runtime::{Built, ServiceContext, ServiceModule, StartError};
@@ -135,20 +133,16 @@ impl ServiceModule for Scheduler {
                 run_events(fires, wake),
             )
             .start();
-            let dead_letters = DeadLetters::new(
-                db.clone(),
-                &messaging.broker,
-                &[platform::scheduler_run_events()],
-            );
-            let keepers = dead_letters.start_keepers();
-            let mut server = context
-                .serve(SchedulerServiceServer::new(api), db, &messaging)?
-                .also_serve(dead_letters.service())
+            let server = context
+                .serve(SchedulerServiceServer::new(api), db.clone(), &messaging)?
                 .with_worker(events)
                 .with_worker(engine.spawn());
-            for keeper in keepers {
-                server = server.with_worker(keeper);
-            }
+            let server = ServiceContext::with_dead_letters(
+                server,
+                db,
+                &messaging,
+                &[platform::scheduler_run_events()],
+            );
             Ok(Built::new(server, context))
         }
         .boxed()

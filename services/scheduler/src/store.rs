@@ -30,6 +30,10 @@ pub(crate) struct ScheduleRow {
 }
 
 impl ScheduleRow {
+    pub(crate) fn id(&self) -> &str {
+        &self.id
+    }
+
     pub(crate) fn into_schedule(self) -> Result<Schedule> {
         let mut s = Schedule::decode(self.spec.as_slice())
             .map_err(|e| SchedulerError::Corrupt(self.id.clone(), e))?;

@@ -75,6 +75,29 @@ pub async fn a_job(s: &Sandbox, name: &str, steps: Vec<opsconductor_api::jobs::v
     s.jobs().create(job(name, steps)).await.unwrap()
 }
 
+/// The runs a schedule started, as the jobs service lists them.
+pub async fn runs_of(s: &Sandbox, schedule_id: &str) -> Vec<Run> {
+    s.jobs()
+        .list_runs(ListRunsRequest {
+            schedule_id: schedule_id.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .runs
+}
+
+pub async fn pause(s: &Sandbox, id: &str, note: &str) {
+    s.scheduler()
+        .pause_schedule(PauseScheduleRequest {
+            id: id.into(),
+            note: note.into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("pause {id}: {e:?}"));
+}
+
 /// Every fire record of a schedule, oldest due time first.
 pub async fn fires(s: &Sandbox, schedule_id: &str) -> Vec<FireRecord> {
     let mut all = Vec::new();
@@ -204,6 +227,38 @@ async fn schedules_validate_and_change_under_revisions(s: &Sandbox) {
     .await;
     assert_violations(&e, &["schedule.job_id"]);
     assert_eq!(count_schedules(s).await, 0, "nothing half-written");
+    let e = s
+        .scheduler()
+        .get_schedule(GetScheduleRequest { id: "nope".into() })
+        .await
+        .unwrap_err();
+    assert_violations(&e, &["id"]);
+    let e = s
+        .scheduler()
+        .trigger_schedule(TriggerScheduleRequest { id: "nope".into() })
+        .await
+        .unwrap_err();
+    assert_violations(&e, &["id"]);
+    let e = s
+        .scheduler()
+        .list_fire_records(ListFireRecordsRequest {
+            schedule_id: "nope".into(),
+            outcome: 99,
+            page_size: -1,
+            page_token: "forged".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_violations(&e, &["schedule_id", "outcome", "page_size", "page_token"]);
+    let e = s
+        .scheduler()
+        .list_schedules(ListSchedulesRequest {
+            job_id: "nope".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_violations(&e, &["job_id"]);
 
     let created = create(s, good.clone()).await;
     assert_eq!(created.revision, 1);
@@ -307,6 +362,15 @@ async fn schedules_validate_and_change_under_revisions(s: &Sandbox) {
     assert_eq!(paused.pause_note, "change freeze");
     assert_eq!(paused.paused_by.unwrap().user_id, s.admin.user_id);
     assert_eq!(paused.next_fire_time, None);
+    let e = s
+        .scheduler()
+        .pause_schedule(PauseScheduleRequest {
+            id: created.id.clone(),
+            note: "x".repeat(1025),
+        })
+        .await
+        .unwrap_err();
+    assert_violations(&e, &["note"]);
     let again = s
         .scheduler()
         .pause_schedule(pause())
@@ -360,13 +424,7 @@ async fn fires_start_one_run_per_due_time_as_the_owner(s: &Sandbox) {
             >= 3
     };
     wait_fires(s, &schedule.id, "three runs", started).await;
-    s.scheduler()
-        .pause_schedule(PauseScheduleRequest {
-            id: schedule.id.clone(),
-            note: String::new(),
-        })
-        .await
-        .unwrap();
+    pause(s, &schedule.id, "").await;
     let all = wait_fires(s, &schedule.id, "settled", |f| {
         f.iter().all(|f| outcome(f) != FireOutcome::Pending)
     })
@@ -401,17 +459,9 @@ async fn fires_start_one_run_per_due_time_as_the_owner(s: &Sandbox) {
     }
     run_ids.dedup();
     assert_eq!(run_ids.len(), all.len(), "a run per fire");
-    let listed = s
-        .jobs()
-        .list_runs(ListRunsRequest {
-            schedule_id: schedule.id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(listed.runs.len(), all.len(), "no run without its fire");
-    for run in listed.runs {
+    let listed = runs_of(s, &schedule.id).await;
+    assert_eq!(listed.len(), all.len(), "no run without its fire");
+    for run in listed {
         s.jobs().finish(&run.id, LIMIT).await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(1_500)).await;
@@ -439,13 +489,7 @@ async fn trigger_and_backfill_fire_each_time_once(s: &Sandbox) {
     hourly.overlap_policy = OverlapPolicy::Skip as i32;
     let schedule = create(s, hourly).await;
     // Paused, it fires only what it is asked to (a backfill fires a paused schedule).
-    s.scheduler()
-        .pause_schedule(PauseScheduleRequest {
-            id: schedule.id.clone(),
-            note: "backfill only".into(),
-        })
-        .await
-        .unwrap();
+    pause(s, &schedule.id, "backfill only").await;
     let backfill = |start: i64, end: i64| BackfillScheduleRequest {
         id: schedule.id.clone(),
         start_time: Some(ts(start)),
@@ -621,18 +665,57 @@ async fn an_owner_who_may_no_longer_run_jobs_gets_failed_fires_and_a_notice() {
         .await
         .unwrap();
     trigger_and_fail("OWNER_ROLE").await;
-    let runs = s
-        .jobs()
-        .list_runs(ListRunsRequest {
-            schedule_id: schedule.id.clone(),
-            ..Default::default()
+    let runs = runs_of(&s, &schedule.id).await;
+    assert!(runs.is_empty(), "no run for an owner who may not run it");
+    s.stop().await;
+}
+
+/// A schedule row someone with database access garbled: it stops firing (and says so in the
+/// log), GetSchedule answers INTERNAL, and the other schedules keep firing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_garbled_schedule_row_stops_alone() {
+    use opsconductor_platform::ServiceKind;
+
+    let s = Sandbox::start(opsconductor_testkit::StorageBackend::Sqlite).await;
+    let j = a_job(&s, "garbled", vec![shell("noop", "true")]).await;
+    let every = |name: &str| {
+        let mut schedule = schedule_of(name, &j.id, cron("* * * * * *", "UTC"));
+        schedule.overlap_policy = OverlapPolicy::Allow as i32;
+        schedule
+    };
+    let garbled = create(&s, every("garbled")).await;
+    let healthy = create(&s, every("healthy")).await;
+    let db = s.db(ServiceKind::Scheduler);
+    sqlx::query("UPDATE schedules SET spec = $1 WHERE id = $2")
+        .bind(vec![0xffu8, 0xff, 0xff])
+        .bind(&garbled.id)
+        .execute(db.pool())
+        .await
+        .unwrap();
+    let since = now_secs() + 1;
+    wait_fires(&s, &healthy.id, "the healthy schedule goes on", |f| {
+        f.iter()
+            .filter(|f| {
+                f.scheduled_time.unwrap().seconds > since && outcome(f) == FireOutcome::RunStarted
+            })
+            .count()
+            >= 2
+    })
+    .await;
+    let (due,): (Option<i64>,) = sqlx::query_as("SELECT due_time FROM schedules WHERE id = $1")
+        .bind(&garbled.id)
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(due, None, "the garbled schedule is no longer due");
+    let e = s
+        .scheduler()
+        .get_schedule(GetScheduleRequest {
+            id: garbled.id.clone(),
         })
         .await
-        .unwrap()
-        .into_inner();
-    assert!(
-        runs.runs.is_empty(),
-        "no run for an owner who may not run it"
-    );
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Internal);
+    pause(&s, &healthy.id, "").await;
     s.stop().await;
 }

@@ -198,13 +198,7 @@ async fn misfires_while_the_scheduler_is_down() {
         })
     })
     .await;
-    s.scheduler()
-        .pause_schedule(PauseScheduleRequest {
-            id: every.id.clone(),
-            note: String::new(),
-        })
-        .await
-        .unwrap();
+    pause(&s, &every.id, "").await;
     let seconds: Vec<i64> = all
         .iter()
         .map(|f| f.scheduled_time.unwrap().seconds)

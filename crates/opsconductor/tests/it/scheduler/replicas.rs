@@ -63,7 +63,7 @@ async fn three_replicas_fire_every_due_time_exactly_once_through_a_kill() {
     s.stop_service(ServiceKind::Executor).await;
     let dir = tempfile::tempdir().unwrap();
     let mut first = replica(&s, dir.path());
-    let _second = replica(&s, dir.path());
+    let second = replica(&s, dir.path());
 
     let j = a_job(&s, "tick", vec![shell("noop", "true")]).await;
     let start = now_secs() + 5 + (schedules as i64) / 50;
@@ -92,7 +92,7 @@ async fn three_replicas_fire_every_due_time_exactly_once_through_a_kill() {
     tokio::time::sleep(Duration::from_secs((kill_at - now_secs()).max(0) as u64)).await;
     first.kill9();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let _first = replica(&s, dir.path());
+    let first = replica(&s, dir.path());
 
     let expected = schedules as i64 * seconds;
     let db = s.db(ServiceKind::Scheduler).clone();
@@ -156,5 +156,8 @@ async fn three_replicas_fire_every_due_time_exactly_once_through_a_kill() {
         at(0.99),
         at(1.0)
     );
+    // The processes go first: alive, they would declare their queues again after the
+    // sandbox removed them.
+    drop((first, second));
     s.stop().await;
 }
