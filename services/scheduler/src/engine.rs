@@ -9,9 +9,11 @@ use std::time::Duration;
 use futures::future::{BoxFuture, FutureExt};
 use opsconductor_api::jobs::v1::{CancelRunRequest, RunTrigger, StartRunRequest, TriggerKind};
 use opsconductor_api::scheduler::v1::{FireKind, FireOutcome, OverlapPolicy, Schedule};
+use opsconductor_messaging::Cause;
 use opsconductor_platform::client::Clients;
 use opsconductor_platform::server::Worker;
 use opsconductor_platform::time::{now_micros, to_timestamp};
+use opsconductor_platform::validate::Violations;
 use opsconductor_platform::ApiError;
 use tokio::sync::{watch, Notify, Semaphore};
 use tonic::Code;
@@ -19,6 +21,7 @@ use tonic::Code;
 use crate::fires::{misfire_threshold, still_fires, End, Fire, FireStore};
 use crate::overlap::Decision;
 use crate::owner::{OwnerCheck, Refusal};
+use crate::spec::Spec;
 use crate::store::ScheduleStore;
 use crate::SchedulerError;
 
@@ -48,6 +51,9 @@ pub struct Engine {
 }
 
 const MAX_RETRY_MICROS: i64 = 30_000_000;
+
+/// The scheduler's own identity, for what it changes by itself.
+const SCHEDULER: &str = "scheduler";
 
 impl Engine {
     /// Runs until stopped; stopping waits (up to the grace) for the fires in flight.
@@ -231,8 +237,48 @@ impl Engine {
                     error,
                 };
                 self.fires.finish(fire, end).await?;
+                if reason == "JOB_NOT_FOUND" && schedule.enabled {
+                    self.pause_orphan(schedule).await?;
+                }
                 Ok(())
             }
+        }
+    }
+
+    /// A schedule whose job was deleted would only ever fail (and tell its owner each time):
+    /// it is paused once, with a note saying why. A schedule changed meanwhile is left to its
+    /// owner.
+    async fn pause_orphan(&self, schedule: &Schedule) -> Result<(), SchedulerError> {
+        let mut paused = schedule.clone();
+        paused.enabled = false;
+        paused.pause_note = format!(
+            "paused by the scheduler: its job {} no longer exists",
+            schedule.job_id
+        );
+        paused.paused_by = Some(Cause::service(SCHEDULER).actor);
+        paused.pause_time = Some(to_timestamp(now_micros()));
+        let mut v = Violations::new();
+        let Some(spec) = Spec::of(&mut v, "", &paused, 0) else {
+            return Ok(());
+        };
+        let cause = Cause::service(SCHEDULER);
+        let paused = self
+            .schedules
+            .replace(
+                &paused,
+                &spec,
+                schedule.revision,
+                true,
+                ("schedule.pause", &cause),
+            )
+            .await;
+        match paused {
+            Ok(_) => {
+                tracing::warn!(schedule_id = %schedule.id, job_id = %schedule.job_id, "schedule paused: its job is gone");
+                Ok(())
+            }
+            Err(SchedulerError::Conflict(_)) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 

@@ -719,3 +719,49 @@ async fn a_garbled_schedule_row_stops_alone() {
     pause(&s, &healthy.id, "").await;
     s.stop().await;
 }
+
+/// A schedule whose job was deleted fails its fire with JOB_NOT_FOUND and pauses itself, so
+/// its owner hears of it once rather than at every due time.
+async fn a_schedule_whose_job_is_gone_pauses_itself(s: &Sandbox) {
+    use opsconductor_api::jobs::v1::DeleteJobRequest;
+
+    let j = a_job(s, "short-lived", vec![shell("noop", "true")]).await;
+    let schedule = create(s, schedule_of("orphan", &j.id, once(now_secs() + 86_400))).await;
+    s.jobs()
+        .delete_job(DeleteJobRequest { id: j.id.clone() })
+        .await
+        .unwrap();
+    s.scheduler()
+        .trigger_schedule(TriggerScheduleRequest {
+            id: schedule.id.clone(),
+        })
+        .await
+        .unwrap();
+    let all = wait_fires(s, &schedule.id, "a failed fire", |f| {
+        f.iter().any(|f| outcome(f) == FireOutcome::Failed)
+    })
+    .await;
+    assert_eq!(all[0].error_reason, "JOB_NOT_FOUND");
+    let started = Instant::now();
+    let paused = loop {
+        let current = s
+            .scheduler()
+            .get_schedule(GetScheduleRequest {
+                id: schedule.id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .schedule
+            .unwrap();
+        if !current.enabled {
+            break current;
+        }
+        assert!(started.elapsed() < LIMIT, "the schedule was not paused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(paused.pause_note.contains("no longer exists"), "{paused:?}");
+    assert_eq!(paused.paused_by.unwrap().service_id, "scheduler");
+    assert_eq!(paused.next_fire_time, None);
+}
+on_both_backends!(a_schedule_whose_job_is_gone_pauses_itself);
