@@ -81,12 +81,7 @@ impl SchedulerApi {
         schedule.pause_note.clear();
         schedule.paused_by = None;
         schedule.pause_time = None;
-        // An interval without a start counts from now, fixed once, so every replica agrees.
-        if let Some(schedule::Spec::Interval(i)) = &mut schedule.spec {
-            if i.start_time.is_none() {
-                i.start_time = Some(to_timestamp(now));
-            }
-        }
+        anchor_interval(&mut schedule, now);
         let mut v = Violations::new();
         let spec = validate::schedule(&mut v, &schedule);
         v.finish()?;
@@ -136,11 +131,7 @@ impl SchedulerApi {
                 _ => {}
             }
         }
-        if let Some(schedule::Spec::Interval(i)) = &mut schedule.spec {
-            if i.start_time.is_none() {
-                i.start_time = Some(to_timestamp(now_micros()));
-            }
-        }
+        anchor_interval(&mut schedule, now_micros());
         let mut v = Violations::new();
         let spec = validate::schedule(&mut v, &schedule);
         v.finish()?;
@@ -334,6 +325,16 @@ impl SchedulerApi {
             fire_records: fires.iter().map(|f| f.record()).collect(),
             next_page_token,
         })
+    }
+}
+
+/// An interval without a start counts from `now`, fixed once and stored, so every replica
+/// computes the same times.
+fn anchor_interval(schedule: &mut Schedule, now: i64) {
+    if let Some(schedule::Spec::Interval(i)) = &mut schedule.spec {
+        if i.start_time.is_none() {
+            i.start_time = Some(to_timestamp(now));
+        }
     }
 }
 

@@ -104,17 +104,18 @@ impl Engine {
         let mut fires = self.fires.materialize(now, room, lease_until).await?;
         let left = room - fires.len() as i64;
         if left > 0 {
-            fires.extend(self.fires.take(now, left, lease_until).await?);
+            let taken = self.fires.take(now, left, lease_until).await?;
+            fires.extend(taken.into_iter().map(|f| (f, None)));
         }
         let n = fires.len();
-        for fire in fires {
+        for (fire, schedule) in fires {
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 break;
             };
             let engine = self.clone();
             tokio::spawn(async move {
                 let id = fire.id.clone();
-                if let Err(e) = engine.fire(fire).await {
+                if let Err(e) = engine.fire(fire, schedule).await {
                     tracing::warn!(fire_id = %id, error = %e, "a fire failed; it is retried when its lease lapses");
                 }
                 drop(permit);
@@ -139,8 +140,13 @@ impl Engine {
     }
 
     /// Takes one fire to its end, or leaves it for a retry.
-    async fn fire(&self, fire: Fire) -> Result<(), SchedulerError> {
-        let schedule = match self.schedules.get(&fire.schedule_id).await {
+    /// `schedule` when the caller just read it (a fire it wrote); read here otherwise.
+    async fn fire(&self, fire: Fire, schedule: Option<Schedule>) -> Result<(), SchedulerError> {
+        let read = match schedule {
+            Some(s) => Ok(s),
+            None => self.schedules.get(&fire.schedule_id).await,
+        };
+        let schedule = match read {
             Ok(s) => s,
             Err(SchedulerError::NotFound(_)) => return Ok(()),
             Err(e) => return Err(e),

@@ -158,8 +158,14 @@ impl FireStore {
     }
 
     /// Turns schedules due by `now` into fire rows and moves each schedule to its next time.
-    /// Returns the fires to start, already held by this replica until `lease_until`.
-    pub async fn materialize(&self, now: i64, batch: i64, lease_until: i64) -> Result<Vec<Fire>> {
+    /// Returns the fires to start, already held by this replica until `lease_until`, each with
+    /// the schedule as it was read here (so starting it does not read it again).
+    pub async fn materialize(
+        &self,
+        now: i64,
+        batch: i64,
+        lease_until: i64,
+    ) -> Result<Vec<(Fire, Option<Schedule>)>> {
         let mut tx = self.db.begin().await?;
         let rows: Vec<ScheduleRow> = sqlx::query_as(&format!(
             "SELECT {COLUMNS} FROM schedules WHERE due_time <= $1 ORDER BY due_time LIMIT $2{}",
@@ -200,7 +206,7 @@ impl FireStore {
         spec: &Spec,
         now: i64,
         lease_until: i64,
-        to_start: &mut Vec<Fire>,
+        to_start: &mut Vec<(Fire, Option<Schedule>)>,
     ) -> Result<()> {
         let Some(mut t) = schedule
             .next_fire_time
@@ -224,7 +230,7 @@ impl FireStore {
                 Due::Missed
             };
             let fire = self.insert(tx, schedule, t, due, what, lease_until).await?;
-            to_start.extend(fire);
+            to_start.extend(fire.map(|f| (f, Some(schedule.clone()))));
             last = Some(t);
             match next {
                 Some(n) => t = n,
@@ -439,15 +445,7 @@ impl FireStore {
             .execute(&mut *tx)
             .await?;
         if let End::Started(run_id) = end {
-            sqlx::query(
-                "INSERT INTO schedule_runs (run_id, schedule_id, finished, update_time) \
-                 VALUES ($1, $2, 0, $3) ON CONFLICT (run_id) DO NOTHING",
-            )
-            .bind(*run_id)
-            .bind(&fire.schedule_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            crate::overlap::mark_running(tx, run_id, &fire.schedule_id).await?;
         }
         // Nothing of the schedule runs any more (no run was started, or its RunFinished came
         // before this record): what waited behind this fire may go.

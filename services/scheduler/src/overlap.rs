@@ -130,16 +130,8 @@ impl FireStore {
 
     /// A run of a schedule started (RunStarted, or a fire that started it).
     pub async fn run_started(&self, schedule_id: &str, run_id: &str) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO schedule_runs (run_id, schedule_id, finished, update_time) \
-             VALUES ($1, $2, 0, $3) ON CONFLICT (run_id) DO NOTHING",
-        )
-        .bind(run_id)
-        .bind(schedule_id)
-        .bind(now_micros())
-        .execute(self.db().pool())
-        .await?;
-        Ok(())
+        let mut connection = self.db().pool().acquire().await?;
+        mark_running(&mut connection, run_id, schedule_id).await
     }
 
     /// A run of a schedule finished: when nothing else of it runs, its oldest WAITING fire is
@@ -208,14 +200,24 @@ pub(crate) async fn release_after(tx: &mut AnyConnection, schedule_id: &str) -> 
 }
 
 async fn hold(tx: &mut AnyConnection, fire: &Fire) -> Result<()> {
+    mark_running(tx, &fire.placeholder(), &fire.schedule_id).await
+}
+
+/// Records `run_id` (a run, or a fire's placeholder) as running, unless it is known already —
+/// a RunFinished that came first keeps it finished.
+pub(crate) async fn mark_running(
+    connection: &mut AnyConnection,
+    run_id: &str,
+    schedule_id: &str,
+) -> Result<()> {
     sqlx::query(
         "INSERT INTO schedule_runs (run_id, schedule_id, finished, update_time) \
          VALUES ($1, $2, 0, $3) ON CONFLICT (run_id) DO NOTHING",
     )
-    .bind(fire.placeholder())
-    .bind(&fire.schedule_id)
+    .bind(run_id)
+    .bind(schedule_id)
     .bind(now_micros())
-    .execute(&mut *tx)
+    .execute(&mut *connection)
     .await?;
     Ok(())
 }

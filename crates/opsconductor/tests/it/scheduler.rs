@@ -127,6 +127,18 @@ pub async fn fires(s: &Sandbox, schedule_id: &str) -> Vec<FireRecord> {
     all
 }
 
+/// Asserts that the records' due times are consecutive seconds: one each, none missed.
+#[track_caller]
+pub fn assert_one_per_second(fires: &[FireRecord]) {
+    let seconds: Vec<i64> = fires
+        .iter()
+        .map(|f| f.scheduled_time.unwrap().seconds)
+        .collect();
+    for pair in seconds.windows(2) {
+        assert_eq!(pair[1], pair[0] + 1, "one record per second: {seconds:?}");
+    }
+}
+
 pub fn outcome(f: &FireRecord) -> FireOutcome {
     FireOutcome::try_from(f.outcome).unwrap()
 }
@@ -429,17 +441,7 @@ async fn fires_start_one_run_per_due_time_as_the_owner(s: &Sandbox) {
         f.iter().all(|f| outcome(f) != FireOutcome::Pending)
     })
     .await;
-    let seconds: Vec<i64> = all
-        .iter()
-        .map(|f| f.scheduled_time.unwrap().seconds)
-        .collect();
-    for pair in seconds.windows(2) {
-        assert_eq!(
-            pair[1],
-            pair[0] + 1,
-            "one fire per second, none missed: {seconds:?}"
-        );
-    }
+    assert_one_per_second(&all);
     let mut run_ids = Vec::new();
     for fire in &all {
         assert_eq!(outcome(fire), FireOutcome::RunStarted, "{fire:?}");

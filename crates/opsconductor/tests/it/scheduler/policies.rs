@@ -199,17 +199,7 @@ async fn misfires_while_the_scheduler_is_down() {
     })
     .await;
     pause(&s, &every.id, "").await;
-    let seconds: Vec<i64> = all
-        .iter()
-        .map(|f| f.scheduled_time.unwrap().seconds)
-        .collect();
-    for pair in seconds.windows(2) {
-        assert_eq!(
-            pair[1],
-            pair[0] + 1,
-            "every second has one record: {seconds:?}"
-        );
-    }
+    assert_one_per_second(&all);
     for fire in &all {
         let t = fire.scheduled_time.unwrap().seconds;
         let o = outcome(fire);
