@@ -108,6 +108,7 @@ fn debug_impls(messages: &[(MessageDescriptor, Vec<String>)]) -> String {
             name = message.name()
         );
         let mut seen_oneofs = Vec::new();
+        let mut plain_oneofs = Vec::new();
         for field in message.fields() {
             let (label, member, redact) = match field.containing_oneof() {
                 Some(oneof) if !oneof.is_synthetic() => {
@@ -116,6 +117,9 @@ fn debug_impls(messages: &[(MessageDescriptor, Vec<String>)]) -> String {
                     }
                     seen_oneofs.push(oneof.name().to_string());
                     let redact = oneof.fields().any(|f| secret.iter().any(|s| s == f.name()));
+                    if !redact {
+                        plain_oneofs.push(oneof.clone());
+                    }
                     (oneof.name().to_string(), rust_ident(oneof.name()), redact)
                 }
                 _ => (
@@ -131,8 +135,60 @@ fn debug_impls(messages: &[(MessageDescriptor, Vec<String>)]) -> String {
             }
         }
         code.push_str("\n            .finish()\n    }\n}\n\n");
+        // Skipping a message's Debug skips its oneof enums' too; those without a sensitive
+        // member print as prost would.
+        for oneof in plain_oneofs {
+            let path = format!(
+                "crate::{module}::{}::{}",
+                snake_case(message.name()),
+                camel_case(oneof.name())
+            );
+            let _ = write!(
+                code,
+                "impl ::core::fmt::Debug for {path} {{\n    \
+                 fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {{\n        \
+                 match self {{"
+            );
+            for field in oneof.fields() {
+                let variant = camel_case(field.name());
+                let _ = write!(
+                    code,
+                    "\n            Self::{variant}(v) => f.debug_tuple(\"{variant}\").field(v).finish(),"
+                );
+            }
+            code.push_str("\n        }\n    }\n}\n\n");
+        }
     }
     code
+}
+
+/// prost's module name for a message: `SendNotificationRequest` -> `send_notification_request`.
+fn snake_case(name: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// prost's type name for a oneof or variant: `job_id` -> `JobId`.
+fn camel_case(name: &str) -> String {
+    name.split('_')
+        .map(|part| {
+            let mut chars = part.chars();
+            match chars.next() {
+                Some(first) => first.to_ascii_uppercase().to_string() + chars.as_str(),
+                None => String::new(),
+            }
+        })
+        .collect()
 }
 
 fn rust_ident(name: &str) -> String {

@@ -7,6 +7,7 @@
 mod audit;
 mod getuser;
 mod messaging;
+mod notifications;
 mod reveal;
 mod runs;
 mod schedules;
@@ -93,6 +94,20 @@ enum Bench {
         #[arg(long)]
         postgres: bool,
     },
+    /// Webhook deliveries/s through one notification replica to a local receiver, against a
+    /// plain reqwest loop to the same receiver; SendNotification -> received p50/p99 at a rate.
+    Notifications {
+        #[arg(long, default_value_t = 20_000)]
+        deliveries: usize,
+        #[arg(long, default_value_t = 128)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 200)]
+        rate: u32,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long)]
+        postgres: bool,
+    },
     /// A token check: full Ed25519 verification vs a verified-token cache hit.
     Tokens {
         #[arg(long, default_value_t = 3)]
@@ -112,6 +127,22 @@ async fn main() -> anyhow::Result<()> {
         } => getuser::run(concurrency, seconds, rounds, token_ttl).await,
         Bench::Messaging { messages, rounds } => messaging::run(messages, rounds).await,
         Bench::Tokens { seconds } => tokens::run(seconds),
+        Bench::Notifications {
+            deliveries,
+            concurrency,
+            rate,
+            seconds,
+            postgres,
+        } => {
+            notifications::run(notifications::Options {
+                deliveries,
+                concurrency,
+                rate,
+                seconds,
+                postgres,
+            })
+            .await
+        }
         Bench::Audit { events, rounds } => audit::run(events, rounds).await,
         Bench::Reveal { calls, rounds } => reveal::run(calls, rounds).await,
         Bench::Runs {

@@ -16,6 +16,7 @@ pub static SERVICES: &[&dyn ServiceModule] = &[
     &opsconductor_jobs::Jobs,
     &opsconductor_executor::Executor,
     &opsconductor_scheduler::Scheduler,
+    &opsconductor_notification::Notification,
 ];
 
 static CREDENTIALS: opsconductor_credentials::Credentials =
@@ -31,8 +32,8 @@ pub fn implemented() -> impl Iterator<Item = ServiceKind> {
     SERVICES.iter().map(|m| m.kind())
 }
 
-/// Why `kind` cannot be started: `"the notification service is not part of this build yet
-/// (implemented: auth, user, audit, targets, credentials, jobs, executor, scheduler)"`.
+/// Why `kind` cannot be started, for a build without it: `"the notification service is not
+/// part of this build yet (implemented: auth, user, ...)"`.
 pub fn not_implemented(kind: ServiceKind) -> String {
     let names: Vec<&str> = implemented().map(ServiceKind::name).collect();
     format!(
@@ -55,7 +56,11 @@ mod tests {
         assert_eq!(unique.len(), kinds.len());
         assert!(module(ServiceKind::User).is_some());
         assert!(module(ServiceKind::Scheduler).is_some());
-        assert!(not_implemented(ServiceKind::Notification)
-            .contains("auth, user, audit, targets, credentials, jobs, executor, scheduler"));
+        assert!(module(ServiceKind::Notification).is_some());
+        // Every kind the platform knows is part of this build.
+        assert_eq!(kinds.len(), ServiceKind::ALL.len());
+        assert!(not_implemented(ServiceKind::Notification).contains(
+            "auth, user, audit, targets, credentials, jobs, executor, scheduler, notification"
+        ));
     }
 }

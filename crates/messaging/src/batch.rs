@@ -56,6 +56,7 @@ where
                         .map(|r| match r {
                             Ok(()) => Outcome::Done,
                             Err(HandleError::Retry(e)) => Outcome::Retry(e),
+                            Err(HandleError::RetryAfter(e, after)) => Outcome::RetryAfter(e, after),
                             Err(HandleError::Reject(e)) => Outcome::DeadLetter(e),
                         })
                         .collect(),

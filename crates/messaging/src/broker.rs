@@ -312,7 +312,9 @@ async fn supervise(inner: Arc<Inner>) {
 
 async fn connect(inner: &Inner) -> Result<Connection, String> {
     let properties = ConnectionProperties::default()
-        .with_connection_name(format!("opsconductor-{}", inner.config.service).into());
+        // "<prefix>-<service>": "opsconductor-jobs" in production; a test's own prefix lets it
+        // find (and close) its services' connections among others'.
+        .with_connection_name(format!("{}-{}", inner.config.prefix, inner.config.service).into());
     let connection = tokio::time::timeout(
         Duration::from_secs(10),
         Connection::connect(inner.config.url(), properties),

@@ -478,10 +478,12 @@ async fn settle(context: &Context, delivery: &Delivery, raw: &RawMessage, outcom
             tracing::warn!(%error, "cannot take the message in; it goes back to the queue");
             return requeue(delivery, consumer.options.failure_pause).await;
         }
-        Outcome::Retry(error) => (error, true),
-        Outcome::DeadLetter(error) => (error, false),
+        Outcome::Retry(error) => (error, Some(Duration::ZERO)),
+        Outcome::RetryAfter(error, after) => (error, Some(after)),
+        Outcome::DeadLetter(error) => (error, None),
     };
-    let (error, retryable) = error;
+    let (error, wait_at_least) = error;
+    let retryable = wait_at_least.is_some();
     let queue = match &consumer.source {
         Source::Work(queue) => queue,
         Source::DeadLetters(_) => {
@@ -510,9 +512,7 @@ async fn settle(context: &Context, delivery: &Delivery, raw: &RawMessage, outcom
     let attempt = raw.meta.attempt;
     let retry_queues = names.retry_queues(queue);
     let (target, next_attempt) = if retryable && attempt < queue.retry.max_attempts {
-        let tier = (attempt as usize)
-            .saturating_sub(1)
-            .min(retry_queues.len().saturating_sub(1));
+        let tier = queue.retry.tier(attempt, wait_at_least.unwrap_or_default());
         match retry_queues.get(tier) {
             Some(tier) => (tier.clone(), attempt + 1),
             None => (names.dead_letter_queue(queue), attempt),

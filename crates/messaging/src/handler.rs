@@ -27,6 +27,9 @@ pub struct Received<M> {
 pub enum HandleError {
     /// May pass (a database or upstream hiccup): try again after the next delay.
     Retry(String),
+    /// May pass, but not before the given time (an upstream's Retry-After): try again after the
+    /// first delay tier at least that long (or the last tier), and never sooner than `Retry`.
+    RetryAfter(String, std::time::Duration),
     /// Will never succeed (invalid content): dead-letter it now.
     Reject(String),
 }
@@ -44,7 +47,7 @@ impl HandleError {
 impl Display for HandleError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            HandleError::Retry(e) => write!(f, "{e}"),
+            HandleError::Retry(e) | HandleError::RetryAfter(e, _) => write!(f, "{e}"),
             HandleError::Reject(e) => write!(f, "rejected: {e}"),
         }
     }
@@ -99,6 +102,8 @@ pub(crate) enum Outcome {
     Done,
     /// Failed, may pass: the next delay tier, or the dead-letter queue after the last attempt.
     Retry(String),
+    /// As `Retry`, waiting at least this long.
+    RetryAfter(String, std::time::Duration),
     /// Failed for good: the dead-letter queue now.
     DeadLetter(String),
     /// Could not be taken in (the dead-letter store is down): back to the queue after a pause.
@@ -186,6 +191,7 @@ impl Dispatch for Handlers {
                 match AssertUnwindSafe(handling).catch_unwind().await {
                     Ok(Ok(())) => Outcome::Done,
                     Ok(Err(HandleError::Retry(e))) => Outcome::Retry(e),
+                    Ok(Err(HandleError::RetryAfter(e, after))) => Outcome::RetryAfter(e, after),
                     Ok(Err(HandleError::Reject(e))) => Outcome::DeadLetter(e),
                     Err(_) => Outcome::Retry("the handler panicked".to_string()),
                 }

@@ -66,6 +66,30 @@ impl Default for RetryPolicy {
     }
 }
 
+impl RetryPolicy {
+    /// The delay queue after failed attempt `attempt` (1-based): the attempt's own tier, or a
+    /// later one when the handler asked to wait at least `at_least` (the last tier when none is
+    /// that long).
+    pub fn tier(&self, attempt: u32, at_least: Duration) -> usize {
+        let last = self.delays.len().saturating_sub(1);
+        let own = (attempt as usize).saturating_sub(1).min(last);
+        let long_enough = self
+            .delays
+            .iter()
+            .position(|d| *d >= at_least)
+            .unwrap_or(last);
+        own.max(long_enough)
+    }
+
+    /// How long the message waits after failed attempt `attempt`.
+    pub fn delay(&self, attempt: u32, at_least: Duration) -> Duration {
+        self.delays
+            .get(self.tier(attempt, at_least))
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
 /// Deliveries after which the broker itself dead-letters a message that consumers keep failing
 /// to acknowledge (a message that crashes its consumer never blocks the queue).
 pub const DELIVERY_LIMIT: i64 = 20;
@@ -550,6 +574,26 @@ pub mod platform {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_requested_wait_moves_to_the_first_tier_long_enough() {
+        let policy = RetryPolicy::default();
+        // Without a request, attempt n waits tier n (the last tier after that).
+        assert_eq!(policy.tier(1, Duration::ZERO), 0);
+        assert_eq!(policy.tier(3, Duration::ZERO), 2);
+        assert_eq!(policy.tier(9, Duration::ZERO), 3);
+        // Retry-After: 5 s after the first attempt waits 10 s, never less than its own tier.
+        assert_eq!(
+            policy.delay(1, Duration::from_secs(5)),
+            Duration::from_secs(10)
+        );
+        assert_eq!(policy.tier(3, Duration::from_secs(5)), 2);
+        // Longer than every tier: the last one.
+        assert_eq!(
+            policy.delay(1, Duration::from_secs(7200)),
+            Duration::from_secs(600)
+        );
+    }
 
     #[test]
     fn names_are_prefixed_and_labelled() {

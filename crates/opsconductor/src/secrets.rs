@@ -397,6 +397,7 @@ mod tests {
                 "jobs",
                 "executor",
                 "scheduler",
+                "notification",
                 "admin"
             ]
         );

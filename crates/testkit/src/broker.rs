@@ -15,6 +15,20 @@ pub fn amqp_url() -> String {
     std::env::var("OPSCONDUCTOR_TEST_AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.to_string())
 }
 
+/// The notification service's retry delays in sandboxes: quick, with one tier long enough for
+/// a test's Retry-After of two seconds.
+pub const NOTIFICATION_RETRY_DELAYS_MS: &str = "100,300,1000,3000";
+
+/// The retry policy those delays make (its queue names depend on it).
+pub fn notification_retry() -> opsconductor_messaging::topology::RetryPolicy {
+    opsconductor_messaging::topology::RetryPolicy {
+        delays: [100, 300, 1_000, 3_000]
+            .map(std::time::Duration::from_millis)
+            .to_vec(),
+        max_attempts: 6,
+    }
+}
+
 /// A prefix of this test's own; what is declared under it is removed on drop.
 pub struct TestBroker {
     pub prefix: String,
@@ -93,7 +107,7 @@ impl TestBroker {
         self.track(&platform::scheduler_run_events());
         self.track(&platform::schedule_fire_failed_notifications());
         for channel in platform::NOTIFICATION_CHANNELS {
-            self.track(&platform::notification_queue(channel));
+            self.track(&platform::notification_queue(channel).with_retry(notification_retry()));
         }
         self.track_broadcast(&platform::token_revocations());
         self.track_broadcast(&platform::run_cancellations());

@@ -7,14 +7,18 @@ mod assertions;
 mod auth;
 mod broker;
 pub mod ext;
+mod http_sink;
 mod sandbox;
+mod smtp_sink;
 
 pub use assertions::{assert_code, assert_violations};
 pub use auth::{bearer, channel_as, static_source, TestAuth};
-pub use broker::{amqp_url, TestBroker};
+pub use broker::{amqp_url, notification_retry, TestBroker, NOTIFICATION_RETRY_DELAYS_MS};
 pub use ext::{AuthExt, CredentialsExt, JobsExt, TargetsExt, UsersExt};
+pub use http_sink::{HttpSink, Recorded, Reply};
 pub use opsconductor_platform::time::now_secs;
 pub use sandbox::{role_label, session_source, Sandbox, PASSWORD};
+pub use smtp_sink::SmtpSink;
 
 use std::path::PathBuf;
 
@@ -61,6 +65,22 @@ pub fn rabbitmqctl(args: &[&str]) -> String {
     );
     assert!(out.status.success(), "rabbitmqctl {args:?}: {text}");
     text
+}
+
+/// Closes the broker connections named `<prefix>-<service>` (a sandbox's service, as the
+/// messaging crate names them) as the broker would on a network failure; how many it closed.
+pub fn close_broker_connections(prefix: &str, service: &str) -> usize {
+    let name = format!("\"{prefix}-{service}\"");
+    let listing = rabbitmqctl(&["list_connections", "-q", "pid", "client_properties"]);
+    let pids: Vec<&str> = listing
+        .lines()
+        .filter(|line| line.contains(&name))
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
+    for pid in &pids {
+        rabbitmqctl(&["close_connection", pid, "test: connection lost"]);
+    }
+    pids.len()
 }
 
 pub fn python() -> PathBuf {

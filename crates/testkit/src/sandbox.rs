@@ -116,6 +116,13 @@ impl Sandbox {
             ("OPSCONDUCTOR_SHUTDOWN_GRACE_MS", "5000".into()),
             // Checkpoints every few events, so a test's handful of events has several.
             ("AUDIT_CHECKPOINT_EVERY", "4".into()),
+            // Test sinks listen on loopback over plain HTTP; retries come quickly.
+            ("NOTIFICATION_ALLOW_PLAIN_HTTP", "true".into()),
+            ("NOTIFICATION_ALLOW_PRIVATE_ADDRESSES", "true".into()),
+            (
+                "NOTIFICATION_RETRY_DELAYS_MS",
+                crate::broker::NOTIFICATION_RETRY_DELAYS_MS.into(),
+            ),
         ]);
         // The unprivileged account shell steps run as (.ci/run creates it); `nobody` otherwise.
         if nix::unistd::geteuid().is_root()

@@ -27,7 +27,17 @@ use crate::CredentialsError;
 
 type Result<T> = std::result::Result<T, CredentialsError>;
 
-const MUTABLE_FIELDS: [&str; 4] = ["name", "description", "username", "expire_time"];
+const MUTABLE_FIELDS: [&str; 5] = [
+    "name",
+    "description",
+    "username",
+    "expire_time",
+    "revealable_by",
+];
+
+/// The services that may be named in `revealable_by`: the executor's reveals are checked
+/// against its runs instead, and no other service reveals secrets.
+const REVEALERS: [&str; 1] = ["notification"];
 const DEFAULT_GRACE: Duration = Duration::from_secs(3600);
 const MAX_GRACE: Duration = Duration::from_secs(7 * 86_400);
 
@@ -60,6 +70,13 @@ fn validate_fields(v: &mut Violations, credential: &Credential) {
             (0..1_000_000_000).contains(&t.nanos) && t.seconds > 0,
             "credential.expire_time",
             "is not a valid time",
+        );
+    }
+    for (i, service) in credential.revealable_by.iter().enumerate() {
+        v.check(
+            REVEALERS.contains(&service.as_str()),
+            format!("credential.revealable_by[{i}]"),
+            format!("must be one of: {}", REVEALERS.join(", ")),
         );
     }
 }
@@ -144,6 +161,7 @@ impl CredentialsApi {
                 "description" => credential.description = patch.description.clone(),
                 "username" => credential.username = patch.username.clone(),
                 "expire_time" => credential.expire_time = patch.expire_time,
+                "revealable_by" => credential.revealable_by = patch.revealable_by.clone(),
                 _ => {}
             }
         }
@@ -229,7 +247,10 @@ impl CredentialsApi {
         v.required_max("reason", &req.reason, 512);
         v.printable("reason", &req.reason);
         v.required_max("idempotency_key", &req.idempotency_key, 128);
-        let for_a_run = principal.service.is_some();
+        // The notification service reveals for itself, and only what names it; any other
+        // service is the executor, revealing for a run.
+        let for_itself = principal.service.as_deref() == Some("notification");
+        let for_a_run = principal.service.is_some() && !for_itself;
         if for_a_run || !req.run_id.is_empty() {
             v.id("run_id", &req.run_id);
         }
@@ -299,6 +320,17 @@ impl CredentialsApi {
             }
         }
         let (credential, version, plaintext) = match self.store.secret(&req.id, version).await {
+            Ok(found)
+                if for_itself && !found.0.revealable_by.iter().any(|s| s == "notification") =>
+            {
+                let why = "the credential's revealable_by does not name the notification service";
+                details.push(("refused", why.to_string()));
+                self.store
+                    .audit_refused(cause, "credential.reveal", &req.id, &details)
+                    .await?;
+                tracing::warn!(credential_id = %req.id, "reveal refused");
+                return Err(CredentialsError::Refused(why.to_string()));
+            }
             Ok(found) => found,
             Err(e @ (CredentialsError::NotFound(_) | CredentialsError::VersionGone(_))) => {
                 details.push(("refused", e.to_string()));

@@ -19,7 +19,7 @@ use crate::CredentialsError;
 
 const COLUMNS: &str = "c.id, c.name, c.description, c.kind, c.username, c.secret_version, \
     c.algorithm, c.fingerprint, c.subject, c.issuer, c.expire_time, c.rotate_time, \
-    c.last_reveal_time, c.create_time, c.update_time, s.key_version";
+    c.last_reveal_time, c.create_time, c.update_time, s.key_version, c.revealable_by";
 
 /// The credential with its current secret's key version.
 const FROM: &str = "FROM credentials c JOIN credential_secrets s \
@@ -43,6 +43,7 @@ struct CredentialRow {
     create_time: i64,
     update_time: i64,
     key_version: i64,
+    revealable_by: String,
 }
 
 impl CredentialRow {
@@ -64,6 +65,12 @@ impl CredentialRow {
             subject: self.subject,
             issuer: self.issuer,
             last_reveal_time: self.last_reveal_time.map(to_timestamp),
+            revealable_by: self
+                .revealable_by
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect(),
         }
     }
 }
@@ -225,7 +232,8 @@ impl CredentialStore {
         let inserted = sqlx::query(
             "INSERT INTO credentials (id, name, description, kind, username, secret_version, \
              algorithm, fingerprint, subject, issuer, expire_time, rotate_time, create_time, \
-             update_time) VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $8, $9, $10, $11, $11, $11)",
+             update_time, revealable_by) \
+             VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $8, $9, $10, $11, $11, $11, $12)",
         )
         .bind(&id)
         .bind(&credential.name)
@@ -238,6 +246,7 @@ impl CredentialStore {
         .bind(&meta.issuer)
         .bind(expire)
         .bind(now)
+        .bind(credential.revealable_by.join(","))
         .execute(&mut *tx)
         .await;
         match inserted {
@@ -318,7 +327,8 @@ impl CredentialStore {
         let mut tx = self.db.begin().await?;
         let updated = sqlx::query(
             "UPDATE credentials SET name = $1, description = $2, username = $3, \
-             expire_time = $4, update_time = $5 WHERE id = $6 AND update_time = $7",
+             expire_time = $4, update_time = $5, revealable_by = $6 \
+             WHERE id = $7 AND update_time = $8",
         )
         .bind(&credential.name)
         .bind(&credential.description)
@@ -330,6 +340,7 @@ impl CredentialStore {
                 .map(opsconductor_platform::time::to_micros),
         )
         .bind(now)
+        .bind(credential.revealable_by.join(","))
         .bind(&credential.id)
         .bind(expected_update_time)
         .execute(&mut *tx)

@@ -14,6 +14,7 @@ pub fn defaults(user: &User) -> NotificationPreferences {
             channel: NotificationChannel::Email as i32,
             destination: user.email.clone(),
             enabled: true,
+            signing_credential_id: String::new(),
         }],
         notify_on_start: false,
         notify_on_success: false,
@@ -67,6 +68,15 @@ pub fn validate(v: &mut Violations, prefs: &NotificationPreferences) {
             ),
         }
         v.max_chars(&dest_field, &d.destination, 2048);
+        if !d.signing_credential_id.is_empty() {
+            let key_field = format!("{field}.signing_credential_id");
+            v.id(&key_field, &d.signing_credential_id);
+            v.check(
+                d.channel == NotificationChannel::Webhook as i32,
+                &key_field,
+                "only webhooks are signed",
+            );
+        }
     }
     if let Some(q) = &prefs.quiet_hours {
         let set = q.enabled || !q.start.is_empty() || !q.end.is_empty() || !q.time_zone.is_empty();

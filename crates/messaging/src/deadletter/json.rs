@@ -83,6 +83,7 @@ mod tests {
                 channel: 4,
                 destination: "https://hooks.example.com/secret-token".into(),
                 enabled: true,
+                signing_credential_id: String::new(),
             }],
             ..Default::default()
         };

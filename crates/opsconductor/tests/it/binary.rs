@@ -207,14 +207,7 @@ async fn up_serves_every_implemented_service_and_keeps_data() {
     wait_serving(&format!("http://127.0.0.1:{}", base + 6)).await;
     wait_serving(&format!("http://127.0.0.1:{}", base + 9)).await;
     wait_serving(&format!("http://127.0.0.1:{}", base + 8)).await;
-    // Only implemented services listen: nothing answers on the notification port yet.
-    assert!(check_health(
-        &format!("http://127.0.0.1:{}", base + 7),
-        "",
-        Duration::from_millis(500)
-    )
-    .await
-    .is_err());
+    wait_serving(&format!("http://127.0.0.1:{}", base + 7)).await;
 
     // The administrator's password was generated, written to the data dir and shown once.
     let password = admin_password(&dir.path().join("state"));
@@ -582,8 +575,6 @@ fn bad_configuration_names_the_variable() {
         !ok && err.contains("OPSCONDUCTOR_ADMIN_PASSWORD") && !err.contains("short"),
         "{err}"
     );
-    let (ok, err) = run(&["serve", "notification"], &[]);
-    assert!(!ok && err.contains("not part of this build"), "{err}");
     let (ok, err) = run(&["serve", "nonsense"], &[]);
     assert!(!ok && err.contains("unknown service"), "{err}");
 }
@@ -660,8 +651,8 @@ async fn logs_never_contain_passwords_secrets_or_tokens() {
     }
     assert_eq!(
         secrets.len(),
-        11,
-        "the admin password, seven service secrets, the KEK, the audit signing key, \
+        12,
+        "the admin password, eight service secrets, the KEK, the audit signing key, \
          the credentials master key"
     );
 

@@ -226,6 +226,7 @@ fn secrets_are_marked_sensitive_and_redacted_in_debug_output() {
             channel: 2,
             destination: "https://hooks.slack.com/services/T0/B0/tok-secret-4".into(),
             enabled: true,
+            signing_credential_id: String::new(),
         }
     );
     assert!(!shown.contains("secret-"), "{shown}");

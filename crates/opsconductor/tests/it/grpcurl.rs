@@ -364,6 +364,47 @@ async fn grpcurl_lists_describes_and_calls_every_service() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 
+    // Notifications, as the tour shows them: a template previewed with the event's sample, the
+    // job's failures sent to a Slack channel (its URL comes back masked), what was sent.
+    let notification = s.addr(ServiceKind::Notification).to_string();
+    let (ok, out) = run(&[
+        "-plaintext",
+        "-H",
+        &header,
+        "-d",
+        r#"{"template": {"channel": "NOTIFICATION_CHANNEL_SLACK", "event_type": "run.failed", "body": "*{{ job.name }}* failed: {{ run.error }}"}}"#,
+        &notification,
+        "opsconductor.notification.v1.NotificationService/PreviewTemplate",
+    ]);
+    assert!(
+        ok && out.contains("\"body\": \"*") && out.contains("failed: "),
+        "{out}"
+    );
+    let subscribe = format!(
+        r#"{{"subscription": {{"job_id": "{job}", "channel": "NOTIFICATION_CHANNEL_SLACK", "destination": "https://hooks.slack.com/services/T000/B000/XXXX", "outcomes": {{"failed": true}}}}}}"#
+    );
+    let (ok, out) = run(&[
+        "-plaintext",
+        "-H",
+        &header,
+        "-d",
+        &subscribe,
+        &notification,
+        "opsconductor.notification.v1.NotificationService/CreateSubscription",
+    ]);
+    assert!(
+        ok && out.contains("https://hooks.slack.com/…") && !out.contains("XXXX"),
+        "{out}"
+    );
+    let (ok, out) = run(&[
+        "-plaintext",
+        "-H",
+        &header,
+        &notification,
+        "opsconductor.notification.v1.NotificationService/ListDeliveries",
+    ]);
+    assert!(ok, "{out}");
+
     // The audit trail of all that, as the README's tour reads it.
     crate::support::drain_audit(&s).await;
     let audit = s.addr(ServiceKind::Audit).to_string();

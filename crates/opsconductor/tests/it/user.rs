@@ -271,16 +271,19 @@ async fn bad_input_is_rejected_and_writes_nothing(s: &Sandbox) {
                     channel: NotificationChannel::Email as i32,
                     destination: "nobody".into(),
                     enabled: true,
+                    signing_credential_id: String::new(),
                 },
                 ChannelDestination {
                     channel: NotificationChannel::Slack as i32,
                     destination: "http://insecure.example.com/hook".into(),
                     enabled: true,
+                    signing_credential_id: String::new(),
                 },
                 ChannelDestination {
                     channel: 0,
                     destination: "x".into(),
                     enabled: true,
+                    signing_credential_id: String::new(),
                 },
             ],
             quiet_hours: Some(QuietHours {
@@ -409,11 +412,13 @@ async fn preferences_default_and_replace(s: &Sandbox) {
                 channel: NotificationChannel::Teams as i32,
                 destination: "https://example.webhook.office.com/x".into(),
                 enabled: true,
+                signing_credential_id: String::new(),
             },
             ChannelDestination {
                 channel: NotificationChannel::Webhook as i32,
                 destination: "http://hooks.internal:8080/ops".into(),
                 enabled: false,
+                signing_credential_id: String::new(),
             },
         ],
         notify_on_start: true,

@@ -312,11 +312,14 @@ async fn a_credential_a_target_uses_is_deleted_only_by_force(s: &Sandbox) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_about_to_expire_are_announced_once_per_expiry() {
-    let s = Sandbox::start_with(
+    let mut s = Sandbox::start_with(
         StorageBackend::Sqlite,
         &[("CREDENTIALS_EXPIRY_SWEEP_MS", "100")],
     )
     .await;
+    // The test reads the announcements off the queue in the notification service's place.
+    s.stop_service(opsconductor_platform::ServiceKind::Notification)
+        .await;
     let mut vault = s.credentials();
     let in_days = |days: i64| prost_types::Timestamp {
         seconds: opsconductor_testkit::now_secs() as i64 + days * 86_400,
