@@ -4,6 +4,10 @@
 //! - Throughput: N SendNotification calls, `concurrency` in flight, timed from the first call
 //!   until the receiver has all N. The ceiling, measured in the same run against the same
 //!   receiver: a plain `reqwest` loop posting the same bodies at the same concurrency.
+//! - Queued deliveries: the same N deliveries queued again while the service is stopped (rows
+//!   back to PENDING and their NotificationRequested staged in its outbox, as SendNotification
+//!   leaves them), then the service started and timed until the receiver has all N: the relay,
+//!   the broker, the channel worker (claim, send, record) without the API in front.
 //! - Latency: at a moderate steady rate, from the moment SendNotification is called to the
 //!   moment the receiver records the request (one clock: same process), p50/p99.
 
@@ -73,10 +77,11 @@ async fn ceiling(sink: &HttpSink, n: usize, concurrency: usize) -> anyhow::Resul
 async fn throughput(
     s: &Sandbox,
     sink: &HttpSink,
+    path: &str,
     n: usize,
     concurrency: usize,
 ) -> anyhow::Result<(f64, f64)> {
-    let url = sink.url("/throughput");
+    let url = sink.url(path);
     let started = Instant::now();
     let results: Vec<anyhow::Result<()>> = stream::iter(0..n)
         .map(|i| {
@@ -94,10 +99,52 @@ async fn throughput(
         r?;
     }
     let sent = n as f64 / started.elapsed().as_secs_f64();
-    sink.wait_for("/throughput", n, Duration::from_secs(600))
+    sink.wait_for(path, n, Duration::from_secs(600))
         .await;
     let delivered = n as f64 / started.elapsed().as_secs_f64();
     Ok((sent, delivered))
+}
+
+async fn drain(s: &mut Sandbox, sink: &HttpSink, n: usize) -> anyhow::Result<f64> {
+    use opsconductor_api::notification::v1::NotificationRequested;
+    use opsconductor_messaging::topology::platform;
+    use opsconductor_messaging::{Outbox, OutgoingMessage};
+    use opsconductor_platform::ServiceKind;
+
+    s.stop_service(ServiceKind::Notification).await;
+    let db = s.db(ServiceKind::Notification).clone();
+    let exchange = s.broker.names().exchange(&platform::notification_exchange());
+    let from = sink.url("/throughput");
+    let to = sink.url("/drain");
+    let ids: Vec<(String,)> = sqlx::query_as("SELECT id FROM deliveries WHERE destination = $1")
+        .bind(&from)
+        .fetch_all(db.pool())
+        .await?;
+    anyhow::ensure!(ids.len() == n, "found {} deliveries of {n}", ids.len());
+    let outbox = Outbox::new(db.clone());
+    let mut tx = db.begin().await?;
+    sqlx::query("UPDATE deliveries SET state = 1, destination = $1 WHERE destination = $2")
+        .bind(&to)
+        .bind(&from)
+        .execute(&mut *tx)
+        .await?;
+    for (id,) in &ids {
+        let message = OutgoingMessage::new(
+            &exchange,
+            "webhook",
+            &NotificationRequested {
+                delivery_id: id.clone(),
+                channel: NotificationChannel::Webhook as i32,
+                event_type: "bench".into(),
+            },
+        );
+        outbox.stage(&mut tx, &message).await?;
+    }
+    tx.commit().await?;
+    let started = Instant::now();
+    s.start_service(ServiceKind::Notification).await;
+    sink.wait_for("/drain", n, Duration::from_secs(600)).await;
+    Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
 async fn latency(
@@ -155,7 +202,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         StorageBackend::Sqlite
     };
     let concurrency = o.concurrency.to_string();
-    let s = Sandbox::start_with(
+    let mut s = Sandbox::start_with(
         backend,
         &[
             ("NOTIFICATION_RATE_PER_MINUTE", "0"),
@@ -166,13 +213,16 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     .await;
     let sink = HttpSink::start().await;
     eprintln!("warming up");
-    throughput(&s, &sink, 200, o.concurrency).await?;
+    throughput(&s, &sink, "/warm-up", 200, o.concurrency).await?;
     ceiling(&sink, 1_000, o.concurrency).await?;
 
     eprintln!("measuring: plain reqwest ceiling");
     let ceiling = ceiling(&sink, o.deliveries, o.concurrency).await?;
     eprintln!("measuring: SendNotification -> delivered");
-    let (sent, delivered) = throughput(&s, &sink, o.deliveries, o.concurrency).await?;
+    let (sent, delivered) =
+        throughput(&s, &sink, "/throughput", o.deliveries, o.concurrency).await?;
+    eprintln!("measuring: queued deliveries -> delivered");
+    let drained = drain(&mut s, &sink, o.deliveries).await?;
     eprintln!("measuring: latency at {}/s", o.rate);
     let mut samples = latency(&s, &sink, o.rate, o.seconds).await?;
     let p50 = percentile(&mut samples, 0.5);
@@ -187,6 +237,10 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     println!(
         "  webhook deliveries (send -> received):  {delivered:>9.0}/s  ({:.2} of the ceiling)",
         delivered / ceiling
+    );
+    println!(
+        "  queued deliveries (restart -> received): {drained:>9.0}/s  ({:.2} of the ceiling)",
+        drained / ceiling
     );
     println!(
         "  enqueue -> delivered at {}/s:          p50 {:.1} ms, p99 {:.1} ms ({} deliveries)",

@@ -12,11 +12,12 @@ use opsconductor_platform::time::{from_duration, now_micros, to_timestamp};
 use opsconductor_storage::{is_unique_violation, Database, Select};
 use sqlx::AnyConnection;
 
+use crate::writer::{GroupWriter, Write, Written};
 use crate::NotificationError;
 
 type Result<T> = std::result::Result<T, NotificationError>;
 
-const COLUMNS: &str = "id, channel, destination, signing_credential_id, user_id, \
+pub(crate) const COLUMNS: &str = "id, channel, destination, signing_credential_id, user_id, \
     subscription_id, event_type, subject, body, html_body, state, urgent, attempts, last_error, \
     next_attempt_time, deliver_time, requested_user_id, requested_service_id, request_hash, \
     create_time, update_time";
@@ -152,6 +153,7 @@ pub enum Claim {
 }
 
 /// What the worker records after an attempt.
+#[derive(Debug)]
 pub struct AttemptRecord {
     pub start_time: i64,
     pub outcome: AttemptOutcome,
@@ -168,6 +170,7 @@ pub struct AttemptRecord {
 #[derive(Clone)]
 pub struct DeliveryStore {
     db: Database,
+    writer: GroupWriter,
     outbox: Outbox,
     audit: AuditLog,
     exchange: String,
@@ -192,6 +195,7 @@ impl DeliveryStore {
         dedupe_window: std::time::Duration,
     ) -> DeliveryStore {
         DeliveryStore {
+            writer: GroupWriter::start(db.clone()),
             db,
             outbox,
             audit,
@@ -399,25 +403,17 @@ impl DeliveryStore {
         let now = now_micros();
         let claim_id = uuid::Uuid::now_v7().to_string();
         let until = now + lease.as_micros().min(i64::MAX as u128) as i64;
-        let claimed = sqlx::query_as::<_, DeliveryRow>(&format!(
-            "UPDATE deliveries SET state = $1, claim_id = $2, lease_until = $3, update_time = $4 \
-             WHERE id = $5 AND (state IN ($6, $7, $8) OR (state = $9 AND lease_until < $10)) \
-             RETURNING {COLUMNS}"
-        ))
-        .bind(DeliveryState::Sending as i64)
-        .bind(&claim_id)
-        .bind(until)
-        .bind(now)
-        .bind(id)
-        .bind(DeliveryState::Pending as i64)
-        .bind(DeliveryState::Failed as i64)
-        .bind(DeliveryState::DeadLettered as i64)
-        .bind(DeliveryState::Sending as i64)
-        .bind(now)
-        .fetch_optional(self.db.pool())
-        .await?;
-        if let Some(row) = claimed {
-            return Ok(Claim::Claimed(Box::new(row), claim_id));
+        let claimed = self
+            .writer
+            .write(Write::Claim {
+                id: id.to_string(),
+                claim_id: claim_id.clone(),
+                until,
+                now,
+            })
+            .await?;
+        if let Written::Claimed(Some(row)) = claimed {
+            return Ok(Claim::Claimed(row, claim_id));
         }
         let current: Option<(i64, Option<i64>)> =
             sqlx::query_as("SELECT state, lease_until FROM deliveries WHERE id = $1")
@@ -437,55 +433,23 @@ impl DeliveryStore {
 
     /// Records an attempt and the state it leads to, if `claim_id` still holds the delivery.
     /// False when another worker took it over (the lease ran out).
-    pub async fn record(
-        &self,
-        row: &DeliveryRow,
-        claim_id: &str,
-        a: &AttemptRecord,
-    ) -> Result<bool> {
-        let now = now_micros();
-        let mut tx = self.db.begin().await?;
-        let updated = sqlx::query(
-            "UPDATE deliveries SET state = $1, attempts = attempts + 1, last_error = $2, \
-             next_attempt_time = $3, deliver_time = $4, claim_id = NULL, lease_until = NULL, \
-             update_time = $5 WHERE id = $6 AND claim_id = $7",
-        )
-        .bind(a.state as i64)
-        .bind(&a.error)
-        .bind(a.next_attempt_time)
-        .bind((a.state == DeliveryState::Delivered).then_some(now))
-        .bind(now)
-        .bind(&row.id)
-        .bind(claim_id)
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() == 0 {
-            return Ok(false);
-        }
-        sqlx::query(
-            "INSERT INTO delivery_attempts (delivery_id, number, start_time, outcome, status, \
-             error, latency_us, retry_after_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(&row.id)
-        .bind(row.attempts + 1)
-        .bind(a.start_time)
-        .bind(a.outcome as i64)
-        .bind(i64::from(a.status))
-        .bind(&a.error)
-        .bind(a.latency.as_micros().min(i64::MAX as u128) as i64)
-        .bind(
-            a.retry_after
-                .map(|d| d.as_millis().min(i64::MAX as u128) as i64),
-        )
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(true)
+    pub async fn record(&self, row: &DeliveryRow, claim_id: &str, a: AttemptRecord) -> Result<bool> {
+        let written = self
+            .writer
+            .write(Write::Record {
+                id: row.id.clone(),
+                number: row.attempts + 1,
+                claim_id: claim_id.to_string(),
+                attempt: a,
+            })
+            .await?;
+        Ok(matches!(written, Written::Recorded(true)))
     }
 
     /// Gives a claimed delivery back untouched (the worker could not try: a secret was not
     /// available), so the next copy of its message can claim it at once.
     pub async fn release(&self, id: &str, claim_id: &str, error: &str) -> Result<()> {
+        let mut tx = self.db.begin().await?;
         sqlx::query(
             "UPDATE deliveries SET state = $1, claim_id = NULL, lease_until = NULL, \
              last_error = $2, update_time = $3 WHERE id = $4 AND claim_id = $5",
@@ -495,13 +459,15 @@ impl DeliveryStore {
         .bind(now_micros())
         .bind(id)
         .bind(claim_id)
-        .execute(self.db.pool())
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
     /// Holds a claimed delivery until `until` (the releaser queues it then), with the reason.
     pub async fn defer(&self, id: &str, claim_id: &str, until: i64, reason: &str) -> Result<()> {
+        let mut tx = self.db.begin().await?;
         sqlx::query(
             "UPDATE deliveries SET state = $1, next_attempt_time = $2, last_error = $3, \
              claim_id = NULL, lease_until = NULL, update_time = $4 WHERE id = $5 AND claim_id = $6",
@@ -512,8 +478,9 @@ impl DeliveryStore {
         .bind(now_micros())
         .bind(id)
         .bind(claim_id)
-        .execute(self.db.pool())
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 

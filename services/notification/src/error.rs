@@ -23,6 +23,9 @@ pub enum NotificationError {
     /// Another service answered with an error (kept as it came, to pass on).
     #[error("{0}")]
     Upstream(ApiError),
+    /// A grouped write failed (the whole group's transaction); every writer in it retries.
+    #[error("writing deliveries failed: {0}")]
+    Write(String),
     #[error("stored {0} is invalid: {1}")]
     Corrupt(&'static str, String),
     #[error(transparent)]
@@ -56,7 +59,9 @@ impl From<NotificationError> for ApiError {
                 reason: "TEMPLATE_FAILED",
                 message: e.to_string(),
             },
-            e @ NotificationError::Corrupt(..) => ApiError::internal(e.to_string()),
+            e @ (NotificationError::Corrupt(..) | NotificationError::Write(_)) => {
+                ApiError::internal(e.to_string())
+            }
             NotificationError::Infra(e) => e.into(),
         }
     }

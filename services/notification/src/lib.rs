@@ -18,6 +18,7 @@ mod subscriptions;
 mod templates;
 mod validate;
 mod worker;
+mod writer;
 
 use std::sync::Arc;
 

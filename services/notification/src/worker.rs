@@ -293,7 +293,7 @@ impl Worker {
         };
         if !self
             .deliveries
-            .record(row, claim_id, &record)
+            .record(row, claim_id, record)
             .await
             .map_err(HandleError::retry)?
         {
