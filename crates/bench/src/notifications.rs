@@ -99,8 +99,7 @@ async fn throughput(
         r?;
     }
     let sent = n as f64 / started.elapsed().as_secs_f64();
-    sink.wait_for(path, n, Duration::from_secs(600))
-        .await;
+    sink.wait_for(path, n, Duration::from_secs(600)).await;
     let delivered = n as f64 / started.elapsed().as_secs_f64();
     Ok((sent, delivered))
 }
@@ -113,7 +112,10 @@ async fn drain(s: &mut Sandbox, sink: &HttpSink, n: usize) -> anyhow::Result<f64
 
     s.stop_service(ServiceKind::Notification).await;
     let db = s.db(ServiceKind::Notification).clone();
-    let exchange = s.broker.names().exchange(&platform::notification_exchange());
+    let exchange = s
+        .broker
+        .names()
+        .exchange(&platform::notification_exchange());
     let from = sink.url("/throughput");
     let to = sink.url("/drain");
     let ids: Vec<(String,)> = sqlx::query_as("SELECT id FROM deliveries WHERE destination = $1")

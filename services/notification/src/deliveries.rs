@@ -433,7 +433,12 @@ impl DeliveryStore {
 
     /// Records an attempt and the state it leads to, if `claim_id` still holds the delivery.
     /// False when another worker took it over (the lease ran out).
-    pub async fn record(&self, row: &DeliveryRow, claim_id: &str, a: AttemptRecord) -> Result<bool> {
+    pub async fn record(
+        &self,
+        row: &DeliveryRow,
+        claim_id: &str,
+        a: AttemptRecord,
+    ) -> Result<bool> {
         let written = self
             .writer
             .write(Write::Record {

@@ -108,7 +108,11 @@ async fn run(db: &Database, writes: &[Write]) -> Result<Vec<Written>, sqlx::Erro
                 claim_id,
                 until,
                 now,
-            } => Written::Claimed(claim(&mut tx, id, claim_id, *until, *now).await?.map(Box::new)),
+            } => Written::Claimed(
+                claim(&mut tx, id, claim_id, *until, *now)
+                    .await?
+                    .map(Box::new),
+            ),
             Write::Record {
                 id,
                 number,
