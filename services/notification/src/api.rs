@@ -9,7 +9,6 @@ use opsconductor_api::notification::v1::preview_template_request::Source as Prev
 use opsconductor_api::notification::v1::send_notification_request::{Content, Recipient};
 use opsconductor_api::notification::v1::subscription::Selector;
 use opsconductor_api::notification::v1::*;
-use opsconductor_api::user::v1::GetNotificationPreferencesRequest;
 use opsconductor_messaging::Cause;
 use opsconductor_notify_render as render;
 use opsconductor_platform::client::Clients;
@@ -18,7 +17,7 @@ use opsconductor_platform::principal::Principal;
 use opsconductor_platform::time::from_duration;
 use opsconductor_platform::validate::{require_id, required, Violations};
 use opsconductor_platform::ApiError;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
 use crate::deliveries::{DeliveryFilter, DeliveryRow, DeliveryStore, NewDelivery};
 use crate::events::Notifier;
@@ -210,32 +209,17 @@ impl NotificationApi {
         channel: NotificationChannel,
         urgent: bool,
     ) -> Result<(String, String, Option<i64>)> {
-        let request = GetNotificationPreferencesRequest {
-            user_id: user_id.to_string(),
-        };
-        let prefs = match self
-            .clients
-            .user()
-            .get_notification_preferences(request)
-            .await
-        {
-            Ok(r) => r.into_inner().preferences.unwrap_or_default(),
-            Err(s) if s.code() == Code::NotFound => {
-                return Err(ApiError::invalid("user_id", "no user has this id").into())
-            }
-            Err(s) => return Err(NotificationError::Upstream(ApiError::from_status(&s))),
-        };
+        let prefs = self
+            .notifier
+            .preferences(user_id)
+            .await?
+            .ok_or_else(|| ApiError::invalid("user_id", "no user has this id"))?;
         let found = prefs
             .destinations
             .iter()
             .find(|d| d.enabled && d.channel == channel as i32)
             .ok_or(NotificationError::NoDestination)?;
-        let defer = if urgent {
-            None
-        } else {
-            quiet::defer_until(prefs.quiet_hours.as_ref(), chrono::Utc::now())
-                .map(|t| t.timestamp_micros())
-        };
+        let defer = quiet::held_until(&prefs, urgent);
         Ok((
             found.destination.clone(),
             found.signing_credential_id.clone(),

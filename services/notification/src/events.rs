@@ -6,7 +6,6 @@
 
 use std::sync::Arc;
 
-use chrono::Utc;
 use opsconductor_api::common::v1::{Actor, NotificationChannel, Role};
 use opsconductor_api::credentials::v1::CredentialExpiring;
 use opsconductor_api::jobs::v1::{RunFinished, RunStarted};
@@ -188,32 +187,14 @@ impl Notifier {
         if user_id.is_empty() {
             return Ok(Vec::new());
         }
-        let request = GetNotificationPreferencesRequest {
-            user_id: user_id.to_string(),
-        };
-        let prefs = match self
-            .clients
-            .user()
-            .get_notification_preferences(request)
-            .await
-        {
-            Ok(r) => r.into_inner().preferences.unwrap_or_default(),
+        let Some(prefs) = self.preferences(user_id).await? else {
             // A user deleted since the run started hears nothing.
-            Err(s) if s.code() == Code::NotFound => return Ok(Vec::new()),
-            Err(s) => {
-                return Err(NotificationError::Upstream(
-                    opsconductor_platform::ApiError::from_status(&s),
-                ))
-            }
+            return Ok(Vec::new());
         };
         if !wants(&prefs) {
             return Ok(Vec::new());
         }
-        let defer_until = if urgent {
-            None
-        } else {
-            quiet::defer_until(prefs.quiet_hours.as_ref(), Utc::now()).map(|t| t.timestamp_micros())
-        };
+        let defer_until = quiet::held_until(&prefs, urgent);
         Ok(prefs
             .destinations
             .into_iter()
@@ -229,6 +210,28 @@ impl Notifier {
                 defer_until,
             })
             .collect())
+    }
+
+    /// A user's notification preferences; `None` when there is no such user.
+    pub async fn preferences(
+        &self,
+        user_id: &str,
+    ) -> Result<Option<NotificationPreferences>, NotificationError> {
+        let request = GetNotificationPreferencesRequest {
+            user_id: user_id.to_string(),
+        };
+        match self
+            .clients
+            .user()
+            .get_notification_preferences(request)
+            .await
+        {
+            Ok(r) => Ok(Some(r.into_inner().preferences.unwrap_or_default())),
+            Err(s) if s.code() == Code::NotFound => Ok(None),
+            Err(s) => Err(NotificationError::Upstream(
+                opsconductor_platform::ApiError::from_status(&s),
+            )),
+        }
     }
 
     async fn subscribers(

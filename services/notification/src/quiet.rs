@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Duration, LocalResult, NaiveTime, TimeZone, Utc};
 use chrono_tz::Tz;
-use opsconductor_api::user::v1::QuietHours;
+use opsconductor_api::user::v1::{NotificationPreferences, QuietHours};
 
 fn hhmm(s: &str) -> Option<NaiveTime> {
     NaiveTime::parse_from_str(s, "%H:%M").ok()
@@ -35,6 +35,15 @@ pub fn defer_until(quiet: Option<&QuietHours>, now: DateTime<Utc>) -> Option<Dat
         day = day.succ_opt()?;
     }
     Some(first_instant_at_or_after(&zone, day.and_time(end)))
+}
+
+/// Until when `prefs`' quiet hours hold a delivery created now (Unix microseconds); urgent
+/// ones are never held.
+pub fn held_until(prefs: &NotificationPreferences, urgent: bool) -> Option<i64> {
+    if urgent {
+        return None;
+    }
+    defer_until(prefs.quiet_hours.as_ref(), Utc::now()).map(|t| t.timestamp_micros())
 }
 
 /// A local time as an instant; in a DST gap, the first instant after the gap; in an overlap,
