@@ -80,14 +80,19 @@ impl TestDatabase {
 }
 
 /// Runs a cleanup to completion from `Drop`: the test's own runtime may be shutting down, so it
-/// gets a thread and a small runtime of its own, and the caller waits for it.
+/// gets a thread and a small runtime of its own, and the caller waits for it — at most a minute:
+/// a broker or database that stopped answering must not hang the suite (what is left behind is
+/// named by the test's prefix, for the cleanup commands in the README).
 pub fn cleanup_on_own_runtime(cleanup: impl std::future::Future<Output = ()> + Send + 'static) {
     let handle = std::thread::spawn(move || {
         if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
         {
-            rt.block_on(cleanup);
+            let limit = std::time::Duration::from_secs(60);
+            if rt.block_on(tokio::time::timeout(limit, cleanup)).is_err() {
+                eprintln!("test cleanup gave up after {limit:?}; some resources are left behind");
+            }
         }
     });
     let _ = handle.join();

@@ -15,16 +15,15 @@ pub fn amqp_url() -> String {
     std::env::var("OPSCONDUCTOR_TEST_AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.to_string())
 }
 
-/// The notification service's retry delays in sandboxes: quick, with one tier long enough for
-/// a test's Retry-After of two seconds.
-pub const NOTIFICATION_RETRY_DELAYS_MS: &str = "100,300,1000,3000";
+/// The notification service's retry delays in sandboxes: a quick first retry, then a tier long
+/// enough for a test's Retry-After of two seconds. Two tiers only: every delay queue of the four
+/// channels is a quorum queue in every sandbox, and RabbitMQ on two cores has limits.
+pub const NOTIFICATION_RETRY_DELAYS_MS: &str = "200,3000";
 
 /// The retry policy those delays make (its queue names depend on it).
 pub fn notification_retry() -> opsconductor_messaging::topology::RetryPolicy {
     opsconductor_messaging::topology::RetryPolicy {
-        delays: [100, 300, 1_000, 3_000]
-            .map(std::time::Duration::from_millis)
-            .to_vec(),
+        delays: [200, 3_000].map(std::time::Duration::from_millis).to_vec(),
         max_attempts: 6,
     }
 }

@@ -18,7 +18,11 @@ use crate::jobs::LIMIT;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_are_retried_recorded_and_dead_lettered() {
-    let s = Sandbox::start(StorageBackend::Postgres).await;
+    let s = Sandbox::start_with(
+        StorageBackend::Postgres,
+        &[("NOTIFICATION_MAX_ATTEMPTS", "4")],
+    )
+    .await;
     let sink = HttpSink::start().await;
 
     // 500, 500, then 200: exactly one successful delivery, three attempts on record.
@@ -131,7 +135,7 @@ async fn failures_are_retried_recorded_and_dead_lettered() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
 
-    // Failing every time: dead-lettered after the last attempt (six), each one recorded.
+    // Failing every time: dead-lettered after the last attempt (four here), each one recorded.
     sink.script("/down", vec![Reply::status(503); 10]);
     let down = send(
         &s,
@@ -139,9 +143,9 @@ async fn failures_are_retried_recorded_and_dead_lettered() {
     )
     .await;
     let dead = reaches(&s, &down.id, DeliveryState::DeadLettered).await;
-    assert_eq!(dead.attempts, 6);
-    assert_eq!(dead.attempt_log.len(), 6);
-    assert_eq!(sink.received("/down").len(), 6);
+    assert_eq!(dead.attempts, 4);
+    assert_eq!(dead.attempt_log.len(), 4);
+    assert_eq!(sink.received("/down").len(), 4);
     s.stop().await;
 }
 
