@@ -1,5 +1,7 @@
 //! Drills that restart the broker. A test binary of its own: cargo runs binaries one after the
-//! other, so nothing else is connected when the broker goes away.
+//! other, so nothing else is connected when the broker goes away. Named to run after the
+//! integration suite: a RabbitMQ on two cores that has just recovered a sandbox's worth of
+//! quorum queues can be slow to declare new ones, and the suite declares thousands.
 //!
 //! Ten thousand audit events from two publishers — each its own outbox and broker connection,
 //! committing fifty events a transaction — with RabbitMQ stopped and started in the middle and
