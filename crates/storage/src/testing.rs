@@ -90,7 +90,11 @@ pub fn cleanup_on_own_runtime(cleanup: impl std::future::Future<Output = ()> + S
             .build()
         {
             let limit = std::time::Duration::from_secs(60);
-            if rt.block_on(tokio::time::timeout(limit, cleanup)).is_err() {
+            // The timer is made inside the runtime: it needs its clock.
+            if rt
+                .block_on(async move { tokio::time::timeout(limit, cleanup).await })
+                .is_err()
+            {
                 eprintln!("test cleanup gave up after {limit:?}; some resources are left behind");
             }
         }
