@@ -23,7 +23,10 @@ pub const NOTIFICATION_RETRY_DELAYS_MS: &str = "200,3000";
 /// The retry policy those delays make (its queue names depend on it).
 pub fn notification_retry() -> opsconductor_messaging::topology::RetryPolicy {
     opsconductor_messaging::topology::RetryPolicy {
-        delays: [200, 3_000].map(std::time::Duration::from_millis).to_vec(),
+        delays: NOTIFICATION_RETRY_DELAYS_MS
+            .split(',')
+            .map(|ms| std::time::Duration::from_millis(ms.parse().unwrap_or_default()))
+            .collect(),
         max_attempts: 6,
     }
 }

@@ -167,8 +167,7 @@ impl ServiceModule for Notification {
                     Consumer::work(&messaging.broker, &queue, notifier.handlers()).start();
                 server = server.with_worker(consumer);
             }
-            server =
-                server.with_worker(settings::spawn_releaser(deliveries, settings.release_poll));
+            server = server.with_worker(quiet::spawn_releaser(deliveries, settings.release_poll));
             let dead_letter_queues: Vec<WorkQueue> =
                 channel_queues.into_iter().chain(event_queues()).collect();
             let server =

@@ -1,9 +1,13 @@
 //! Quiet hours: a daily window in the user's time zone in which only urgent deliveries go out;
-//! the others wait until the window ends.
+//! the others wait until the window ends, when the releaser task queues them.
 
 use chrono::{DateTime, Duration, LocalResult, NaiveTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use opsconductor_api::user::v1::{NotificationPreferences, QuietHours};
+use opsconductor_platform::server::Tasks;
+use opsconductor_platform::time::now_micros;
+
+use crate::deliveries::DeliveryStore;
 
 fn hhmm(s: &str) -> Option<NaiveTime> {
     NaiveTime::parse_from_str(s, "%H:%M").ok()
@@ -59,6 +63,25 @@ fn first_instant_at_or_after(zone: &Tz, local: chrono::NaiveDateTime) -> DateTim
     }
     // No zone has a gap of four hours; fall back to reading the time as UTC.
     Utc.from_utc_datetime(&local)
+}
+
+/// Queues deliveries whose quiet hours ended: sleeps until the earliest is due (at most one
+/// poll interval, so deliveries deferred meanwhile by other replicas are seen).
+pub fn spawn_releaser(deliveries: DeliveryStore, poll: std::time::Duration) -> Tasks {
+    Tasks(vec![tokio::spawn(async move {
+        loop {
+            if let Err(e) = deliveries.release_due(500).await {
+                tracing::warn!(error = %e, "releasing deferred deliveries failed; retrying");
+            }
+            let sleep = match deliveries.next_release().await {
+                Ok(Some(at)) => {
+                    std::time::Duration::from_micros((at - now_micros()).max(0) as u64).min(poll)
+                }
+                _ => poll,
+            };
+            tokio::time::sleep(sleep).await;
+        }
+    })])
 }
 
 #[cfg(test)]

@@ -1,15 +1,11 @@
-//! The service's configuration (every variable is in docs/configuration.md), and the task that
-//! releases deliveries held by quiet hours.
+//! The service's configuration (every variable is in docs/configuration.md).
 
 use std::time::Duration;
 
 use opsconductor_messaging::topology::RetryPolicy;
 use opsconductor_notify_channels::{HttpSender, HttpSettings, SmtpSettings, SmtpTls};
 use opsconductor_platform::config::{ConfigError, Env};
-use opsconductor_platform::server::Tasks;
-use opsconductor_platform::time::now_micros;
 
-use crate::deliveries::DeliveryStore;
 use crate::worker::EmailSettings;
 
 #[derive(Clone)]
@@ -173,23 +169,6 @@ impl Settings {
         HttpSender::new(self.http.clone())
             .map_err(|e| ConfigError::invalid("NOTIFICATION_HTTP_TIMEOUT_MS", "", e))
     }
-}
-
-/// Queues deliveries whose quiet hours ended: sleeps until the earliest is due (at most one
-/// poll interval, so deliveries deferred meanwhile by other replicas are seen).
-pub fn spawn_releaser(deliveries: DeliveryStore, poll: Duration) -> Tasks {
-    Tasks(vec![tokio::spawn(async move {
-        loop {
-            if let Err(e) = deliveries.release_due(500).await {
-                tracing::warn!(error = %e, "releasing deferred deliveries failed; retrying");
-            }
-            let sleep = match deliveries.next_release().await {
-                Ok(Some(at)) => Duration::from_micros((at - now_micros()).max(0) as u64).min(poll),
-                _ => poll,
-            };
-            tokio::time::sleep(sleep).await;
-        }
-    })])
 }
 
 #[cfg(test)]
