@@ -55,6 +55,11 @@ impl Process {
             .current_dir(dir)
             .env("OPSCONDUCTOR_LOG", "info")
             .env("OPSCONDUCTOR_AMQP_PREFIX", &broker.prefix)
+            // The delay queues the broker's cleanup knows (and fewer of them).
+            .env(
+                "NOTIFICATION_RETRY_DELAYS_MS",
+                opsconductor_testkit::NOTIFICATION_RETRY_DELAYS_MS,
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (k, v) in envs {
