@@ -123,6 +123,19 @@ impl Broker {
         &self.inner.metrics
     }
 
+    /// Exposes the counters in `registry` (without keeping the connection alive: a scrape
+    /// after the broker is gone reads zeros).
+    pub fn register_metrics(&self, registry: &opsconductor_metrics::Registry) {
+        let inner = Arc::downgrade(&self.inner);
+        let read = move || {
+            inner
+                .upgrade()
+                .map(|inner| inner.metrics.snapshot())
+                .unwrap_or_default()
+        };
+        registry.register_collector(MetricsSnapshot::counter_set(Arc::new(read)));
+    }
+
     pub fn is_connected(&self) -> bool {
         self.inner
             .sessions

@@ -33,6 +33,7 @@ mod config;
 mod consumer;
 mod deadletter;
 mod error;
+mod gauges;
 mod handler;
 mod inbox;
 mod message;

@@ -1,6 +1,5 @@
 //! Counters of what a service's messaging did, for logs, tests and the Prometheus endpoint.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 macro_rules! counters {
@@ -24,16 +23,21 @@ macro_rules! counters {
         }
 
         impl MetricsSnapshot {
-            /// Prometheus text exposition, one counter per line, labelled with the service.
-            pub fn render_prometheus(&self, service: &str) -> String {
-                let mut out = String::new();
+            /// Every counter as `opsconductor_messaging_<name>_total`, read from `read` at
+            /// each scrape.
+            pub(crate) fn counter_set(
+                read: std::sync::Arc<dyn Fn() -> MetricsSnapshot + Send + Sync>,
+            ) -> opsconductor_metrics::CounterSet {
+                let set = opsconductor_metrics::CounterSet::new();
                 $(
-                    let name = concat!("opsconductor_messaging_", stringify!($name), "_total");
-                    let _ = writeln!(out, "# HELP {name} {}", $help);
-                    let _ = writeln!(out, "# TYPE {name} counter");
-                    let _ = writeln!(out, "{name}{{service=\"{service}\"}} {}", self.$name);
+                    let r = read.clone();
+                    let set = set.counter(
+                        concat!("opsconductor_messaging_", stringify!($name)),
+                        $help,
+                        move || r().$name,
+                    );
                 )*
-                out
+                set
             }
         }
     };

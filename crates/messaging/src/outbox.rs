@@ -116,6 +116,10 @@ impl Outbox {
         self.wake.notify_one();
     }
 
+    pub(crate) fn db(&self) -> &Database {
+        &self.db
+    }
+
     /// Rows not yet confirmed by the broker.
     pub async fn pending(&self) -> Result<u64, MessagingError> {
         let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM messaging_outbox")

@@ -52,6 +52,18 @@ impl ServiceMessaging {
     }
 }
 
+impl ServiceMessaging {
+    /// Exposes the broker's counters and the outbox's depth and age in `registry`; the
+    /// returned task samples the outbox.
+    pub fn register_metrics(
+        &self,
+        registry: &opsconductor_metrics::Registry,
+    ) -> opsconductor_platform::server::Tasks {
+        self.broker.register_metrics(registry);
+        crate::gauges::outbox(self.outbox.db().clone(), registry)
+    }
+}
+
 impl Worker for RunningRelay {
     fn stop(self: Box<Self>, grace: Duration) -> BoxFuture<'static, ()> {
         self.shutdown(grace).boxed()

@@ -86,7 +86,7 @@ pub async fn up(options: UpOptions, env: Env) -> anyhow::Result<()> {
     for module in SERVICES {
         let kind = module.kind();
         let listen = SocketAddr::new(options.host, options.port_base + kind.port_offset());
-        let service_env = service_env(&env, &secrets, kind);
+        let service_env = service_env(&env, &secrets, kind, listen);
         let path = options.data_dir.join(format!("{}.db", kind.name()));
         let db = Database::open_sqlite_file(&path)
             .await
@@ -104,7 +104,10 @@ pub async fn up(options: UpOptions, env: Env) -> anyhow::Result<()> {
     }
     let serving: Vec<String> = bound
         .iter()
-        .map(|(kind, server)| format!("{kind} {}", server.local_addr()))
+        .map(|(kind, server)| match server.metrics_addr() {
+            Some(metrics) => format!("{kind} {} (metrics {metrics})", server.local_addr()),
+            None => format!("{kind} {}", server.local_addr()),
+        })
         .collect();
     println!("OpsConductor is serving: {}", serving.join(", "));
     let all_serving = bound.iter().all(|(_, s)| s.health().is_serving());
@@ -145,8 +148,15 @@ fn restrict(dir: &std::path::Path) -> std::io::Result<()> {
 
 /// What one service of `up` is configured with: the process environment plus its identity
 /// and its own secrets (each `<VAR>_FILE` cleared, the value given).
-fn service_env(env: &Env, secrets: &Secrets, kind: ServiceKind) -> Env {
+/// One service's variables in `up`: its identity and secrets, and its metrics beside its gRPC
+/// port (one `METRICS_ADDR` cannot serve nine services; `off` still turns them all off).
+fn service_env(env: &Env, secrets: &Secrets, kind: ServiceKind, listen: SocketAddr) -> Env {
     let mut service = env.clone().with("SERVICE_ID", kind.name());
+    if env.get("METRICS_ADDR").as_deref() != Some("off") {
+        if let Some(addr) = opsconductor_platform::config::default_metrics_addr(listen) {
+            service = service.with("METRICS_ADDR", addr.to_string());
+        }
+    }
     for (var, value) in secrets.vars(kind) {
         service = service.with(var, value).with(format!("{var}_FILE"), "");
     }

@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use http::Uri;
+use opsconductor_metrics::{GrpcMetrics, Registry, Side};
 use thiserror::Error;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::health_client::HealthClient;
@@ -57,6 +58,7 @@ pub struct Clients {
     urls: HashMap<ServiceKind, Vec<Uri>>,
     channels: Mutex<HashMap<ServiceKind, Channel>>,
     tokens: Option<TokenSource>,
+    metrics: Option<GrpcMetrics>,
 }
 
 impl Clients {
@@ -87,6 +89,7 @@ impl Clients {
             urls,
             channels: Mutex::new(HashMap::new()),
             tokens: None,
+            metrics: None,
         })
     }
 
@@ -100,9 +103,24 @@ impl Clients {
         self.tokens.as_ref()
     }
 
+    /// Every call made through these clients is recorded in `registry`'s `grpc_client_*`
+    /// series (and the token cache's counters, with tokens).
+    pub fn with_metrics(mut self, registry: &Registry) -> Self {
+        self.metrics = Some(GrpcMetrics::register(
+            registry,
+            Side::Client,
+            crate::methods::method_kinds(),
+        ));
+        if let Some(tokens) = &self.tokens {
+            tokens.register_metrics(registry);
+        }
+        self
+    }
+
     /// The authenticated channel to `kind`.
     pub fn channel(&self, kind: ServiceKind) -> AuthChannel {
         AuthChannel::new(self.raw_channel(kind), self.tokens.clone())
+            .with_metrics(self.metrics.clone())
     }
 
     pub fn urls(&self, kind: ServiceKind) -> &[Uri] {

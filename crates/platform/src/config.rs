@@ -193,6 +193,42 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// How often dependencies (database, broker) are checked for health.
     pub health_interval: Duration,
+    /// Where `/metrics` is served (`METRICS_ADDR`; by default the gRPC port + 1000 on the
+    /// same host, an ephemeral port when the gRPC port is; `off` serves none).
+    pub metrics: Option<SocketAddr>,
+}
+
+/// The metrics port is the gRPC port plus this (user: 3002 → 4002).
+pub const METRICS_PORT_OFFSET: u16 = 1000;
+
+/// Where a server listening on `listen` serves its metrics by default.
+pub fn default_metrics_addr(listen: SocketAddr) -> Option<SocketAddr> {
+    match listen.port() {
+        0 => Some(SocketAddr::new(listen.ip(), 0)),
+        port => port
+            .checked_add(METRICS_PORT_OFFSET)
+            .map(|port| SocketAddr::new(listen.ip(), port)),
+    }
+}
+
+fn metrics_addr(env: &Env, listen: SocketAddr) -> Result<Option<SocketAddr>, ConfigError> {
+    match env.get("METRICS_ADDR").as_deref().map(str::trim) {
+        None | Some("") => match default_metrics_addr(listen) {
+            Some(addr) => Ok(Some(addr)),
+            None => Err(ConfigError::invalid(
+                "METRICS_ADDR",
+                "",
+                format!(
+                    "the gRPC port {} + 1000 is no port; set it or `off`",
+                    listen.port()
+                ),
+            )),
+        },
+        Some("off") => Ok(None),
+        Some(raw) => raw.parse().map(Some).map_err(|e| {
+            ConfigError::invalid("METRICS_ADDR", raw, format!("{e} (host:port, or `off`)"))
+        }),
+    }
 }
 
 impl ServerConfig {
@@ -213,6 +249,7 @@ impl ServerConfig {
             shutdown_grace: env
                 .millis("OPSCONDUCTOR_SHUTDOWN_GRACE_MS", Duration::from_secs(30))?,
             health_interval: env.positive_millis("OPSCONDUCTOR_HEALTH_INTERVAL_MS", 5000)?,
+            metrics: metrics_addr(env, listen)?,
         })
     }
 
@@ -228,6 +265,38 @@ impl ServerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_listen_beside_the_grpc_port_unless_told_otherwise() {
+        let at = |env: &Env, listen: &str| {
+            ServerConfig::from_env(env, listen.parse().unwrap()).map(|c| c.metrics)
+        };
+        let none = Env::isolated::<&str, &str>([]);
+        assert_eq!(
+            at(&none, "0.0.0.0:3002").unwrap(),
+            Some("0.0.0.0:4002".parse().unwrap())
+        );
+        assert_eq!(
+            at(&none, "127.0.0.1:0").unwrap(),
+            Some("127.0.0.1:0".parse().unwrap())
+        );
+        assert_eq!(
+            at(&none, "127.0.0.1:65000").unwrap_err().var(),
+            "METRICS_ADDR"
+        );
+        let off = Env::isolated([("METRICS_ADDR", "off")]);
+        assert_eq!(at(&off, "127.0.0.1:3002").unwrap(), None);
+        let set = Env::isolated([("METRICS_ADDR", "10.0.0.1:9100")]);
+        assert_eq!(
+            at(&set, "127.0.0.1:3002").unwrap(),
+            Some("10.0.0.1:9100".parse().unwrap())
+        );
+        let bad = Env::isolated([("METRICS_ADDR", "everywhere")]);
+        assert_eq!(
+            at(&bad, "127.0.0.1:3002").unwrap_err().var(),
+            "METRICS_ADDR"
+        );
+    }
 
     #[test]
     fn errors_name_the_variable_and_hide_secrets() {

@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod health;
 pub mod layers;
+pub mod methods;
 pub mod page;
 pub mod policy;
 pub mod principal;

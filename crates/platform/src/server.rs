@@ -1,6 +1,7 @@
-//! Serving a service: bind, then health, reflection (v1 and v1alpha), request ids, tracing and
-//! load shedding in front of the service's routes, and a graceful shutdown — NOT_SERVING
-//! first, then in-flight calls drain within a bound.
+//! Serving a service: bind, then health, reflection (v1 and v1alpha), request ids, tracing,
+//! gRPC metrics and load shedding in front of the service's routes, `/metrics` on a port of
+//! its own, and a graceful shutdown — NOT_SERVING first, then in-flight calls drain within a
+//! bound.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -8,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use opsconductor_metrics::{GrpcMetrics, GrpcMetricsLayer, MetricsEndpoint, Registry, Side};
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
@@ -35,6 +37,8 @@ pub enum ServerError {
     NoAuthentication(String),
     #[error("server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Metrics(#[from] opsconductor_metrics::MetricsError),
 }
 
 /// Background work that lives as long as its server — an outbox relay, message consumers, the
@@ -132,6 +136,7 @@ pub struct ServiceServer {
     workers: Vec<Box<dyn Worker>>,
     authenticator: Option<Arc<Authenticator>>,
     unauthenticated: bool,
+    metrics: Registry,
 }
 
 impl ServiceServer {
@@ -153,6 +158,7 @@ impl ServiceServer {
             workers: Vec::new(),
             authenticator: None,
             unauthenticated: false,
+            metrics: Registry::new(),
         }
     }
 
@@ -207,6 +213,13 @@ impl ServiceServer {
         self
     }
 
+    /// Records the server's gRPC series in `registry` and serves it at `/metrics` (a server
+    /// given none has a registry of its own).
+    pub fn with_metrics(mut self, registry: Registry) -> Self {
+        self.metrics = registry;
+        self
+    }
+
     /// Checks policies against `table` instead of the contracts compiled in (tests).
     pub fn with_policies(mut self, table: &'static PolicyTable) -> Self {
         self.policies = Some(table);
@@ -236,6 +249,12 @@ impl ServiceServer {
             addr: self.config.listen,
             source,
         })?;
+        let metrics_endpoint = match self.config.metrics {
+            Some(addr) => Some(MetricsEndpoint::bind(addr).await?),
+            None => None,
+        };
+        let grpc_metrics =
+            GrpcMetrics::register(&self.metrics, Side::Server, crate::methods::method_kinds());
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let health = Health::new(reporter, self.grpc_names.clone(), self.checks);
         health.refresh().await;
@@ -278,6 +297,9 @@ impl ServiceServer {
             health,
             workers: self.workers,
             authenticator: self.authenticator,
+            metrics: self.metrics,
+            grpc_metrics,
+            metrics_endpoint,
         })
     }
 }
@@ -292,11 +314,21 @@ pub struct BoundServer {
     health: Health,
     workers: Vec<Box<dyn Worker>>,
     authenticator: Option<Arc<Authenticator>>,
+    metrics: Registry,
+    grpc_metrics: GrpcMetrics,
+    metrics_endpoint: Option<MetricsEndpoint>,
 }
 
 impl BoundServer {
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where `/metrics` is served, unless it is off.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_endpoint
+            .as_ref()
+            .map(MetricsEndpoint::local_addr)
     }
 
     pub fn health(&self) -> &Health {
@@ -315,7 +347,11 @@ impl BoundServer {
             health,
             workers,
             authenticator,
+            metrics,
+            grpc_metrics,
+            metrics_endpoint,
         } = self;
+        let metrics_task = metrics_endpoint.map(|endpoint| endpoint.spawn(metrics));
         let watcher = tokio::spawn(health.clone().watch(config.health_interval));
         let drain_started = Arc::new(tokio::sync::Notify::new());
 
@@ -337,6 +373,8 @@ impl BoundServer {
         // Token checks come before load shedding: a call whose token names a key not seen
         // yet may wait for the key set to be fetched, and must not hold a slot meanwhile.
         let layers = tower::ServiceBuilder::new()
+            // Outermost: refusals by the token check and by load shedding are counted too.
+            .layer(GrpcMetricsLayer::new(grpc_metrics))
             .layer(RequestIdLayer)
             .layer(trace_layer())
             .option_layer(authenticator.map(AuthLayer::new))
@@ -362,6 +400,10 @@ impl BoundServer {
         watcher.abort();
         for worker in workers {
             worker.stop(grace).await;
+        }
+        // Last, so a scrape during the drain still sees the final counts.
+        if let Some(task) = metrics_task {
+            task.abort();
         }
         tracing::info!(service = %name, "stopped");
         result

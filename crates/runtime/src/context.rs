@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use opsconductor_messaging::{BrokerConfig, DeadLetters, ServiceMessaging, Topology, WorkQueue};
+use opsconductor_metrics::Registry;
 use opsconductor_platform::auth::{
     Authenticator, KeySource, RefusalAudit, RemoteJwks, ServiceCredentials, TokenFetcher,
     TokenSettings, TokenSource, Verifier,
@@ -30,6 +31,7 @@ pub struct ServiceContext {
     verifier: Arc<Verifier>,
     revocations: Arc<dyn RevocationSource>,
     refresher_started: AtomicBool,
+    metrics: Registry,
 }
 
 impl ServiceContext {
@@ -64,7 +66,8 @@ impl ServiceContext {
         let clients = Clients::from_env(env)?;
         let auth = clients.raw_channel(ServiceKind::Auth);
         let source = TokenSource::new(ServiceCredentials::new(auth.clone(), &service_id, &secret));
-        let clients = Arc::new(clients.with_tokens(source));
+        let metrics = Registry::new();
+        let clients = Arc::new(clients.with_tokens(source).with_metrics(&metrics));
         let keys = Arc::new(RemoteJwks::new(
             auth,
             tokens.jwks_refetch_interval,
@@ -80,6 +83,7 @@ impl ServiceContext {
             clients,
             verifier,
             refresher_started: AtomicBool::new(false),
+            metrics,
         })
     }
 
@@ -94,7 +98,12 @@ impl ServiceContext {
         revocations: Arc<dyn RevocationSource>,
     ) -> Result<ServiceContext, ConfigError> {
         let tokens = TokenSettings::from_env(env)?;
-        let clients = Arc::new(Clients::from_env(env)?.with_tokens(TokenSource::new(fetcher)));
+        let metrics = Registry::new();
+        let clients = Arc::new(
+            Clients::from_env(env)?
+                .with_tokens(TokenSource::new(fetcher))
+                .with_metrics(&metrics),
+        );
         Ok(ServiceContext {
             kind,
             server: ServerConfig::from_env(env, listen)?,
@@ -104,6 +113,7 @@ impl ServiceContext {
             clients,
             revocations,
             refresher_started: AtomicBool::new(false),
+            metrics,
         })
     }
 
@@ -127,6 +137,7 @@ impl ServiceContext {
             verifier,
             revocations,
             refresher_started: AtomicBool::new(false),
+            metrics: Registry::new(),
         }
     }
 
@@ -137,6 +148,11 @@ impl ServiceContext {
 
     pub fn verifier(&self) -> &Arc<Verifier> {
         &self.verifier
+    }
+
+    /// What the service exposes at `/metrics`; a service registers its own series here.
+    pub fn metrics(&self) -> &Registry {
+        &self.metrics
     }
 
     /// Migrates `db` — the service's own schema and the messaging tables (outbox, inbox,
@@ -183,13 +199,16 @@ impl ServiceContext {
     /// `server` with `DeadLetterService` for the work `queues` it consumes beside it, and the
     /// keepers that move expired retries of those queues into their dead-letter queues.
     pub fn with_dead_letters(
+        &self,
         server: ServiceServer,
         db: Database,
         messaging: &ServiceMessaging,
         queues: &[WorkQueue],
     ) -> ServiceServer {
         let dead_letters = DeadLetters::new(db, &messaging.broker, queues);
-        let mut server = server.also_serve(dead_letters.service());
+        let mut server = server
+            .also_serve(dead_letters.service())
+            .with_worker(dead_letters.register_metrics(&self.metrics));
         for keeper in dead_letters.start_keepers() {
             server = server.with_worker(keeper);
         }
@@ -225,6 +244,13 @@ impl ServiceContext {
         }
         let listener =
             revocations::listener(&messaging.broker, &self.verifier, self.revocations.clone());
-        Ok(messaging.attach(server.authenticate(authenticator).with_worker(listener)))
+        let gauges = messaging.register_metrics(&self.metrics);
+        Ok(messaging.attach(
+            server
+                .authenticate(authenticator)
+                .with_metrics(self.metrics.clone())
+                .with_worker(listener)
+                .with_worker(gauges),
+        ))
     }
 }

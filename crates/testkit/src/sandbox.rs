@@ -59,6 +59,7 @@ pub struct Sandbox {
     /// Every service identity's secret (every service but auth, which mints its own token).
     pub secrets: BTreeMap<ServiceKind, String>,
     addrs: BTreeMap<ServiceKind, SocketAddr>,
+    metrics_addrs: BTreeMap<ServiceKind, SocketAddr>,
     env: Env,
     clients: Clients,
     servers: BTreeMap<ServiceKind, (watch::Sender<bool>, JoinHandle<()>)>,
@@ -113,6 +114,8 @@ impl Sandbox {
             ("OPSCONDUCTOR_AMQP_RECONNECT_MIN_MS", "50".into()),
             ("OPSCONDUCTOR_AMQP_RECONNECT_MAX_MS", "500".into()),
             ("OPSCONDUCTOR_SHUTDOWN_DELAY_MS", "0".into()),
+            // Every service's /metrics on an ephemeral port (Sandbox::metrics_url).
+            ("METRICS_ADDR", "127.0.0.1:0".into()),
             ("OPSCONDUCTOR_SHUTDOWN_GRACE_MS", "5000".into()),
             // Checkpoints every few events, so a test's handful of events has several.
             ("AUDIT_CHECKPOINT_EVERY", "4".into()),
@@ -159,6 +162,7 @@ impl Sandbox {
         }
 
         let mut servers = BTreeMap::new();
+        let mut metrics_addrs = BTreeMap::new();
         let mut databases = BTreeMap::new();
         let mut auth = None;
         for module in SERVICES {
@@ -185,6 +189,7 @@ impl Sandbox {
                 .bind()
                 .await
                 .unwrap_or_else(|e| panic!("{kind} bind: {e}"));
+            metrics_addrs.extend(server.metrics_addr().map(|addr| (kind, addr)));
             servers.insert(kind, serve(server));
             databases.insert(kind, test_db);
         }
@@ -203,6 +208,7 @@ impl Sandbox {
             admin_password,
             secrets,
             addrs,
+            metrics_addrs,
             env,
             clients,
             servers,
@@ -213,6 +219,11 @@ impl Sandbox {
     /// Where `kind` listens.
     pub fn addr(&self, kind: ServiceKind) -> SocketAddr {
         self.addrs[&kind]
+    }
+
+    /// `http://…/metrics` of `kind`.
+    pub fn metrics_url(&self, kind: ServiceKind) -> String {
+        format!("http://{}/metrics", self.metrics_addrs[&kind])
     }
 
     /// `http://` and where `kind` listens.
@@ -243,6 +254,8 @@ impl Sandbox {
             .bind()
             .await
             .unwrap_or_else(|e| panic!("{kind} bind: {e}"));
+        self.metrics_addrs
+            .extend(server.metrics_addr().map(|addr| (kind, addr)));
         self.servers.insert(kind, serve(server));
     }
 

@@ -138,7 +138,7 @@ impl ServiceModule for Audit {
                 .serve(AuditServiceServer::new(api), db.clone(), &messaging)?
                 .with_worker(consumer)
                 .with_worker(background);
-            let server = ServiceContext::with_dead_letters(server, db, &messaging, &[queue]);
+            let server = context.with_dead_letters(server, db, &messaging, &[queue]);
             Ok(Built::new(server, context))
         }
         .boxed()

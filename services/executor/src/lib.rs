@@ -143,7 +143,7 @@ impl ServiceModule for Executor {
                 .with_worker(Drain(instance))
                 .with_worker(listener);
             let server =
-                ServiceContext::with_dead_letters(server, db, &messaging, &[platform::run_requests()]);
+                context.with_dead_letters(server, db, &messaging, &[platform::run_requests()]);
             Ok(Built::new(server, context))
         }
         .boxed()

@@ -170,8 +170,7 @@ impl ServiceModule for Notification {
             server = server.with_worker(quiet::spawn_releaser(deliveries, settings.release_poll));
             let dead_letter_queues: Vec<WorkQueue> =
                 channel_queues.into_iter().chain(event_queues()).collect();
-            let server =
-                ServiceContext::with_dead_letters(server, db, &messaging, &dead_letter_queues);
+            let server = context.with_dead_letters(server, db, &messaging, &dead_letter_queues);
             Ok(Built::new(server, context))
         }
         .boxed()

@@ -137,7 +137,7 @@ impl ServiceModule for Scheduler {
                 .serve(SchedulerServiceServer::new(api), db.clone(), &messaging)?
                 .with_worker(events)
                 .with_worker(engine.spawn());
-            let server = ServiceContext::with_dead_letters(
+            let server = context.with_dead_letters(
                 server,
                 db,
                 &messaging,

@@ -52,6 +52,21 @@ impl DeadLetters {
             .collect()
     }
 
+    /// Exposes how many dead letters each queue keeps in `registry`; the returned task
+    /// samples the database.
+    pub fn register_metrics(
+        &self,
+        registry: &opsconductor_metrics::Registry,
+    ) -> opsconductor_platform::server::Tasks {
+        let names = self.broker.names();
+        let queues = self
+            .queues
+            .iter()
+            .map(|queue| names.dead_letter_queue(queue))
+            .collect();
+        crate::gauges::dead_letters(self.store.db().clone(), queues, registry)
+    }
+
     /// The gRPC service for operators.
     pub fn service(&self) -> DeadLetterServiceServer<DeadLetterApi> {
         let names = self.broker.names();

@@ -14,6 +14,7 @@ mod credentials;
 mod grpcurl;
 mod health;
 mod jobs;
+mod metrics;
 mod notification;
 mod python;
 mod scheduler;

@@ -4,6 +4,7 @@ use std::task::{Context, Poll};
 
 use futures::future::{BoxFuture, FutureExt};
 use http::{HeaderValue, Request, Response};
+use opsconductor_metrics::GrpcMetrics;
 use tonic::body::Body;
 use tonic::transport::Channel;
 use tower::Service;
@@ -11,16 +12,28 @@ use tower::Service;
 use super::{TokenSource, AUTHORIZATION};
 
 /// A [`Channel`] that sends `authorization: Bearer <token>` from a [`TokenSource`]; a call
-/// that set its own authorization header keeps it.
+/// that set its own authorization header keeps it. With metrics, every call is recorded in
+/// the `grpc_client_*` series.
 #[derive(Clone)]
 pub struct AuthChannel {
     inner: Channel,
     tokens: Option<TokenSource>,
+    metrics: Option<GrpcMetrics>,
 }
 
 impl AuthChannel {
     pub fn new(inner: Channel, tokens: Option<TokenSource>) -> AuthChannel {
-        AuthChannel { inner, tokens }
+        AuthChannel {
+            inner,
+            tokens,
+            metrics: None,
+        }
+    }
+
+    /// Records every call in `metrics` (the client side's series).
+    pub fn with_metrics(mut self, metrics: Option<GrpcMetrics>) -> AuthChannel {
+        self.metrics = metrics;
+        self
     }
 
     pub fn tokens(&self) -> Option<&TokenSource> {
@@ -41,6 +54,8 @@ impl Service<Request<Body>> for AuthChannel {
         let fresh = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, fresh);
         let tokens = self.tokens.clone();
+        let metrics = self.metrics.clone();
+        let path = request.uri().path().to_string();
         async move {
             if let Some(tokens) = tokens.filter(|_| !request.headers().contains_key(AUTHORIZATION))
             {
@@ -60,7 +75,13 @@ impl Service<Request<Body>> for AuthChannel {
                     }
                 }
             }
-            inner.call(request).await
+            match metrics {
+                Some(metrics) => metrics
+                    .observe(&path, inner.call(request))
+                    .await
+                    .map(|response| response.map(Body::new)),
+                None => inner.call(request).await,
+            }
         }
         .boxed()
     }

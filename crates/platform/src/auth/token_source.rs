@@ -111,6 +111,10 @@ struct Inner {
     /// Held while fetching: one fetch at a time.
     fetching: tokio::sync::Mutex<()>,
     fetches: AtomicU64,
+    fetch_failures: AtomicU64,
+    /// Calls answered from the cache, and calls that had to wait for a fetch.
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 /// Cached tokens of one identity. Cheap to clone.
@@ -131,6 +135,9 @@ impl TokenSource {
                 current: RwLock::new(None),
                 fetching: tokio::sync::Mutex::new(()),
                 fetches: AtomicU64::new(0),
+                fetch_failures: AtomicU64::new(0),
+                hits: AtomicU64::new(0),
+                misses: AtomicU64::new(0),
             }),
         }
     }
@@ -139,8 +146,10 @@ impl TokenSource {
     /// arriving while a fetch is under way wait for it instead of starting their own.
     pub async fn token(&self) -> Result<Arc<str>, AuthError> {
         if let Some(token) = self.valid() {
+            self.inner.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(token);
         }
+        self.inner.misses.fetch_add(1, Ordering::Relaxed);
         let _fetching = self.inner.fetching.lock().await;
         if let Some(token) = self.valid() {
             return Ok(token);
@@ -151,6 +160,41 @@ impl TokenSource {
     /// Tokens fetched so far.
     pub fn fetches(&self) -> u64 {
         self.inner.fetches.load(Ordering::SeqCst)
+    }
+
+    /// Exposes the cache's hits and misses and the fetches (failed ones apart) in `registry`.
+    pub fn register_metrics(&self, registry: &opsconductor_metrics::Registry) {
+        let read = |pick: fn(&Inner) -> &AtomicU64| {
+            let inner = Arc::downgrade(&self.inner);
+            move || {
+                inner
+                    .upgrade()
+                    .map_or(0, |inner| pick(&inner).load(Ordering::Relaxed))
+            }
+        };
+        registry.register_collector(
+            opsconductor_metrics::CounterSet::new()
+                .counter(
+                    "opsconductor_token_cache_hits",
+                    "Calls that found a valid service token in the cache.",
+                    read(|i| &i.hits),
+                )
+                .counter(
+                    "opsconductor_token_cache_misses",
+                    "Calls that waited for a service token to be fetched.",
+                    read(|i| &i.misses),
+                )
+                .counter(
+                    "opsconductor_token_fetches",
+                    "Service tokens requested from the auth service (refreshes included).",
+                    read(|i| &i.fetches),
+                )
+                .counter(
+                    "opsconductor_token_fetch_failures",
+                    "Service token requests that failed.",
+                    read(|i| &i.fetch_failures),
+                ),
+        );
     }
 
     fn valid(&self) -> Option<Arc<str>> {
@@ -192,7 +236,9 @@ impl TokenSource {
 
     async fn fetch_now(&self) -> Result<Arc<str>, AuthError> {
         self.inner.fetches.fetch_add(1, Ordering::SeqCst);
-        let issued = self.inner.fetcher.fetch().await?;
+        let issued = self.inner.fetcher.fetch().await.inspect_err(|_| {
+            self.inner.fetch_failures.fetch_add(1, Ordering::Relaxed);
+        })?;
         let now = SystemTime::now();
         let life = issued
             .expire_time
