@@ -49,6 +49,10 @@ pub struct MethodInfo {
     pub policy: Option<CallerPolicy>,
     pub idempotency: Idempotency,
     pub server_streaming: bool,
+    pub client_streaming: bool,
+    /// The number of the request's string field `idempotency_key`, if it has one: a call
+    /// that sets it may be retried whatever the method's idempotency level.
+    pub idempotency_key_field: Option<u32>,
 }
 
 /// Every method of every OpsConductor service, keyed by path.
@@ -111,6 +115,12 @@ impl PolicyTable {
                         policy,
                         idempotency,
                         server_streaming: method.is_server_streaming(),
+                        client_streaming: method.is_client_streaming(),
+                        idempotency_key_field: method
+                            .input()
+                            .get_field_by_name("idempotency_key")
+                            .filter(|f| f.kind() == prost_reflect::Kind::String && !f.is_list())
+                            .map(|f| f.number()),
                     },
                 );
             }

@@ -379,6 +379,9 @@ impl BoundServer {
             .layer(trace_layer())
             .option_layer(authenticator.map(AuthLayer::new))
             .layer(LoadShedLayer::new(config.max_concurrent_requests))
+            // Innermost, so the handler runs under its caller's deadline and the calls it
+            // makes inherit it.
+            .layer(crate::client::deadline::DeadlineLayer)
             .into_inner();
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let server = tonic::transport::Server::builder()

@@ -17,6 +17,7 @@ mod jobs;
 mod metrics;
 mod notification;
 mod python;
+mod resilience;
 mod scheduler;
 mod serving;
 mod support;

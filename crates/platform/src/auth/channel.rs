@@ -1,5 +1,7 @@
-//! The client side's transport: a channel that attaches the identity's token to every call.
+//! The client side's transport: a channel that attaches the identity's token to every call,
+//! and (for the platform's clients) makes each call resilient ([`crate::client::call`]).
 
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::future::{BoxFuture, FutureExt};
@@ -10,29 +12,44 @@ use tonic::transport::Channel;
 use tower::Service;
 
 use super::{TokenSource, AUTHORIZATION};
+use crate::client::{CallPolicy, Upstream};
 
-/// A [`Channel`] that sends `authorization: Bearer <token>` from a [`TokenSource`]; a call
-/// that set its own authorization header keeps it. With metrics, every call is recorded in
-/// the `grpc_client_*` series.
+/// Sends `authorization: Bearer <token>` from a [`TokenSource`]; a call that set its own
+/// authorization header keeps it. With a [`CallPolicy`], calls get deadlines, safe retries
+/// and per-replica circuit breakers; with metrics, every call is recorded in the
+/// `grpc_client_*` series.
 #[derive(Clone)]
 pub struct AuthChannel {
-    inner: Channel,
+    upstream: Upstream,
     tokens: Option<TokenSource>,
     metrics: Option<GrpcMetrics>,
+    policy: Option<Arc<CallPolicy>>,
 }
 
 impl AuthChannel {
+    /// Over one channel, calls made as they are.
     pub fn new(inner: Channel, tokens: Option<TokenSource>) -> AuthChannel {
+        AuthChannel::over(Upstream::single(inner), tokens)
+    }
+
+    pub fn over(upstream: Upstream, tokens: Option<TokenSource>) -> AuthChannel {
         AuthChannel {
-            inner,
+            upstream,
             tokens,
             metrics: None,
+            policy: None,
         }
     }
 
     /// Records every call in `metrics` (the client side's series).
     pub fn with_metrics(mut self, metrics: Option<GrpcMetrics>) -> AuthChannel {
         self.metrics = metrics;
+        self
+    }
+
+    /// Calls under `policy`: deadlines, retries, breakers.
+    pub fn with_policy(mut self, policy: Arc<CallPolicy>) -> AuthChannel {
+        self.policy = Some(policy);
         self
     }
 
@@ -46,15 +63,16 @@ impl Service<Request<Body>> for AuthChannel {
     type Error = tonic::transport::Error;
     type Future = BoxFuture<'static, Result<Response<Body>, tonic::transport::Error>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+    /// Always ready: each call waits for its replica's channel itself.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, mut request: Request<Body>) -> Self::Future {
-        let fresh = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, fresh);
+        let upstream = self.upstream.clone();
         let tokens = self.tokens.clone();
         let metrics = self.metrics.clone();
+        let policy = self.policy.clone();
         let path = request.uri().path().to_string();
         async move {
             if let Some(tokens) = tokens.filter(|_| !request.headers().contains_key(AUTHORIZATION))
@@ -75,12 +93,18 @@ impl Service<Request<Body>> for AuthChannel {
                     }
                 }
             }
+            let response = async move {
+                match &policy {
+                    Some(policy) => crate::client::call::call(&upstream, policy, request).await,
+                    None => upstream.call_once(request).await,
+                }
+            };
             match metrics {
                 Some(metrics) => metrics
-                    .observe(&path, inner.call(request))
+                    .observe(&path, response)
                     .await
                     .map(|response| response.map(Body::new)),
-                None => inner.call(request).await,
+                None => response.await,
             }
         }
         .boxed()

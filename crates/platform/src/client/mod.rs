@@ -1,13 +1,24 @@
 //! Typed clients for every service, located by the standard variables (`USER_SERVICE_URL` …).
 //!
 //! Channels are HTTP/2, connected lazily (a service can start before the ones it calls) and
-//! shared: one channel per upstream multiplexes every call. A variable may list several
-//! replicas, comma-separated; calls are balanced over them. With a [`TokenSource`], every call
-//! carries the service's token ([`AuthChannel`]).
+//! shared: one channel per replica multiplexes every call. A variable may list several
+//! replicas, comma-separated; calls take them in turn, skipping those whose circuit breaker
+//! is open. Every call has a deadline (the one of the call being served, or a default per
+//! method class) and is retried only where that is safe, within a budget ([`call`]). With a
+//! [`TokenSource`], every call carries the service's token ([`AuthChannel`]).
+
+mod breaker;
+pub(crate) mod call;
+pub mod deadline;
+mod upstream;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+pub use breaker::{BreakerSettings, BreakerState};
+pub use call::{CallPolicy, RetrySettings};
+pub use upstream::Upstream;
 
 use http::Uri;
 use opsconductor_metrics::{GrpcMetrics, Registry, Side};
@@ -36,6 +47,8 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub max_message_bytes: usize,
+    pub retry: RetrySettings,
+    pub breaker: BreakerSettings,
 }
 
 impl ClientConfig {
@@ -48,6 +61,23 @@ impl ClientConfig {
                 4 * 1024 * 1024,
                 1024..=256 * 1024 * 1024,
             )? as usize,
+            retry: RetrySettings {
+                max_attempts: env.bounded("OPSCONDUCTOR_CLIENT_MAX_ATTEMPTS", 3, 1..=10)? as u32,
+                budget_ratio: env.bounded(
+                    "OPSCONDUCTOR_CLIENT_RETRY_BUDGET_PERCENT",
+                    10,
+                    0..=100,
+                )? as f32
+                    / 100.0,
+                read_timeout: env.positive_millis("OPSCONDUCTOR_READ_TIMEOUT_MS", 5_000)?,
+                write_timeout: env.positive_millis("OPSCONDUCTOR_REQUEST_TIMEOUT_MS", 10_000)?,
+                ..RetrySettings::default()
+            },
+            breaker: BreakerSettings {
+                failures: env.bounded("OPSCONDUCTOR_CLIENT_BREAKER_FAILURES", 5, 1..=1_000)? as u32,
+                open_for: env.positive_millis("OPSCONDUCTOR_CLIENT_BREAKER_OPEN_MS", 1_000)?,
+                ..BreakerSettings::default()
+            },
         })
     }
 }
@@ -57,6 +87,8 @@ pub struct Clients {
     config: ClientConfig,
     urls: HashMap<ServiceKind, Vec<Uri>>,
     channels: Mutex<HashMap<ServiceKind, Channel>>,
+    upstreams: Arc<Mutex<HashMap<ServiceKind, Upstream>>>,
+    policy: Arc<CallPolicy>,
     tokens: Option<TokenSource>,
     metrics: Option<GrpcMetrics>,
 }
@@ -85,9 +117,14 @@ impl Clients {
             urls.insert(kind, list);
         }
         Ok(Clients {
+            policy: Arc::new(CallPolicy::new(
+                config.retry.clone(),
+                config.max_message_bytes,
+            )),
             config,
             urls,
             channels: Mutex::new(HashMap::new()),
+            upstreams: Arc::new(Mutex::new(HashMap::new())),
             tokens: None,
             metrics: None,
         })
@@ -114,13 +151,40 @@ impl Clients {
         if let Some(tokens) = &self.tokens {
             tokens.register_metrics(registry);
         }
+        registry.register_collector(call::counter_set(&self.policy));
+        registry.register_collector(BreakerStates(Arc::downgrade(&self.upstreams)));
         self
     }
 
-    /// The authenticated channel to `kind`.
+    /// The authenticated channel to `kind`: deadlines, safe retries, breakers per replica.
     pub fn channel(&self, kind: ServiceKind) -> AuthChannel {
-        AuthChannel::new(self.raw_channel(kind), self.tokens.clone())
+        AuthChannel::over(self.upstream(kind), self.tokens.clone())
             .with_metrics(self.metrics.clone())
+            .with_policy(self.policy.clone())
+    }
+
+    /// The calls' shared policy (its retries, for tests and benchmarks).
+    pub fn policy(&self) -> &Arc<CallPolicy> {
+        &self.policy
+    }
+
+    /// `kind`'s replicas, each with its channel and breaker, created on first use.
+    pub fn upstream(&self, kind: ServiceKind) -> Upstream {
+        let mut upstreams = self
+            .upstreams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        upstreams
+            .entry(kind)
+            .or_insert_with(|| {
+                Upstream::replicas(
+                    kind.name(),
+                    self.urls(kind),
+                    |uri| endpoint(uri.clone(), &self.config).connect_lazy(),
+                    self.config.breaker,
+                )
+            })
+            .clone()
     }
 
     pub fn urls(&self, kind: ServiceKind) -> &[Uri] {
@@ -148,6 +212,51 @@ impl Clients {
                 }
             })
             .clone()
+    }
+}
+
+/// `opsconductor_client_breaker_open{upstream, replica}`: 1 while a replica is skipped.
+struct BreakerStates(std::sync::Weak<Mutex<HashMap<ServiceKind, Upstream>>>);
+
+impl std::fmt::Debug for BreakerStates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BreakerStates")
+    }
+}
+
+impl prometheus_client::collector::Collector for BreakerStates {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        use prometheus_client::metrics::TypedMetric;
+        let Some(upstreams) = self.0.upgrade() else {
+            return Ok(());
+        };
+        let upstreams: Vec<Upstream> = upstreams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        let mut family = encoder.encode_descriptor(
+            "opsconductor_client_breaker_open",
+            "1 while calls skip a replica whose circuit breaker is open (or half-open).",
+            None,
+            ConstGauge::<i64>::TYPE,
+        )?;
+        for upstream in upstreams {
+            for (replica, open) in upstream.breaker_states() {
+                let labels = [
+                    ("upstream", upstream.name().to_string()),
+                    ("replica", replica),
+                ];
+                ConstGauge::new(i64::from(open)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
     }
 }
 
