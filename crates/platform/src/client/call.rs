@@ -17,7 +17,7 @@ use tower::retry::budget::{Budget, TpsBudget};
 use tower::{Service, ServiceExt};
 
 use super::deadline;
-use super::upstream::Upstream;
+use super::upstream::{Replica, Upstream};
 use crate::policy::{MethodInfo, PolicyTable};
 
 /// How calls are retried and bounded in time.
@@ -262,37 +262,13 @@ async fn attempt(
     let result = match deadline {
         Some(deadline) => match tokio::time::timeout_at(deadline.into(), sent).await {
             Ok(result) => result,
-            Err(_) => {
-                if let Some(b) = &replica.breaker {
-                    b.record(true, Instant::now());
-                }
-                policy
-                    .counters
-                    .deadline_exceeded
-                    .fetch_add(1, Ordering::Relaxed);
-                let status = Status::deadline_exceeded(format!(
-                    "{} did not answer before the deadline",
-                    upstream.name()
-                ));
-                return Outcome::Answered(status.into_http());
-            }
+            Err(_) => return past_deadline(upstream, policy, replica),
         },
         None => sent.await,
     };
     if result.is_err() && deadline.is_some_and(|d| Instant::now() + deadline::MARGIN >= d) {
         // The channel gave up at the `grpc-timeout` it was handed: the deadline passed.
-        if let Some(b) = &replica.breaker {
-            b.record(true, Instant::now());
-        }
-        policy
-            .counters
-            .deadline_exceeded
-            .fetch_add(1, Ordering::Relaxed);
-        let status = Status::deadline_exceeded(format!(
-            "{} did not answer before the deadline",
-            upstream.name()
-        ));
-        return Outcome::Answered(status.into_http());
+        return past_deadline(upstream, policy, replica);
     }
     let (failed, wait) = match &result {
         Err(_) => (true, None),
@@ -306,6 +282,23 @@ async fn attempt(
         Ok(response) if !failed => Outcome::Answered(response),
         answer => Outcome::Unavailable { answer, wait },
     }
+}
+
+/// The replica did not answer in time: it counts against its breaker, and the caller gets
+/// DEADLINE_EXCEEDED (not retried: there is no time left).
+fn past_deadline(upstream: &Upstream, policy: &CallPolicy, replica: &Replica) -> Outcome {
+    if let Some(b) = &replica.breaker {
+        b.record(true, Instant::now());
+    }
+    policy
+        .counters
+        .deadline_exceeded
+        .fetch_add(1, Ordering::Relaxed);
+    let status = Status::deadline_exceeded(format!(
+        "{} did not answer before the deadline",
+        upstream.name()
+    ));
+    Outcome::Answered(status.into_http())
 }
 
 fn is_unavailable(result: &Result<Response<Body>, tonic::transport::Error>) -> bool {
