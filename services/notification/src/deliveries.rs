@@ -524,7 +524,13 @@ impl DeliveryStore {
             .await?;
         self.audit.commit(tx).await?;
         self.outbox.wake();
-        Ok(self.get(id).await?.into_delivery())
+        // What the resend made of it; read again, a fast worker may already have sent it.
+        let mut row = row;
+        row.state = DeliveryState::Pending as i64;
+        row.last_error.clear();
+        row.next_attempt_time = None;
+        row.update_time = now;
+        Ok(row.into_delivery())
     }
 
     /// Queues deferred deliveries whose time has come; how many.
