@@ -6,6 +6,7 @@
 //! schedule fires become deliveries per user preferences (with quiet hours) and subscriptions.
 
 mod api;
+mod counters;
 mod deliveries;
 mod error;
 mod events;
@@ -138,6 +139,7 @@ impl ServiceModule for Notification {
                 retry: settings.retry.clone(),
                 lease: settings.lease,
                 max_limit_wait: settings.max_limit_wait,
+                counters: counters::DeliveryCounters::register(context.metrics()),
             });
             let api = NotificationApi {
                 deliveries: deliveries.clone(),

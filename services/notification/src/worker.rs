@@ -175,6 +175,7 @@ pub struct Worker {
     pub lease: Duration,
     /// Longest wait for the rate limit inside the handler; longer waits are DEFERRED.
     pub max_limit_wait: Duration,
+    pub counters: crate::counters::DeliveryCounters,
 }
 
 fn limit_key(row: &DeliveryRow) -> String {
@@ -301,6 +302,7 @@ impl Worker {
             tracing::warn!(delivery_id = %row.id, "the delivery was taken over while sending");
             return Ok(());
         }
+        self.counters.attempt(row.channel, state);
         match state {
             DeliveryState::Delivered => {
                 tracing::debug!(delivery_id = %row.id, "delivered");
