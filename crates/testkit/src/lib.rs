@@ -115,11 +115,14 @@ fn next_ports(count: u16) -> u16 {
     }
 }
 
-/// A port base whose nine ports are free right now (for running the binary).
+/// A port base whose nine ports, and their metrics ports (+ 1000), are free right now (for
+/// running the binary).
 pub fn free_port_base() -> u16 {
     for _ in 0..1000 {
         let base = next_ports(10);
-        let free = (1..=9).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
+        let free = (1..=9)
+            .flat_map(|i| [base + i, base + 1000 + i])
+            .all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
         if free {
             return base;
         }

@@ -193,3 +193,59 @@ async fn a_killed_replica_is_skipped_and_taken_back_when_it_returns() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// One of two user replicas drains on SIGTERM while 16 callers keep reading: none of their
+/// calls fails (in-flight calls finish; new ones find the other replica through retries).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_draining_under_load_fails_no_call() {
+    use opsconductor_api::user::v1::ListUsersRequest;
+    use opsconductor_platform::ServiceKind;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let s =
+        opsconductor_testkit::Sandbox::start(opsconductor_testkit::StorageBackend::Sqlite).await;
+    let (replica, _db) = s.start_replica(ServiceKind::User).await;
+    let urls = format!("{},{}", s.url(ServiceKind::User), replica.url);
+    let c = Arc::new(
+        Clients::from_env(&s.env().clone().with("USER_SERVICE_URL", urls))
+            .unwrap()
+            .with_tokens(opsconductor_testkit::session_source(&s.admin)),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut callers = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let (c, stop, ok, failed) = (c.clone(), stop.clone(), ok.clone(), failed.clone());
+        callers.spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                match c.user().list_users(ListUsersRequest::default()).await {
+                    Ok(_) => ok.fetch_add(1, Ordering::SeqCst),
+                    Err(status) => {
+                        eprintln!("failed: {status:?}");
+                        failed.fetch_add(1, Ordering::SeqCst)
+                    }
+                };
+            }
+        });
+    }
+    // Under way on both replicas, then one drains and is gone.
+    while ok.load(Ordering::SeqCst) < 200 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    replica.stop().await.unwrap();
+    let after = ok.load(Ordering::SeqCst);
+    while ok.load(Ordering::SeqCst) < after + 200 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    while callers.join_next().await.is_some() {}
+    println!(
+        "{} calls, {} failed, {} retries",
+        ok.load(Ordering::SeqCst),
+        failed.load(Ordering::SeqCst),
+        c.policy().retries()
+    );
+    assert_eq!(failed.load(Ordering::SeqCst), 0);
+    s.stop().await;
+}
