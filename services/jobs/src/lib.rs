@@ -110,6 +110,7 @@ impl ServiceModule for Jobs {
                 hub,
                 settings.lease,
             );
+            runs.register_metrics(context.metrics());
             let reaper = Reaper {
                 jobs: jobs.clone(),
                 runs: runs.clone(),

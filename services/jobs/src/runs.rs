@@ -18,6 +18,9 @@ use opsconductor_messaging::{AuditLog, Cause, Names, Outbox, OutgoingMessage};
 use opsconductor_platform::page::Page;
 use opsconductor_platform::time::{now_micros, to_timestamp};
 use opsconductor_storage::{is_unique_violation, Database, Select};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prost::Message;
 use sha2::{Digest, Sha256};
 use sqlx::AnyConnection;
@@ -202,9 +205,36 @@ pub struct RunStore {
     events_exchange: String,
     hub: Hub,
     lease: Duration,
+    finished: Family<StateLabel, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
 }
 
 impl RunStore {
+    /// Counts finished runs by end state in `registry` (`opsconductor_runs_finished_total`).
+    pub fn register_metrics(&self, registry: &opsconductor_metrics::Registry) {
+        registry.register(
+            "opsconductor_runs_finished",
+            "Runs that ended, by their end state.",
+            self.finished.clone(),
+        );
+    }
+
+    /// Counts `run` as finished (once its transaction committed).
+    fn count_finished(&self, run: &Run) {
+        let state = match RunState::try_from(run.state) {
+            Ok(RunState::Succeeded) => "succeeded",
+            Ok(RunState::Failed) => "failed",
+            Ok(RunState::Cancelled) => "cancelled",
+            Ok(RunState::TimedOut) => "timed_out",
+            _ => "other",
+        };
+        self.finished.get_or_create(&StateLabel { state }).inc();
+    }
+
     pub fn new(
         db: Database,
         audit: AuditLog,
@@ -221,6 +251,7 @@ impl RunStore {
             events_exchange: names.exchange(&platform::events_exchange()),
             hub,
             lease,
+            finished: Family::default(),
         }
     }
 
@@ -542,6 +573,7 @@ impl RunStore {
                         .record(&mut tx, cause, "run.cancel", ("run", id), &details)
                         .await?;
                     self.audit.commit(tx).await?;
+                    self.count_finished(&run);
                     return self.get_and_push(id).await;
                 }
                 RunState::Running if row.cancel_requested == 0 => {
@@ -992,6 +1024,7 @@ impl RunStore {
             .record(&mut tx, cause, action, ("run", &row.id), &details)
             .await?;
         self.audit.commit(tx).await?;
+        self.count_finished(&run);
         self.get_and_push(&row.id).await
     }
 

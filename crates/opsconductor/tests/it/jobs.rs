@@ -231,6 +231,15 @@ async fn failures_retry_then_fail_and_skip_the_rest(s: &Sandbox) {
     assert_eq!(by_name("never").state, StepState::Skipped as i32);
     let lines = s.jobs().log_text(&run.id).await.unwrap();
     assert!(!lines.iter().any(|l| l == "never-runs"));
+    // Counted once on /metrics, by its end state.
+    let jobs = s.metrics_url(opsconductor_platform::ServiceKind::Jobs);
+    let (_, text) = crate::metrics::http("GET", &jobs).await;
+    let failed = ["state=\"failed\""];
+    assert_eq!(
+        crate::metrics::sample(&text, "opsconductor_runs_finished_total", &failed),
+        Some(1.0),
+        "{text}"
+    );
 }
 on_both_backends!(failures_retry_then_fail_and_skip_the_rest);
 

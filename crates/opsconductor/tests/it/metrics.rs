@@ -9,7 +9,7 @@ use opsconductor_testkit::{grpcurl, Sandbox, StorageBackend};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A plain HTTP/1.0 request: the status code and the body.
-async fn http(method: &str, url: &str) -> (u16, String) {
+pub(crate) async fn http(method: &str, url: &str) -> (u16, String) {
     let rest = url.trim_start_matches("http://");
     let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
     let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
@@ -27,7 +27,7 @@ async fn http(method: &str, url: &str) -> (u16, String) {
 }
 
 /// The value of the one sample of `name` whose labels include every one of `labels`.
-fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+pub(crate) fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
     text.lines()
         .filter(|line| {
             line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} "))
