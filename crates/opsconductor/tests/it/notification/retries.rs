@@ -175,8 +175,9 @@ async fn a_destination_over_its_rate_limit_waits_without_losing_attempts() {
     let s = Sandbox::start_with(
         StorageBackend::Sqlite,
         &[
-            // One token every 5 s: the second send waits about that long.
-            ("NOTIFICATION_RATE_PER_MINUTE", "12"),
+            // One token every 15 s: the second send waits about that long, long enough to be
+            // seen DEFERRED even when a loaded machine takes seconds between the two sends.
+            ("NOTIFICATION_RATE_PER_MINUTE", "4"),
             ("NOTIFICATION_RATE_BURST", "1"),
             ("NOTIFICATION_RATE_MAX_WAIT_MS", "0"),
         ],
