@@ -66,7 +66,7 @@ pub async fn run(
     token_ttl: u64,
 ) -> anyhow::Result<()> {
     // The platform as deployed logs through the same subscriber (OPSCONDUCTOR_LOG, default info).
-    opsconductor_platform::telemetry::init(&Env::process())?;
+    let _tracing = opsconductor_platform::telemetry::init(&Env::process(), "opsconductor-bench")?;
     let dir = tempfile::tempdir()?;
     let db = Database::open_sqlite_file(&dir.path().join("user.db")).await?;
     db.migrate_all(&[

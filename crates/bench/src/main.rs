@@ -5,6 +5,7 @@
 //! `cargo build --release -p opsconductor -p opsconductor-bench`.
 
 mod audit;
+mod chaos;
 mod getuser;
 mod messaging;
 mod notifications;
@@ -108,6 +109,18 @@ enum Bench {
         #[arg(long)]
         postgres: bool,
     },
+    /// Load and chaos: two replicas of every service under steady load, runs, a schedule and
+    /// webhooks, through broker, process and database faults; what was lost or repeated.
+    Chaos {
+        /// Seconds of steady load before the drills.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        #[arg(long, default_value_t = 64)]
+        callers: usize,
+        /// Runs started per second.
+        #[arg(long, default_value_t = 4)]
+        rate: u32,
+    },
     /// A token check: full Ed25519 verification vs a verified-token cache hit.
     Tokens {
         #[arg(long, default_value_t = 3)]
@@ -127,6 +140,18 @@ async fn main() -> anyhow::Result<()> {
         } => getuser::run(concurrency, seconds, rounds, token_ttl).await,
         Bench::Messaging { messages, rounds } => messaging::run(messages, rounds).await,
         Bench::Tokens { seconds } => tokens::run(seconds),
+        Bench::Chaos {
+            seconds,
+            callers,
+            rate,
+        } => {
+            chaos::run(chaos::Options {
+                seconds,
+                callers,
+                rate,
+            })
+            .await
+        }
         Bench::Notifications {
             deliveries,
             concurrency,

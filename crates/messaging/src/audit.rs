@@ -118,14 +118,18 @@ impl AuditLog {
             ..AuditEvent::default()
         };
         let mut message = OutgoingMessage::new(self.exchange.clone(), action, &event)
-            .with_correlation_id(cause.request_id.clone())
-            .with_trace(
+            .with_correlation_id(cause.request_id.clone());
+        // The exported span when there is one; otherwise the caller's trace (or a new one), so
+        // an audit event always names a trace to search logs by.
+        if message.trace.is_none() {
+            message.trace = Some(
                 cause
                     .trace
                     .as_ref()
                     .map(TraceContext::child)
                     .unwrap_or_else(TraceContext::new_root),
             );
+        }
         // The event's own id is the message id: a consumer deduplicates on either.
         message.message_id = event.id.clone();
         self.outbox.stage(connection, &message).await?;

@@ -15,6 +15,9 @@ use futures::StreamExt;
 use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection, ConnectionProperties, Event};
 use opsconductor_platform::health::{CheckFuture, DependencyCheck};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -37,9 +40,16 @@ pub(crate) struct Inner {
     topology: Topology,
     sessions: watch::Sender<Option<Arc<Session>>>,
     pub(crate) metrics: Metrics,
+    /// Messages ready in each work queue this service consumes, sampled by its consumers.
+    pub(crate) lag: Family<QueueLabel, Gauge>,
     stop: watch::Sender<bool>,
     last_error: Mutex<Option<String>>,
     supervisor: Mutex<Option<JoinHandle<()>>>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct QueueLabel {
+    pub(crate) queue: String,
 }
 
 struct StopOnDrop(watch::Sender<bool>);
@@ -88,6 +98,7 @@ impl Broker {
             topology,
             sessions,
             metrics: Metrics::default(),
+            lag: Family::default(),
             stop: stop.clone(),
             last_error: Mutex::new(Some("not connected yet".to_string())),
             supervisor: Mutex::new(None),
@@ -123,6 +134,16 @@ impl Broker {
         &self.inner.metrics
     }
 
+    /// The consumer-lag gauge of `queue`.
+    pub(crate) fn lag(&self, queue: &str) -> Gauge {
+        self.inner
+            .lag
+            .get_or_create(&QueueLabel {
+                queue: queue.to_string(),
+            })
+            .clone()
+    }
+
     /// Exposes the counters in `registry` (without keeping the connection alive: a scrape
     /// after the broker is gone reads zeros).
     pub fn register_metrics(&self, registry: &opsconductor_metrics::Registry) {
@@ -134,6 +155,11 @@ impl Broker {
                 .unwrap_or_default()
         };
         registry.register_collector(MetricsSnapshot::counter_set(Arc::new(read)));
+        registry.register(
+            "opsconductor_consumer_lag_messages",
+            "Messages ready in a work queue this service consumes and not yet delivered to it (sampled every 5 s).",
+            self.inner.lag.clone(),
+        );
     }
 
     pub fn is_connected(&self) -> bool {

@@ -343,6 +343,9 @@ async fn subscribe(
     Ok((queue, deliveries))
 }
 
+/// How often a consumer reads its queue's depth for `opsconductor_consumer_lag_messages`.
+const LAG_SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 async fn consume(
     consumer: &Arc<Consumer>,
     session: &Session,
@@ -362,6 +365,29 @@ async fn consume(
     }
     subscribed.send_replace(true);
     tracing::debug!(%queue, "consuming");
+    // Lag of a work queue (a broadcast queue is this instance's own, named afresh each time:
+    // no series for it). Read with a passive declare on this channel, stopped with it.
+    let lag = matches!(consumer.source, Source::Work(_) | Source::DeadLetters(_)).then(|| {
+        let (channel, gauge, name) = (channel.clone(), consumer.broker.lag(&queue), queue.clone());
+        tokio::spawn(async move {
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            };
+            loop {
+                match channel
+                    .queue_declare(name.as_str().into(), passive, FieldTable::default())
+                    .await
+                {
+                    Ok(q) => {
+                        gauge.set(i64::from(q.message_count()));
+                    }
+                    Err(_) => return,
+                }
+                tokio::time::sleep(LAG_SAMPLE_EVERY).await;
+            }
+        })
+    });
     let context = Arc::new(Context {
         consumer: consumer.clone(),
         queue,
@@ -408,6 +434,9 @@ async fn consume(
         // resubscription; inboxes absorb the redeliveries.
         in_flight.detach_all();
     }
+    if let Some(lag) = lag {
+        lag.abort();
+    }
     // Prefetched deliveries nobody started go back to the queue with the channel.
     let _ = channel.close(200, "consumer done".into()).await;
     ended
@@ -443,7 +472,25 @@ fn dispatch(
         attempt = meta.attempt,
         correlation_id = meta.correlation_id.as_deref().unwrap_or(""),
         trace_id = meta.trace.as_ref().map(|t| t.trace_id()).unwrap_or(""),
+        otel.name = tracing::field::Empty,
+        otel.kind = tracing::field::Empty,
+        messaging.system = tracing::field::Empty,
+        messaging.destination.name = tracing::field::Empty,
     );
+    if opsconductor_platform::telemetry::tracing_enabled() {
+        // The semantic conventions' consumer span, a child of the span that published.
+        span.record("otel.name", format!("{} process", context.queue));
+        span.record("otel.kind", "consumer");
+        span.record("messaging.system", "rabbitmq");
+        span.record("messaging.destination.name", context.queue.as_str());
+        if let Some(trace) = &meta.trace {
+            opsconductor_platform::telemetry::propagation::adopt_message(
+                &span,
+                &trace.traceparent,
+                trace.tracestate.as_deref(),
+            );
+        }
+    }
     // The delivery keeps only what acknowledging needs.
     let raw = RawMessage {
         body: std::mem::take(&mut delivery.data),

@@ -59,6 +59,13 @@ impl TraceContext {
         }
     }
 
+    /// The current span's context, when traces are exported: a message published while
+    /// serving a call (or handling a message) continues its trace.
+    pub fn current() -> Option<TraceContext> {
+        let (traceparent, tracestate) = opsconductor_platform::telemetry::propagation::current()?;
+        TraceContext::parse(&traceparent, tracestate.as_deref())
+    }
+
     /// Parses a `traceparent` value; malformed ones are ignored rather than propagated.
     pub fn parse(traceparent: &str, tracestate: Option<&str>) -> Option<TraceContext> {
         let parts: Vec<&str> = traceparent.trim().split('-').collect();
@@ -122,7 +129,8 @@ pub struct OutgoingMessage {
 }
 
 impl OutgoingMessage {
-    /// `message` encoded, with a new message id, attempt 1 and the current time.
+    /// `message` encoded, with a new message id, attempt 1, the current time and the current
+    /// span's trace context.
     pub fn new<M: prost::Message + prost::Name>(
         exchange: impl Into<String>,
         routing_key: impl Into<String>,
@@ -136,7 +144,7 @@ impl OutgoingMessage {
             correlation_id: None,
             body: message.encode_to_vec(),
             timestamp: opsconductor_platform::time::now_secs(),
-            trace: None,
+            trace: TraceContext::current(),
             attempt: 1,
             headers: BTreeMap::new(),
             mandatory: true,

@@ -4,6 +4,7 @@
 //! (about 1.7k msg/s here, against about 18k pipelined).
 
 use std::borrow::Borrow;
+use std::collections::HashSet;
 
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
@@ -74,7 +75,9 @@ impl Publisher {
             }
         };
         let metrics = self.broker.counters();
-        let mut results: Vec<Option<Result<(), PublishError>>> = Vec::new();
+        let mut results: Vec<Option<Settled>> = Vec::new();
+        // Each message's id and route, for matching a returned message to its publish.
+        let mut sent: Vec<(String, (String, String))> = Vec::new();
         let mut in_flight = FuturesUnordered::new();
         for (index, message) in messages.enumerate() {
             results.push(None);
@@ -84,8 +87,10 @@ impl Publisher {
                 }
             }
             let message = message.borrow();
+            let route = (message.exchange.clone(), message.routing_key.clone());
+            sent.push((message.message_id.clone(), route.clone()));
             if let Err(error) = check_names(message) {
-                results[index] = Some(Err(error));
+                results[index] = Some(Settled::Failed(error));
                 continue;
             }
             let published = channel
@@ -101,21 +106,64 @@ impl Publisher {
                 )
                 .await;
             Metrics::add(&metrics.published, 1);
-            let route = (message.exchange.clone(), message.routing_key.clone());
             match published {
-                Ok(confirm) => in_flight
-                    .push(async move { (index, settle(confirm, route, timeout, metrics).await) }),
-                Err(error) => results[index] = Some(Err(from_lapin(&error, &route.0))),
+                Ok(confirm) => in_flight.push(async move {
+                    (index, settle(confirm, &route.0, timeout, metrics).await)
+                }),
+                Err(error) => results[index] = Some(Settled::Failed(from_lapin(&error, &route.0))),
             }
         }
         while let Some((done, result)) = in_flight.next().await {
             results[done] = Some(result);
         }
-        results
-            .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(PublishError::Broker("not attempted".into()))))
-            .collect()
+        resolve(results, sent, metrics)
     }
+}
+
+/// Each publish's result. A basic.return reaches lapin before the confirm it belongs to, and
+/// when the broker confirms several publishes at once lapin may pair it with another of them:
+/// a returned message is known by its id, not by which confirm carried it.
+fn resolve(
+    results: Vec<Option<Settled>>,
+    sent: Vec<(String, (String, String))>,
+    metrics: &Metrics,
+) -> Vec<Result<(), PublishError>> {
+    let returned: HashSet<String> = results
+        .iter()
+        .filter_map(|r| match r {
+            Some(Settled::Confirmed(Some(id))) if !id.is_empty() => Some(id.clone()),
+            _ => None,
+        })
+        .collect();
+    results
+        .into_iter()
+        .zip(sent)
+        .map(|(result, (id, route))| match result {
+            Some(Settled::Confirmed(carried)) => {
+                // A returned message without an id: only the confirm it came with can say.
+                let anonymous = carried.is_some_and(|r| r.is_empty());
+                if anonymous || returned.contains(&id) {
+                    Metrics::add(&metrics.returned, 1);
+                    Err(PublishError::Unroutable {
+                        exchange: route.0,
+                        routing_key: route.1,
+                    })
+                } else {
+                    Metrics::add(&metrics.confirmed, 1);
+                    Ok(())
+                }
+            }
+            Some(Settled::Failed(error)) => Err(error),
+            None => Err(PublishError::Broker("not attempted".into())),
+        })
+        .collect()
+}
+
+/// How one publish ended: confirmed (with the id of a message returned with its confirm, if
+/// any — not necessarily its own), or failed.
+enum Settled {
+    Confirmed(Option<String>),
+    Failed(PublishError),
 }
 
 fn check_names(message: &OutgoingMessage) -> Result<(), PublishError> {
@@ -127,33 +175,32 @@ fn check_names(message: &OutgoingMessage) -> Result<(), PublishError> {
     Ok(())
 }
 
-/// Waits for a publish's confirm; `route` is its exchange and routing key, for errors.
+/// Waits for a publish's confirm; `exchange` is where it went, for errors.
 async fn settle(
     confirm: PublisherConfirm,
-    route: (String, String),
+    exchange: &str,
     timeout: std::time::Duration,
     metrics: &Metrics,
-) -> Result<(), PublishError> {
+) -> Settled {
     let confirmation = match tokio::time::timeout(timeout, confirm).await {
-        Err(_) => return Err(PublishError::Timeout(timeout)),
-        Ok(Err(error)) => return Err(from_lapin(&error, &route.0)),
+        Err(_) => return Settled::Failed(PublishError::Timeout(timeout)),
+        Ok(Err(error)) => return Settled::Failed(from_lapin(&error, exchange)),
         Ok(Ok(confirmation)) => confirmation,
     };
     match confirmation {
-        Confirmation::Ack(None) | Confirmation::NotRequested => {
-            Metrics::add(&metrics.confirmed, 1);
-            Ok(())
-        }
-        Confirmation::Ack(Some(_returned)) => {
-            Metrics::add(&metrics.returned, 1);
-            Err(PublishError::Unroutable {
-                exchange: route.0,
-                routing_key: route.1,
-            })
-        }
+        Confirmation::Ack(None) | Confirmation::NotRequested => Settled::Confirmed(None),
+        Confirmation::Ack(Some(returned)) => Settled::Confirmed(Some(
+            returned
+                .delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.to_string())
+                .unwrap_or_default(),
+        )),
         Confirmation::Nack(_) => {
             Metrics::add(&metrics.nacked, 1);
-            Err(PublishError::Nacked)
+            Settled::Failed(PublishError::Nacked)
         }
     }
 }
@@ -164,5 +211,46 @@ fn from_lapin(error: &lapin::Error, exchange: &str) -> PublishError {
             PublishError::NoSuchExchange(exchange.to_string())
         }
         _ => PublishError::Broker(error.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sent(ids: &[&str]) -> Vec<(String, (String, String))> {
+        ids.iter()
+            .map(|id| (id.to_string(), ("x".to_string(), id.to_string())))
+            .collect()
+    }
+
+    #[test]
+    fn a_return_paired_with_another_confirm_still_fails_its_own_message() {
+        // [a, u, b]: u was unroutable, but lapin handed its return to a's confirm.
+        let results = vec![
+            Some(Settled::Confirmed(Some("u".into()))),
+            Some(Settled::Confirmed(None)),
+            Some(Settled::Confirmed(None)),
+        ];
+        let resolved = resolve(results, sent(&["a", "u", "b"]), &Metrics::default());
+        assert!(resolved[0].is_ok());
+        assert!(matches!(
+            &resolved[1],
+            Err(PublishError::Unroutable { routing_key, .. }) if routing_key == "u"
+        ));
+        assert!(resolved[2].is_ok());
+    }
+
+    #[test]
+    fn a_return_without_an_id_fails_the_confirm_it_came_with() {
+        let results = vec![
+            Some(Settled::Confirmed(Some(String::new()))),
+            Some(Settled::Confirmed(None)),
+            Some(Settled::Failed(PublishError::Nacked)),
+        ];
+        let resolved = resolve(results, sent(&["a", "b", "c"]), &Metrics::default());
+        assert!(matches!(resolved[0], Err(PublishError::Unroutable { .. })));
+        assert!(resolved[1].is_ok());
+        assert!(matches!(resolved[2], Err(PublishError::Nacked)));
     }
 }

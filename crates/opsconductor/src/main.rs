@@ -106,20 +106,26 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     env = env.with(var, value);
                 }
             }
-            opsconductor_platform::telemetry::init(&env)?;
+            // One process runs every service: one service.name for all of them.
+            let tracing = opsconductor_platform::telemetry::init(&env, "opsconductor")?;
             let options = UpOptions::from_env(&env)?;
-            opsconductor::up(options, env).await?;
+            let result = opsconductor::up(options, env).await;
+            tracing.shutdown().await;
+            result?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve { service } => {
-            opsconductor_platform::telemetry::init(&env)?;
             let Some(kind) = ServiceKind::from_name(&service) else {
                 let names: Vec<&str> = opsconductor_catalog::implemented()
                     .map(ServiceKind::name)
                     .collect();
                 anyhow::bail!("unknown service {service:?}; one of: {}", names.join(", "));
             };
-            opsconductor::serve(kind, env).await?;
+            let tracing =
+                opsconductor_platform::telemetry::init(&env, &format!("opsconductor-{kind}"))?;
+            let result = opsconductor::serve(kind, env).await;
+            tracing.shutdown().await;
+            result?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Secrets {

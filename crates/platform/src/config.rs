@@ -47,6 +47,8 @@ fn shown_value(var: &str, value: &str) -> String {
         "KEY",
         "DATABASE_URL",
         "AMQP_URL",
+        // A collector's address may carry user info.
+        "ENDPOINT",
     ]
     .iter()
     .any(|s| var.contains(s))

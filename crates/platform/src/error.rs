@@ -243,6 +243,19 @@ impl From<StorageError> for ApiError {
                 message: format!("database unavailable: {sqlx_err}"),
                 retry_after: Duration::from_secs(1),
             },
+            // PostgreSQL going away under a pooled connection (a restart, a failover): the
+            // connection is dead, the next one will work. Class 08 is "connection exception";
+            // 57P01-57P03 are "admin shutdown", "crash shutdown", "cannot connect now".
+            StorageError::Database(opsconductor_storage::sqlx::Error::Database(db))
+                if db.code().is_some_and(|c| {
+                    c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")
+                }) =>
+            {
+                ApiError::Unavailable {
+                    message: "database unavailable: the connection was lost".into(),
+                    retry_after: Duration::from_millis(200),
+                }
+            }
             _ => ApiError::internal(err),
         }
     }

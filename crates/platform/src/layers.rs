@@ -11,7 +11,7 @@ use tonic::Status;
 use tonic_types::{ErrorDetails, StatusExt};
 use tower::{Layer, Service};
 use tower_http::classify::GrpcFailureClass;
-use tracing::Span;
+use tracing::{Instrument, Span};
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
@@ -124,11 +124,15 @@ where
                 // The call runs to its end in a task of its own: a caller that goes away
                 // mid-call (its deadline passed, its connection dropped) must not cut the
                 // handler off halfway through a database transaction.
-                let call = tokio::spawn(async move {
-                    let resp = fut.await;
-                    drop(permit);
-                    resp
-                });
+                let call = tokio::spawn(
+                    async move {
+                        let resp = fut.await;
+                        drop(permit);
+                        resp
+                    }
+                    // The handler stays in the call's span (its logs and trace).
+                    .in_current_span(),
+                );
                 async move {
                     match call.await {
                         Ok(resp) => resp,
@@ -174,15 +178,51 @@ pub fn trace_layer() -> tower_http::trace::TraceLayer<
                 .get(REQUEST_ID_HEADER)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
-            tracing::info_span!("grpc", method = %req.uri().path(), request_id = %request_id)
+            let path = req.uri().path();
+            if is_probe(path) {
+                return tracing::info_span!(
+                    crate::telemetry::PROBE_SPAN,
+                    method = %path,
+                    request_id = %request_id
+                );
+            }
+            // Named for the method, with the semantic conventions' rpc.* attributes; a child of
+            // the caller's span when the call carries W3C trace context.
+            let (service, method) = path
+                .trim_start_matches('/')
+                .split_once('/')
+                .unwrap_or((path, ""));
+            let span = tracing::info_span!(
+                "grpc",
+                method = %path,
+                request_id = %request_id,
+                otel.name = tracing::field::Empty,
+                otel.kind = tracing::field::Empty,
+                rpc.system = tracing::field::Empty,
+                rpc.service = tracing::field::Empty,
+                rpc.method = tracing::field::Empty,
+                rpc.grpc.status_code = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+            );
+            // Only for the trace: log lines keep their short span.
+            if crate::telemetry::tracing_enabled() {
+                span.record("otel.name", path.trim_start_matches('/'));
+                span.record("otel.kind", "server");
+                span.record("rpc.system", "grpc");
+                span.record("rpc.service", service);
+                span.record("rpc.method", method);
+                crate::telemetry::propagation::adopt(&span, req.headers());
+            }
+            span
         })
         .on_request(())
         .on_response(
-            |resp: &Response<tonic::body::Body>, latency: Duration, _span: &Span| {
+            |resp: &Response<tonic::body::Body>, latency: Duration, span: &Span| {
                 // Errors returned before any message carry grpc-status in the headers
                 // ("trailers-only"); successful calls report theirs at end of stream.
                 if let Some(code) = resp.headers().get("grpc-status") {
                     let code = code.to_str().unwrap_or("?");
+                    record_code(span, code);
                     if code != "0" {
                         tracing::info!(
                             code,
@@ -195,11 +235,15 @@ pub fn trace_layer() -> tower_http::trace::TraceLayer<
         )
         .on_body_chunk(())
         .on_eos(
-            |trailers: Option<&http::HeaderMap>, duration: Duration, _span: &Span| {
+            |trailers: Option<&http::HeaderMap>, duration: Duration, span: &Span| {
                 let code = trailers
                     .and_then(|t| t.get("grpc-status"))
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("0");
+                    .and_then(|v| v.to_str().ok());
+                // A trailers-only answer recorded its code from the headers already.
+                if let Some(code) = code {
+                    record_code(span, code);
+                }
+                let code = code.unwrap_or("0");
                 // Successful calls are the bulk of traffic: debug for them, info for failures.
                 let latency_ms = duration.as_secs_f64() * 1e3;
                 if code == "0" {
@@ -223,4 +267,22 @@ pub fn trace_layer() -> tower_http::trace::TraceLayer<
                 }
             },
         )
+}
+
+/// Health and reflection: logged, not traced (see [`crate::telemetry::PROBE_SPAN`]).
+fn is_probe(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.") || path.starts_with("/grpc.reflection.")
+}
+
+/// The call's status on its span. Per the semantic conventions a server span is an error only
+/// for codes that point at the server (UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL,
+/// UNAVAILABLE, DATA_LOSS), not for a caller's bad request.
+fn record_code(span: &Span, code: &str) {
+    if !crate::telemetry::tracing_enabled() {
+        return;
+    }
+    span.record("rpc.grpc.status_code", code.parse::<i64>().unwrap_or(-1));
+    if matches!(code, "2" | "4" | "12" | "13" | "14" | "15") {
+        span.record("otel.status_code", "ERROR");
+    }
 }

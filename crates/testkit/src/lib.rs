@@ -9,6 +9,7 @@ mod broker;
 pub mod ext;
 mod faulty;
 mod http_sink;
+mod otlp;
 mod sandbox;
 mod smtp_sink;
 
@@ -19,6 +20,7 @@ pub use ext::{AuthExt, CredentialsExt, JobsExt, TargetsExt, UsersExt};
 pub use faulty::{Fault, FaultyReplica};
 pub use http_sink::{HttpSink, Recorded, Reply};
 pub use opsconductor_platform::time::now_secs;
+pub use otlp::{CollectedSpan, Collector};
 pub use sandbox::{role_label, session_source, Sandbox, PASSWORD};
 pub use smtp_sink::SmtpSink;
 

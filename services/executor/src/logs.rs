@@ -9,6 +9,7 @@ use opsconductor_api::jobs::v1::{AppendRunLogsRequest, LogLine, LogStream};
 use opsconductor_platform::client::Clients;
 use opsconductor_platform::time::{now_micros, to_timestamp};
 use tokio::sync::Notify;
+use tracing::Instrument;
 
 /// Longest line kept; longer ones are split.
 pub const MAX_LINE_BYTES: usize = 16 * 1024;
@@ -168,7 +169,7 @@ impl RunLog {
         token: String,
     ) -> tokio::task::JoinHandle<()> {
         let log = self.clone();
-        tokio::spawn(async move {
+        let flusher = async move {
             loop {
                 tokio::select! {
                     _ = log.wake.notified() => {}
@@ -179,7 +180,10 @@ impl RunLog {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }
-        })
+        }
+        // Its calls belong to the run's trace.
+        .in_current_span();
+        tokio::spawn(flusher)
     }
 
     /// The attempt's standard output (its end, masked, trailing whitespace trimmed), forgotten

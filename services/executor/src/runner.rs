@@ -22,6 +22,7 @@ use opsconductor_platform::ApiError;
 use opsconductor_template::{Context, RenderError, StepOutputs, TargetValues, Template, Values};
 use tokio::sync::{watch, OwnedSemaphorePermit};
 use tonic::{Code, Status};
+use tracing::Instrument;
 
 use crate::http::{self, HttpRequest};
 use crate::instance::{Instance, Stop};
@@ -158,7 +159,18 @@ impl Runner {
         match claimed {
             Ok(claim) => {
                 let runner = self.clone();
-                tokio::spawn(async move { runner.execute(claim.into_inner(), stop, permit).await });
+                // A child of the request's message span: the run joins the trace that asked
+                // for it, and the calls it makes (log, heartbeats, completion) hang under it.
+                let span = tracing::info_span!(
+                    "run",
+                    run_id = %request.run_id,
+                    job_id = %request.job_id,
+                    otel.name = "run",
+                );
+                tokio::spawn(
+                    async move { runner.execute(claim.into_inner(), stop, permit).await }
+                        .instrument(span),
+                );
                 Ok(())
             }
             Err(status) => {
@@ -288,34 +300,38 @@ impl Runner {
     ) -> tokio::task::JoinHandle<()> {
         let clients = self.clients.clone();
         let instance = self.instance.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                let beat = clients
-                    .jobs()
-                    .heartbeat_run(HeartbeatRunRequest {
-                        run_id: run_id.clone(),
-                        lease_token: token.clone(),
-                    })
-                    .await;
-                match beat {
-                    Ok(beat) => {
-                        let beat = beat.into_inner();
-                        instance.update(&run_id, |a| a.lease_expire_time = beat.lease_expire_time);
-                        if beat.cancel_requested {
-                            instance.stop(&run_id, Stop::Cancel(beat.cancel_reason));
+        tokio::spawn(
+            async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    let beat = clients
+                        .jobs()
+                        .heartbeat_run(HeartbeatRunRequest {
+                            run_id: run_id.clone(),
+                            lease_token: token.clone(),
+                        })
+                        .await;
+                    match beat {
+                        Ok(beat) => {
+                            let beat = beat.into_inner();
+                            instance
+                                .update(&run_id, |a| a.lease_expire_time = beat.lease_expire_time);
+                            if beat.cancel_requested {
+                                instance.stop(&run_id, Stop::Cancel(beat.cancel_reason));
+                            }
                         }
-                    }
-                    Err(status) if lease_gone(&status) => {
-                        instance.stop(&run_id, Stop::LeaseLost);
-                        return;
-                    }
-                    Err(status) => {
-                        tracing::warn!(%run_id, %status, "heartbeat failed; trying again")
+                        Err(status) if lease_gone(&status) => {
+                            instance.stop(&run_id, Stop::LeaseLost);
+                            return;
+                        }
+                        Err(status) => {
+                            tracing::warn!(%run_id, %status, "heartbeat failed; trying again")
+                        }
                     }
                 }
             }
-        })
+            .in_current_span(),
+        )
     }
 
     /// Flushes the log (a few tries), then completes the run (retrying while the jobs service
@@ -518,7 +534,17 @@ impl Runner {
             .await;
             return (name, true);
         }
-        let ok = self.step_on(execution, step, index, slot).await;
+        let span = tracing::info_span!(
+            "step",
+            otel.name = %format!("step {}", step.name),
+            step = %step.name,
+            index,
+            target = %name,
+        );
+        let ok = self
+            .step_on(execution, step, index, slot)
+            .instrument(span)
+            .await;
         if !ok {
             failed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }

@@ -16,6 +16,7 @@ use opsconductor_notify_channels::{
 };
 use opsconductor_platform::time::now_micros;
 use tokio::sync::Mutex;
+use tracing::Instrument;
 
 use crate::deliveries::{AttemptRecord, Claim, DeliveryRow, DeliveryStore};
 use crate::limits::RateLimiter;
@@ -154,7 +155,13 @@ impl Senders {
                 };
                 let body = bytes::Bytes::copy_from_slice(m.body.as_bytes());
                 let timestamp = opsconductor_platform::time::now_secs() as i64;
-                let headers = webhook_headers(m.id, timestamp, key.as_ref(), &body);
+                let mut headers = webhook_headers(m.id, timestamp, key.as_ref(), &body);
+                // The receiver may continue the trace (W3C Trace Context over HTTP); only on
+                // webhooks, which go to the operator's own systems, not to Slack or Teams.
+                opsconductor_platform::telemetry::propagation::inject(
+                    &tracing::Span::current(),
+                    &mut headers,
+                );
                 Ok(self.http.post_json(m.destination, body, headers).await)
             }
             NotificationChannel::Unspecified => Ok(Attempt {
@@ -245,7 +252,21 @@ impl Worker {
             html_body: &row.html_body,
             signing_credential_id: &row.signing_credential_id,
         };
-        let attempt = match self.senders.send(&message).await {
+        // The send on its own span (a client span: it leaves the platform).
+        let span = tracing::info_span!(
+            "send",
+            otel.name = %format!(
+                "send {}",
+                message
+                    .channel
+                    .as_str_name()
+                    .trim_start_matches("NOTIFICATION_CHANNEL_")
+                    .to_ascii_lowercase()
+            ),
+            otel.kind = "client",
+            delivery_id = %id,
+        );
+        let attempt = match self.senders.send(&message).instrument(span).await {
             Ok(attempt) => attempt,
             Err(e) => {
                 self.limiter.refund(&key);

@@ -17,6 +17,7 @@ use opsconductor_platform::validate::Violations;
 use opsconductor_platform::ApiError;
 use tokio::sync::{watch, Notify, Semaphore};
 use tonic::Code;
+use tracing::Instrument;
 
 use crate::fires::{misfire_threshold, still_fires, End, Fire, FireStore};
 use crate::overlap::Decision;
@@ -113,13 +114,23 @@ impl Engine {
                 break;
             };
             let engine = self.clone();
-            tokio::spawn(async move {
-                let id = fire.id.clone();
-                if let Err(e) = engine.fire(fire, schedule).await {
-                    tracing::warn!(fire_id = %id, error = %e, "a fire failed; it is retried when its lease lapses");
+            // A fire is where a scheduled run's trace begins.
+            let span = tracing::info_span!(
+                "fire",
+                otel.name = "schedule fire",
+                fire_id = %fire.id,
+                schedule_id = %fire.schedule_id,
+            );
+            tokio::spawn(
+                async move {
+                    let id = fire.id.clone();
+                    if let Err(e) = engine.fire(fire, schedule).await {
+                        tracing::warn!(fire_id = %id, error = %e, "a fire failed; it is retried when its lease lapses");
+                    }
+                    drop(permit);
                 }
-                drop(permit);
-            });
+                .instrument(span),
+            );
         }
         Ok(n)
     }

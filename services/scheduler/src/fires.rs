@@ -12,6 +12,9 @@ use opsconductor_messaging::topology::platform;
 use opsconductor_messaging::{Names, Outbox, OutgoingMessage};
 use opsconductor_platform::time::{from_duration, now_micros, to_std_duration, to_timestamp};
 use opsconductor_storage::{Backend, Database};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use sqlx::AnyConnection;
 
 use crate::spec::Spec;
@@ -139,6 +142,12 @@ pub struct FireStore {
     db: Database,
     outbox: Outbox,
     events_exchange: String,
+    ended: Family<OutcomeLabel, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: String,
 }
 
 impl FireStore {
@@ -147,6 +156,7 @@ impl FireStore {
             db,
             outbox,
             events_exchange: names.exchange(&platform::events_exchange()),
+            ended: Family::default(),
         }
     }
 
@@ -374,6 +384,24 @@ impl FireStore {
         Ok(found.is_some())
     }
 
+    /// Counts fires by how they ended in `registry` (`opsconductor_schedule_fires_total`).
+    pub fn register_metrics(&self, registry: &opsconductor_metrics::Registry) {
+        registry.register(
+            "opsconductor_schedule_fires",
+            "Fires that ended, by outcome (run_started, failed, skipped_overlap, skipped_misfire ...).",
+            self.ended.clone(),
+        );
+    }
+
+    /// Counts a fire's end (once its transaction committed).
+    pub(crate) fn count(&self, outcome: FireOutcome) {
+        let outcome = outcome
+            .as_str_name()
+            .trim_start_matches("FIRE_OUTCOME_")
+            .to_ascii_lowercase();
+        self.ended.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
     /// Ends a fire held under its lease: the outcome, and for FAILED a ScheduleFireFailed for
     /// the owner, staged in the same transaction. False when the lease was lost.
     pub async fn finish(&self, fire: &Fire, end: End<'_>) -> Result<bool> {
@@ -407,6 +435,9 @@ impl FireStore {
             }
         }
         self.outbox.commit(tx).await?;
+        if done {
+            self.count(end.outcome());
+        }
         Ok(done)
     }
 
@@ -417,12 +448,11 @@ impl FireStore {
         end: &End<'_>,
     ) -> Result<bool> {
         let now = now_micros();
-        let (outcome, run_id, fire_time, error, reason) = match end {
-            End::Started(run_id) => (FireOutcome::RunStarted, *run_id, Some(now), "", ""),
-            End::Skipped(outcome, error) => (*outcome, "", None, error.as_str(), ""),
-            End::Failed { reason, error, .. } => {
-                (FireOutcome::Failed, "", None, error.as_str(), *reason)
-            }
+        let outcome = end.outcome();
+        let (run_id, fire_time, error, reason) = match end {
+            End::Started(run_id) => (*run_id, Some(now), "", ""),
+            End::Skipped(_, error) => ("", None, error.as_str(), ""),
+            End::Failed { reason, error, .. } => ("", None, error.as_str(), *reason),
         };
         let done = sqlx::query(
             "UPDATE fires SET outcome = $1, run_id = $2, fire_time = $3, error = $4, \
@@ -482,4 +512,14 @@ pub enum End<'a> {
         reason: &'static str,
         error: String,
     },
+}
+
+impl End<'_> {
+    fn outcome(&self) -> FireOutcome {
+        match self {
+            End::Started(_) => FireOutcome::RunStarted,
+            End::Skipped(outcome, _) => *outcome,
+            End::Failed { .. } => FireOutcome::Failed,
+        }
+    }
 }

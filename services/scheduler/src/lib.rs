@@ -109,6 +109,7 @@ impl ServiceModule for Scheduler {
             let names = messaging.broker.names();
             let schedules = ScheduleStore::new(db.clone(), messaging.audit.clone());
             let fires = FireStore::new(db.clone(), messaging.outbox.clone(), names);
+            fires.register_metrics(context.metrics());
             let wake = Arc::new(Notify::new());
             let engine = Engine {
                 fires: fires.clone(),

@@ -80,6 +80,7 @@ impl FireStore {
         } else {
             policy
         };
+        let mut skipped = false;
         let decision = if !busy {
             hold(&mut tx, fire).await?;
             Decision::Start
@@ -93,6 +94,7 @@ impl FireStore {
                     if fire.outcome() != FireOutcome::Waiting && any_waiting =>
                 {
                     self.skip(&mut tx, fire).await?;
+                    skipped = true;
                     Decision::Done
                 }
                 OverlapPolicy::BufferOne | OverlapPolicy::BufferAll => {
@@ -111,11 +113,15 @@ impl FireStore {
                 }
                 _ => {
                     self.skip(&mut tx, fire).await?;
+                    skipped = true;
                     Decision::Done
                 }
             }
         };
         tx.commit().await?;
+        if skipped {
+            self.count(FireOutcome::SkippedOverlap);
+        }
         Ok(decision)
     }
 

@@ -126,7 +126,7 @@ impl Drop for Process {
 }
 
 /// Signs in at the auth service behind `auth_url`.
-async fn login(auth_url: &str, username: &str, password: &str) -> LoginResponse {
+pub(crate) async fn login(auth_url: &str, username: &str, password: &str) -> LoginResponse {
     let started = Instant::now();
     loop {
         let attempt = async {
@@ -159,7 +159,7 @@ fn mode(path: &Path) -> u32 {
 }
 
 /// The administrator's password `up` generated into the data directory.
-fn admin_password(data_dir: &Path) -> String {
+pub(crate) fn admin_password(data_dir: &Path) -> String {
     std::fs::read_to_string(data_dir.join("secrets/user/admin-password"))
         .expect("the generated admin password")
         .trim()
@@ -181,7 +181,7 @@ pub(crate) async fn wait_serving(url: &str) {
 }
 
 /// `up` with every service on ports from `base`, its data in `dir/state`.
-fn up(dir: &Path, base: u16, extra: &[(&str, String)]) -> Process {
+pub(crate) fn up(dir: &Path, base: u16, extra: &[(&str, String)]) -> Process {
     let mut env = vec![("OPSCONDUCTOR_SHUTDOWN_DELAY_MS", "0".to_string())];
     env.extend(extra.iter().cloned());
     Process::start(
@@ -557,6 +557,21 @@ fn bad_configuration_names_the_variable() {
     );
     assert!(
         !ok && err.contains("AMQP_URL") && !err.contains("hunter2"),
+        "{err}"
+    );
+    // Traces go to a plain-gRPC collector only; the refusal hides the address's user info.
+    let (ok, err) = run(
+        &["serve", "user"],
+        &[
+            ("LISTEN_ADDR", "127.0.0.1:0"),
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "https://u:hunter2@collector:4317",
+            ),
+        ],
+    );
+    assert!(
+        !ok && err.contains("OTEL_EXPORTER_OTLP_ENDPOINT") && !err.contains("hunter2"),
         "{err}"
     );
     let (ok, err) = run(&["up", "--port-base", "99999"], &[]);

@@ -22,4 +22,5 @@ mod scheduler;
 mod serving;
 mod support;
 mod targets;
+mod traces;
 mod user;

@@ -126,6 +126,13 @@ async fn every_service_serves_its_grpc_series_after_a_grpcurl_call() {
         "{text}"
     );
     assert!(text.ends_with("# EOF\n"));
+    // The audit service's lag on the queue it ingests from, read from the broker.
+    let (_, audit) = http("GET", &s.metrics_url(ServiceKind::Audit)).await;
+    let queue = format!("queue=\"{}.audit.events\"", s.broker.prefix);
+    assert!(
+        sample(&audit, "opsconductor_consumer_lag_messages", &[&queue]).is_some(),
+        "{audit}"
+    );
 
     // The auth service asked the user service to check the administrator's password when the
     // sandbox signed in: its client side shows the call.

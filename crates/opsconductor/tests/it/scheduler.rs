@@ -461,6 +461,21 @@ async fn fires_start_one_run_per_due_time_as_the_owner(s: &Sandbox) {
     }
     run_ids.dedup();
     assert_eq!(run_ids.len(), all.len(), "a run per fire");
+    // Each fire counted once on /metrics, by its outcome.
+    let (_, text) = crate::metrics::http(
+        "GET",
+        &s.metrics_url(opsconductor_platform::ServiceKind::Scheduler),
+    )
+    .await;
+    assert_eq!(
+        crate::metrics::sample(
+            &text,
+            "opsconductor_schedule_fires_total",
+            &["outcome=\"run_started\""]
+        ),
+        Some(all.len() as f64),
+        "{text}"
+    );
     let listed = runs_of(s, &schedule.id).await;
     assert_eq!(listed.len(), all.len(), "no run without its fire");
     for run in listed {

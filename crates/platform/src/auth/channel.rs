@@ -10,6 +10,7 @@ use opsconductor_metrics::GrpcMetrics;
 use tonic::body::Body;
 use tonic::transport::Channel;
 use tower::Service;
+use tracing::Instrument;
 
 use super::{TokenSource, AUTHORIZATION};
 use crate::client::{CallPolicy, Upstream};
@@ -74,6 +75,11 @@ impl Service<Request<Body>> for AuthChannel {
         let metrics = self.metrics.clone();
         let policy = self.policy.clone();
         let path = request.uri().path().to_string();
+        let span = client_span(&path);
+        match &span {
+            Some(span) => crate::telemetry::propagation::inject(span, request.headers_mut()),
+            None => crate::telemetry::propagation::inject_unsampled(request.headers_mut()),
+        }
         async move {
             if let Some(tokens) = tokens.filter(|_| !request.headers().contains_key(AUTHORIZATION))
             {
@@ -107,6 +113,35 @@ impl Service<Request<Body>> for AuthChannel {
                 None => response.await,
             }
         }
+        .instrument(span.unwrap_or_else(tracing::Span::none))
         .boxed()
     }
+}
+
+/// A call's client span, a child of the span making it; its context travels in the request
+/// (every attempt carries the same one: retries are one call to the caller). None when traces
+/// are off, or for a call made outside any traced work (a poll, a token refresh): those would
+/// each be a trace of their own, and are left out.
+fn client_span(path: &str) -> Option<tracing::Span> {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    if !crate::telemetry::tracing_enabled() {
+        return None;
+    }
+    let parent = tracing::Span::current().context();
+    if !parent.span().span_context().is_valid() {
+        return None;
+    }
+    let (service, method) = path
+        .trim_start_matches('/')
+        .split_once('/')
+        .unwrap_or((path, ""));
+    Some(tracing::info_span!(
+        "grpc.client",
+        otel.name = %path.trim_start_matches('/'),
+        otel.kind = "client",
+        rpc.system = "grpc",
+        rpc.service = %service,
+        rpc.method = %method,
+    ))
 }

@@ -106,6 +106,8 @@ enum Outcome {
     Unavailable {
         answer: Result<Response<Body>, tonic::transport::Error>,
         wait: Option<Duration>,
+        /// The replica that failed it, which a retry avoids.
+        replica: Option<usize>,
     },
 }
 
@@ -144,14 +146,21 @@ pub(crate) async fn call(
             }
         }
     } else {
-        return attempt(upstream, policy, Request::from_parts(parts, body), deadline)
-            .await
-            .into_answer();
+        return attempt(
+            upstream,
+            policy,
+            Request::from_parts(parts, body),
+            deadline,
+            None,
+        )
+        .await
+        .into_answer();
     };
     let bytes = body.unwrap_or_default();
     let retryable = method.is_some_and(|m| retry_safe(m, &bytes));
     policy.budget.deposit();
     let mut tries = 0;
+    let mut avoid = None;
     loop {
         tries += 1;
         let mut req = Request::new(Body::new(Full::new(bytes.clone())));
@@ -159,10 +168,17 @@ pub(crate) async fn call(
         *req.uri_mut() = parts.uri.clone();
         *req.version_mut() = parts.version;
         *req.headers_mut() = parts.headers.clone();
-        let outcome = attempt(upstream, policy, req, deadline).await;
+        let outcome = attempt(upstream, policy, req, deadline, avoid).await;
         let (answer, wait) = match outcome {
             Outcome::Answered(response) => return Ok(response),
-            Outcome::Unavailable { answer, wait } => (answer, wait),
+            Outcome::Unavailable {
+                answer,
+                wait,
+                replica,
+            } => {
+                avoid = replica;
+                (answer, wait)
+            }
         };
         if !retryable || tries >= policy.settings.max_attempts {
             return answer;
@@ -223,10 +239,11 @@ async fn attempt(
     policy: &CallPolicy,
     mut request: Request<Body>,
     deadline: Option<Instant>,
+    avoid: Option<usize>,
 ) -> Outcome {
     let now = Instant::now();
-    let replica = match upstream.pick(now) {
-        Ok(replica) => replica,
+    let (index, replica) = match upstream.pick(now, avoid) {
+        Ok(picked) => picked,
         Err(wait) => {
             policy
                 .counters
@@ -245,6 +262,7 @@ async fn attempt(
             return Outcome::Unavailable {
                 answer: Ok(status.into_http()),
                 wait: Some(wait),
+                replica: None,
             };
         }
     };
@@ -280,7 +298,11 @@ async fn attempt(
     }
     match result {
         Ok(response) if !failed => Outcome::Answered(response),
-        answer => Outcome::Unavailable { answer, wait },
+        answer => Outcome::Unavailable {
+            answer,
+            wait,
+            replica: Some(index),
+        },
     }
 }
 

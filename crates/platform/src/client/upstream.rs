@@ -77,15 +77,25 @@ impl Upstream {
         &self.name
     }
 
-    /// The next replica whose breaker admits a call, or how long until one might.
-    pub(crate) fn pick(&self, now: Instant) -> Result<&Replica, Duration> {
+    /// The next replica whose breaker admits a call (with its index), or how long until one
+    /// might. `avoid` (the replica a retry follows) is taken only when no other admits it: a
+    /// retry goes elsewhere even while concurrent calls move the turn.
+    pub(crate) fn pick(
+        &self,
+        now: Instant,
+        avoid: Option<usize>,
+    ) -> Result<(usize, &Replica), Duration> {
         let n = self.replicas.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut wait = Duration::MAX;
-        for i in 0..n {
-            let replica = &self.replicas[(start + i) % n];
+        let order = (0..n)
+            .map(|i| (start + i) % n)
+            .filter(|i| Some(*i) != avoid)
+            .chain(avoid.filter(|i| *i < n));
+        for i in order {
+            let replica = &self.replicas[i];
             match replica.breaker.as_ref().map(|b| b.admit(now)) {
-                None | Some(Admission::Admit) => return Ok(replica),
+                None | Some(Admission::Admit) => return Ok((i, replica)),
                 Some(Admission::Refuse(left)) => wait = wait.min(left),
             }
         }
@@ -101,5 +111,38 @@ impl Upstream {
                 Some((r.uri.clone(), state != BreakerState::Closed))
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(n: usize) -> Upstream {
+        let uris: Vec<Uri> = (0..n)
+            .map(|i| format!("http://127.0.0.1:{}", 1 + i).parse().unwrap())
+            .collect();
+        Upstream::replicas(
+            "test",
+            &uris,
+            |uri| Channel::builder(uri.clone()).connect_lazy(),
+            BreakerSettings::default(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_retry_goes_to_another_replica_whatever_the_turn() {
+        let up = upstream(2);
+        let now = Instant::now();
+        for _ in 0..10 {
+            assert_eq!(up.pick(now, Some(0)).unwrap().0, 1);
+            assert_eq!(up.pick(now, Some(1)).unwrap().0, 0);
+        }
+        // Taken in turn otherwise.
+        let first = up.pick(now, None).unwrap().0;
+        assert_ne!(up.pick(now, None).unwrap().0, first);
+        // With one replica, the retry goes back to it.
+        let one = upstream(1);
+        assert_eq!(one.pick(now, Some(0)).unwrap().0, 0);
     }
 }
