@@ -216,6 +216,11 @@ struct StateLabel {
 impl RunStore {
     /// Counts finished runs by end state in `registry` (`opsconductor_runs_finished_total`).
     pub fn register_metrics(&self, registry: &opsconductor_metrics::Registry) {
+        // Every end state from the start, at 0: a rate over a series that appears later
+        // misses its first increase.
+        for state in ["succeeded", "failed", "cancelled", "timed_out"] {
+            self.finished.get_or_create(&StateLabel { state }).inc_by(0);
+        }
         registry.register(
             "opsconductor_runs_finished",
             "Runs that ended, by their end state.",

@@ -150,6 +150,17 @@ struct OutcomeLabel {
     outcome: String,
 }
 
+impl OutcomeLabel {
+    fn of(outcome: FireOutcome) -> OutcomeLabel {
+        OutcomeLabel {
+            outcome: outcome
+                .as_str_name()
+                .trim_start_matches("FIRE_OUTCOME_")
+                .to_ascii_lowercase(),
+        }
+    }
+}
+
 impl FireStore {
     pub fn new(db: Database, outbox: Outbox, names: &Names) -> FireStore {
         FireStore {
@@ -386,6 +397,18 @@ impl FireStore {
 
     /// Counts fires by how they ended in `registry` (`opsconductor_schedule_fires_total`).
     pub fn register_metrics(&self, registry: &opsconductor_metrics::Registry) {
+        // Every end from the start, at 0: a rate over a series that appears later misses its
+        // first increase.
+        for outcome in [
+            FireOutcome::RunStarted,
+            FireOutcome::SkippedOverlap,
+            FireOutcome::SkippedMisfire,
+            FireOutcome::Failed,
+        ] {
+            self.ended
+                .get_or_create(&OutcomeLabel::of(outcome))
+                .inc_by(0);
+        }
         registry.register(
             "opsconductor_schedule_fires",
             "Fires that ended, by outcome (run_started, failed, skipped_overlap, skipped_misfire ...).",
@@ -395,11 +418,7 @@ impl FireStore {
 
     /// Counts a fire's end (once its transaction committed).
     pub(crate) fn count(&self, outcome: FireOutcome) {
-        let outcome = outcome
-            .as_str_name()
-            .trim_start_matches("FIRE_OUTCOME_")
-            .to_ascii_lowercase();
-        self.ended.get_or_create(&OutcomeLabel { outcome }).inc();
+        self.ended.get_or_create(&OutcomeLabel::of(outcome)).inc();
     }
 
     /// Ends a fire held under its lease: the outcome, and for FAILED a ScheduleFireFailed for

@@ -211,6 +211,7 @@ async fn alerts_and_dashboard_query_only_series_the_services_expose() {
         ServiceKind::Auth,
         ServiceKind::Jobs,
         ServiceKind::Notification,
+        ServiceKind::Scheduler,
     ] {
         let (status, text) = http("GET", &s.metrics_url(kind)).await;
         assert_eq!(status, 200);
