@@ -118,8 +118,10 @@ impl FaultyReplica {
     }
 
     /// Gone: the port refuses connections and open connections are dropped.
-    pub fn kill(self) -> SocketAddr {
+    pub async fn kill(mut self) -> SocketAddr {
         self.task.abort();
+        // Gone once this returns: no call made after it can reach an open connection.
+        let _ = (&mut self.task).await;
         self.addr
     }
 }

@@ -178,7 +178,7 @@ async fn a_killed_replica_is_skipped_and_taken_back_when_it_returns() {
         c.user().get_user(GetUserRequest::default()).await.unwrap();
     }
     assert_eq!((doomed.received(), healthy.received()), (2, 2));
-    let addr = doomed.kill();
+    let addr = doomed.kill().await;
     // Every call still succeeds: a refused connection is retried on the other replica.
     for _ in 0..20 {
         c.user().get_user(GetUserRequest::default()).await.unwrap();
@@ -196,6 +196,33 @@ async fn a_killed_replica_is_skipped_and_taken_back_when_it_returns() {
 
 /// One of two user replicas drains on SIGTERM while 16 callers keep reading: none of their
 /// calls fails (in-flight calls finish; new ones find the other replica through retries).
+/// A refused connection means nothing was sent: even a call that may not be repeated goes to
+/// the other replica, and reaches a server exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_is_retried_even_for_a_call_that_may_not_be_repeated() {
+    let gone = FaultyReplica::start(Fault::None).await;
+    let addr = gone.kill().await;
+    let healthy = FaultyReplica::start(Fault::None).await;
+    let c = clients(&[
+        (
+            "USER_SERVICE_URL",
+            format!("http://{addr},{}", healthy.url()),
+        ),
+        // Keep the dead replica in the turn: every other call finds it first.
+        ("OPSCONDUCTOR_CLIENT_BREAKER_FAILURES", "1000".into()),
+    ]);
+    for _ in 0..10 {
+        c.user()
+            .create_user(CreateUserRequest::default())
+            .await
+            .unwrap();
+    }
+    assert_eq!(healthy.received_of("CreateUser"), 10);
+    assert!(c.policy().retries() >= 4, "{}", c.policy().retries());
+    // A replica that answered UNAVAILABLE may have done the work: that one is not repeated
+    // (safe_calls_succeed_through_retries_and_unsafe_ones_are_never_repeated).
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_draining_under_load_fails_no_call() {
     use opsconductor_api::user::v1::ListUsersRequest;

@@ -108,6 +108,9 @@ enum Outcome {
         wait: Option<Duration>,
         /// The replica that failed it, which a retry avoids.
         replica: Option<usize>,
+        /// Nothing reached a server (the connection was refused, or no replica could be
+        /// called): any call may be made again, whatever its idempotency.
+        unsent: bool,
     },
 }
 
@@ -169,18 +172,19 @@ pub(crate) async fn call(
         *req.version_mut() = parts.version;
         *req.headers_mut() = parts.headers.clone();
         let outcome = attempt(upstream, policy, req, deadline, avoid).await;
-        let (answer, wait) = match outcome {
+        let (answer, wait, unsent) = match outcome {
             Outcome::Answered(response) => return Ok(response),
             Outcome::Unavailable {
                 answer,
                 wait,
                 replica,
+                unsent,
             } => {
                 avoid = replica;
-                (answer, wait)
+                (answer, wait, unsent)
             }
         };
-        if !retryable || tries >= policy.settings.max_attempts {
+        if !(retryable || unsent) || tries >= policy.settings.max_attempts {
             return answer;
         }
         let pause = policy.backoff(tries).max(wait.unwrap_or_default());
@@ -263,6 +267,7 @@ async fn attempt(
                 answer: Ok(status.into_http()),
                 wait: Some(wait),
                 replica: None,
+                unsent: true,
             };
         }
     };
@@ -299,6 +304,7 @@ async fn attempt(
     match result {
         Ok(response) if !failed => Outcome::Answered(response),
         answer => Outcome::Unavailable {
+            unsent: answer.as_ref().err().is_some_and(refused),
             answer,
             wait,
             replica: Some(index),
@@ -321,6 +327,20 @@ fn past_deadline(upstream: &Upstream, policy: &CallPolicy, replica: &Replica) ->
         upstream.name()
     ));
     Outcome::Answered(status.into_http())
+}
+
+/// The replica refused the connection: the request never left this process.
+fn refused(error: &tonic::transport::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 fn is_unavailable(result: &Result<Response<Body>, tonic::transport::Error>) -> bool {
