@@ -128,6 +128,22 @@ enum Bench {
     },
 }
 
+/// The `opsconductor` binary built beside this one (release: see the top of this file).
+fn opsconductor_binary() -> anyhow::Result<std::path::PathBuf> {
+    use anyhow::Context;
+    let bin = std::env::current_exe()?
+        .parent()
+        .context("no parent dir")?
+        .join("opsconductor");
+    if !bin.exists() {
+        anyhow::bail!(
+            "{} not found: build it with cargo build --release -p opsconductor",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().bench {

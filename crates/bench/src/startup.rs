@@ -16,16 +16,7 @@ const PORTS: [u16; 3] = [1, 2, 5];
 const PREFIX: &str = "bench-startup";
 
 pub async fn run(runs: usize) -> anyhow::Result<()> {
-    let bin = std::env::current_exe()?
-        .parent()
-        .context("no parent dir")?
-        .join("opsconductor");
-    if !bin.exists() {
-        bail!(
-            "{} not found: build it with cargo build --release -p opsconductor",
-            bin.display()
-        );
-    }
+    let bin = crate::opsconductor_binary()?;
     let mut startups = Vec::new();
     let mut rss = Vec::new();
     for i in 0..runs {

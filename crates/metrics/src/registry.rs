@@ -96,31 +96,35 @@ impl CounterSet {
 
     /// A monotonic counter (rendered with `_total`).
     pub fn counter(
-        mut self,
+        self,
         name: &'static str,
         help: &'static str,
         read: impl Fn() -> u64 + Send + Sync + 'static,
     ) -> CounterSet {
-        self.entries.push(Entry {
-            name,
-            help,
-            gauge: false,
-            read: Box::new(read),
-        });
-        self
+        self.with(name, help, false, read)
     }
 
     /// A value that goes up and down.
     pub fn gauge(
+        self,
+        name: &'static str,
+        help: &'static str,
+        read: impl Fn() -> u64 + Send + Sync + 'static,
+    ) -> CounterSet {
+        self.with(name, help, true, read)
+    }
+
+    fn with(
         mut self,
         name: &'static str,
         help: &'static str,
+        gauge: bool,
         read: impl Fn() -> u64 + Send + Sync + 'static,
     ) -> CounterSet {
         self.entries.push(Entry {
             name,
             help,
-            gauge: true,
+            gauge,
             read: Box::new(read),
         });
         self

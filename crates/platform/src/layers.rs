@@ -188,10 +188,7 @@ pub fn trace_layer() -> tower_http::trace::TraceLayer<
             }
             // Named for the method, with the semantic conventions' rpc.* attributes; a child of
             // the caller's span when the call carries W3C trace context.
-            let (service, method) = path
-                .trim_start_matches('/')
-                .split_once('/')
-                .unwrap_or((path, ""));
+            let (full, service, method) = crate::telemetry::rpc_names(path);
             let span = tracing::info_span!(
                 "grpc",
                 method = %path,
@@ -206,7 +203,7 @@ pub fn trace_layer() -> tower_http::trace::TraceLayer<
             );
             // Only for the trace: log lines keep their short span.
             if crate::telemetry::tracing_enabled() {
-                span.record("otel.name", path.trim_start_matches('/'));
+                span.record("otel.name", full);
                 span.record("otel.kind", "server");
                 span.record("rpc.system", "grpc");
                 span.record("rpc.service", service);

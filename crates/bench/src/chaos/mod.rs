@@ -48,16 +48,7 @@ struct Drill {
 }
 
 pub async fn run(options: Options) -> anyhow::Result<()> {
-    let bin = std::env::current_exe()?
-        .parent()
-        .context("no parent dir")?
-        .join("opsconductor");
-    if !bin.exists() {
-        bail!(
-            "{} not found: cargo build --release -p opsconductor",
-            bin.display()
-        );
-    }
+    let bin = crate::opsconductor_binary()?;
     let dir = tempfile::tempdir()?;
     let broker = opsconductor_testkit::TestBroker::new();
     broker.track_platform();

@@ -132,13 +132,10 @@ fn client_span(path: &str) -> Option<tracing::Span> {
     if !parent.span().span_context().is_valid() {
         return None;
     }
-    let (service, method) = path
-        .trim_start_matches('/')
-        .split_once('/')
-        .unwrap_or((path, ""));
+    let (full, service, method) = crate::telemetry::rpc_names(path);
     Some(tracing::info_span!(
         "grpc.client",
-        otel.name = %path.trim_start_matches('/'),
+        otel.name = %full,
         otel.kind = "client",
         rpc.system = "grpc",
         rpc.service = %service,

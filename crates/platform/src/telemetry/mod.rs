@@ -35,6 +35,14 @@ pub fn tracing_enabled() -> bool {
 /// from every orchestrator and say nothing about the work, so they are logged but not traced.
 pub const PROBE_SPAN: &str = "grpc.probe";
 
+/// A gRPC path's names as spans carry them: the full method (the span's name, without the
+/// leading slash), its service and its method.
+pub(crate) fn rpc_names(path: &str) -> (&str, &str, &str) {
+    let full = path.trim_start_matches('/');
+    let (service, method) = full.split_once('/').unwrap_or((full, ""));
+    (full, service, method)
+}
+
 /// Installs the global subscriber once: logs to stderr, and spans to an OTLP collector when
 /// one is configured. `service_name` is the `service.name` of the spans unless
 /// `OTEL_SERVICE_NAME` says otherwise. A later call (tests start many services in one process)

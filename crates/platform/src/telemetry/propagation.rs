@@ -51,6 +51,10 @@ pub fn adopt(span: &Span, headers: &http::HeaderMap) {
 
 /// The current span's `traceparent` and `tracestate`, for a message it publishes.
 pub fn current() -> Option<(String, Option<String>)> {
+    // Asked for every message built: nothing to look up when traces are off.
+    if !super::tracing_enabled() {
+        return None;
+    }
     let context = Span::current().context();
     let mut fields = Fields::default();
     opentelemetry::global::get_text_map_propagator(|propagator| {
