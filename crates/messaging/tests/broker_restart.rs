@@ -298,8 +298,14 @@ async fn notifications_survive_a_broker_restart_without_duplicates() {
                 })),
                 ..Default::default()
             };
-            // A call that fails while the broker is away is retried under its key.
+            // A call that fails while the broker is away is retried under its key, for as long
+            // as a restart may take.
+            let until = Instant::now() + Duration::from_secs(180);
             loop {
+                assert!(
+                    Instant::now() < until,
+                    "a notification was refused for 3 minutes"
+                );
                 match clients
                     .notification()
                     .send_notification(request.clone())

@@ -119,6 +119,16 @@ fn refuses_forgeries() {
             Err(TokenError::UnsupportedAlgorithm(alg.to_string()))
         );
     }
+    // A real token padded past 8 KiB with a claim: three parts, valid base64, a good
+    // signature. Only the length cap refuses it, before anything is decoded.
+    let mut padded_claims = user_claims();
+    padded_claims.sub = "x".repeat(9_000);
+    let padded = key.sign(&padded_claims).unwrap();
+    assert!(padded.len() > 8 * 1024 && padded.split('.').count() == 3);
+    assert_eq!(
+        verify(&padded, &keys, &v, NOW),
+        Err(TokenError::Malformed("too long"))
+    );
     for garbage in ["", "a.b", "a.b.c.d", "!!.!!.!!", &"x".repeat(10_000)] {
         assert!(
             matches!(

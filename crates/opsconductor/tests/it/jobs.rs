@@ -643,6 +643,24 @@ async fn reruns_repeat_all_or_only_failed_targets(s: &Sandbox) {
     let first = s.jobs().start(&j.id, &[("x", "v")]).await.unwrap();
     let (first, _) = s.jobs().finish(&first.id, LIMIT).await.unwrap();
     assert_eq!(state(&first), RunState::Failed);
+    // The job changes after the run: a re-run still runs what the first run ran.
+    let mut changed = j.clone();
+    changed.steps = vec![shell("check", "echo revision-two")];
+    let changed = s
+        .jobs()
+        .update_job(opsconductor_api::jobs::v1::UpdateJobRequest {
+            job: Some(changed),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["steps".into()],
+            }),
+            expected_revision: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_ne!(changed.revision, first.job_revision);
     let rerun = |failed_targets_only: bool, key: &str| RerunRunRequest {
         id: first.id.clone(),
         failed_targets_only,
@@ -668,6 +686,10 @@ async fn reruns_repeat_all_or_only_failed_targets(s: &Sandbox) {
     assert_eq!(only_failed.steps.len(), 1);
     let lines = s.jobs().log_text(&only_failed.id).await.unwrap();
     assert!(lines.contains(&"on-node-1-v".to_string()), "{lines:?}");
+    assert!(
+        !lines.iter().any(|l| l.contains("revision-two")),
+        "{lines:?}"
+    );
     let again = s
         .jobs()
         .rerun_run(rerun(true, "r1"))

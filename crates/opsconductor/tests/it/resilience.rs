@@ -257,12 +257,22 @@ async fn a_replica_draining_under_load_fails_no_call() {
         });
     }
     // Under way on both replicas, then one drains and is gone.
+    let until = Instant::now() + Duration::from_secs(60);
     while ok.load(Ordering::SeqCst) < 200 {
+        assert!(
+            Instant::now() < until,
+            "200 calls did not succeed in a minute"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     replica.stop().await.unwrap();
     let after = ok.load(Ordering::SeqCst);
+    let until = Instant::now() + Duration::from_secs(60);
     while ok.load(Ordering::SeqCst) < after + 200 {
+        assert!(
+            Instant::now() < until,
+            "calls stopped succeeding after the replica drained"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     stop.store(true, Ordering::SeqCst);

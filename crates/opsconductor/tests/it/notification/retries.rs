@@ -80,7 +80,12 @@ async fn failures_are_retried_recorded_and_dead_lettered() {
     let queue = s.broker.names().dead_letter_queue(
         &opsconductor_messaging::topology::platform::notification_queue("webhook"),
     );
+    let until = std::time::Instant::now() + LIMIT;
     let listed = loop {
+        assert!(
+            std::time::Instant::now() < until,
+            "nothing was dead-lettered in time"
+        );
         let listed = dlq
             .list_dead_letters(ListDeadLettersRequest {
                 queue: queue.clone(),
