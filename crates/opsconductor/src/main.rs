@@ -67,6 +67,13 @@ enum SecretsCommand {
         /// The RabbitMQ virtual host the broker accounts are for.
         #[arg(long, default_value = "/")]
         vhost: String,
+        /// With PostgreSQL at HOST:PORT: a role per service owning its database, its URL in
+        /// DIR/<service>/database-url, and DIR/databases/roles.sql to create them.
+        #[arg(long, value_name = "HOST:PORT")]
+        database_host: Option<String>,
+        /// Prefix of each service's role and database name.
+        #[arg(long, default_value = "opsconductor_")]
+        database_prefix: String,
     },
 }
 
@@ -129,9 +136,19 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Secrets {
-            command: SecretsCommand::Init { dir, vhost },
+            command:
+                SecretsCommand::Init {
+                    dir,
+                    vhost,
+                    database_host,
+                    database_prefix,
+                },
         } => {
-            secrets_init(&env, std::path::PathBuf::from(dir), vhost)?;
+            let database = database_host.map(|host| opsconductor::secrets::DatabaseOptions {
+                host,
+                prefix: database_prefix,
+            });
+            secrets_init(&env, std::path::PathBuf::from(dir), vhost, database)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Healthcheck {
@@ -152,7 +169,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 /// `secrets init`: generates the deployment's secrets and says where each service finds its own.
-fn secrets_init(env: &Env, dir: std::path::PathBuf, vhost: String) -> anyhow::Result<()> {
+fn secrets_init(
+    env: &Env,
+    dir: std::path::PathBuf,
+    vhost: String,
+    database: Option<opsconductor::secrets::DatabaseOptions>,
+) -> anyhow::Result<()> {
     use opsconductor::secrets::{self, BrokerOptions, Options, Secrets};
     let broker = opsconductor_messaging::BrokerConfig::from_env(env, "secrets")?;
     let options = Options {
@@ -162,6 +184,7 @@ fn secrets_init(env: &Env, dir: std::path::PathBuf, vhost: String) -> anyhow::Re
             vhost,
             strategy: broker.dead_letter_strategy,
         }),
+        database: database.clone(),
     };
     let generated = Secrets::ensure(&dir, opsconductor_catalog::SERVICES, &options)?;
     println!("secrets in {}, one directory per service:", dir.display());
@@ -186,6 +209,13 @@ fn secrets_init(env: &Env, dir: std::path::PathBuf, vhost: String) -> anyhow::Re
             "AMQP_PASSWORD_FILE={} (broker user \"{kind}\")",
             generated.path(kind, secrets::AMQP_PASSWORD).display()
         ));
+        if let Some(database) = &database {
+            vars.push(format!(
+                "DATABASE_URL_FILE={} (role \"{}\")",
+                generated.path(kind, secrets::DATABASE_URL).display(),
+                secrets::database::role(database, kind)
+            ));
+        }
         println!("  {kind}:");
         for var in vars {
             println!("    {var}");
@@ -198,6 +228,14 @@ fn secrets_init(env: &Env, dir: std::path::PathBuf, vhost: String) -> anyhow::Re
             .join(secrets::BROKER_DEFINITIONS)
             .display()
     );
+    if database.is_some() {
+        println!(
+            "  postgres: run {} with psql as the cluster's administrator",
+            dir.join(secrets::DATABASES_DIR)
+                .join(secrets::ROLES_SQL)
+                .display()
+        );
+    }
     for (var, password) in &generated.shown_once {
         if var == "OPSCONDUCTOR_ADMIN_PASSWORD" {
             println!("administrator \"admin\", password \"{password}\" (shown once)");

@@ -78,6 +78,7 @@ pub async fn up(options: UpOptions, env: Env) -> anyhow::Result<()> {
         &secrets::Options {
             provided,
             broker: None,
+            database: None,
         },
     )
     .with_context(|| format!("cannot prepare secrets in {}", secrets_dir.display()))?;
@@ -176,7 +177,7 @@ pub async fn serve(kind: ServiceKind, env: Env) -> anyhow::Result<()> {
     // Fail on configuration before touching the database.
     ServerConfig::from_env(&env, listen)?;
     BrokerConfig::from_env(&env, kind.name())?;
-    let db = match env.get("DATABASE_URL") {
+    let db = match env.secret("DATABASE_URL")? {
         Some(url) => Database::connect_with(
             &url,
             env.bounded(

@@ -11,6 +11,8 @@
 //! <dir>/<service>/amqp-password     its broker account's password (with broker accounts)
 //! <dir>/rabbitmq/definitions.json   the broker accounts, their permissions and the topology
 //! <dir>/rabbitmq/admin-password     the broker administrator's password
+//! <dir>/<service>/database-url      its PostgreSQL URL, as its own role (with database roles)
+//! <dir>/databases/roles.sql         the SQL that creates those roles and their databases
 //! ```
 //!
 //! Directories are 0700, files 0600. The list of secrets comes from the catalog.
@@ -24,6 +26,9 @@ use base64::Engine;
 use opsconductor_messaging::{Account, DeadLetterStrategy, Names};
 use opsconductor_platform::ServiceKind;
 use opsconductor_runtime::{broker_use, SecretKind, ServiceModule};
+
+pub mod database;
+pub use database::{role_sql, DatabaseOptions, DATABASES_DIR, DATABASE_URL, ROLES_SQL};
 
 /// A service's identity secret, in its directory.
 pub const SERVICE_SECRET: &str = "service.secret";
@@ -40,6 +45,7 @@ pub const BROKER_ADMIN: &str = "admin";
 pub struct Options {
     pub provided: Vec<String>,
     pub broker: Option<BrokerOptions>,
+    pub database: Option<DatabaseOptions>,
 }
 
 /// The broker the accounts are for.
@@ -132,6 +138,9 @@ impl Secrets {
         }
         if let Some(broker) = &options.broker {
             write_broker_accounts(dir, modules, broker, &mut services)?;
+        }
+        if let Some(database) = &options.database {
+            database::write_database_roles(dir, modules, database, &mut services)?;
         }
         Ok(Secrets {
             dir: dir.to_path_buf(),
@@ -374,6 +383,7 @@ mod tests {
                 vhost: "/".into(),
                 strategy: DeadLetterStrategy::AtLeastOnce,
             }),
+            database: None,
         };
         let secrets = Secrets::ensure(dir.path(), SERVICES, &options).unwrap();
         let definitions: serde_json::Value = serde_json::from_str(

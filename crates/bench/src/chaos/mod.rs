@@ -61,6 +61,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         &opsconductor::secrets::Options {
             provided: Vec::new(),
             broker: None,
+            database: None,
         },
     )?;
     let password = secrets

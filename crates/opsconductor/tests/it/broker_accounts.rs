@@ -61,6 +61,7 @@ fn import(broker: &TestBroker, dir: &std::path::Path) -> (Accounts, Secrets) {
                 // RabbitMQ 3.10 here: see DeadLetterStrategy::AtLeastOnce.
                 strategy: DeadLetterStrategy::AtMostOnce,
             }),
+            database: None,
         },
     )
     .unwrap();
