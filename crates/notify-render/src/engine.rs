@@ -7,7 +7,7 @@ use minijinja::value::Value as EngineValue;
 use minijinja::{Environment, State, Template, UndefinedBehavior};
 use serde_json::Value;
 
-use crate::{escape, Channel, RenderError, Rendered, Source};
+use crate::{escape, limits, Channel, RenderError, Rendered, Source};
 
 /// Instructions one field may execute: plenty for any sensible notification, and a nested loop
 /// over large ranges stops after a few milliseconds instead of tying up a worker.
@@ -33,6 +33,10 @@ fn environment<'s>() -> Environment<'s> {
     env.set_debug(false);
     env.add_function("variables", variables);
     env.add_filter("flatten", flatten);
+    // The two built-ins whose argument sizes an allocation: capped so that a huge argument is a
+    // clear error naming the limit rather than a failed allocation (which aborts the process).
+    env.add_filter("indent", limits::indent);
+    env.add_filter("tojson", limits::tojson);
     env
 }
 
@@ -67,6 +71,17 @@ pub(crate) fn render(
     source: &Source<'_>,
     context: &Value,
 ) -> Result<Rendered, RenderError> {
+    render_reporting(channel, source, context, &mut |_| {})
+}
+
+/// [`render`], telling `starting` which field it is about to render (the sandbox reports it, so
+/// that a field that exhausts the sandbox can be named).
+pub(crate) fn render_reporting(
+    channel: Channel,
+    source: &Source<'_>,
+    context: &Value,
+    starting: &mut dyn FnMut(&'static str),
+) -> Result<Rendered, RenderError> {
     let empty = Value::Object(serde_json::Map::new());
     let context = if context.is_object() { context } else { &empty };
     let env = environment();
@@ -74,6 +89,7 @@ pub(crate) fn render(
     let mut missing = BTreeSet::new();
     let mut out = [String::new(), String::new(), String::new()];
     for (slot, field) in out.iter_mut().zip(FIELDS) {
+        starting(field);
         let template = compile(&env, channel, field, field_source(source, field))?;
         let limit = if field == "subject" {
             SUBJECT_LIMIT
@@ -115,7 +131,8 @@ pub(crate) fn render(
 
 /// Renders into a buffer that refuses to grow past `limit`, so a long loop stops at the limit
 /// rather than after building megabytes of output. (Values built inside the template, such as
-/// `'x' * n`, are bounded only by the engine's own limits and by fuel.)
+/// `'x' * n` or a string doubled in a loop, are bounded by the sandbox's memory limit: see
+/// [`crate::sandbox`].)
 fn render_capped(
     template: &Template<'_, '_>,
     field: &'static str,

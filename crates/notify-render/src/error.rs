@@ -21,6 +21,13 @@ pub enum RenderError {
         field: &'static str,
         limit: usize,
     },
+    /// Rendering the field needed more memory than the sandbox allows (`limit` bytes): a template
+    /// that builds huge values, e.g. `'x' * 100000000` or a string doubled in a loop.
+    #[error("{field}: the template needs more than {limit} bytes of memory to render")]
+    OutOfMemory { field: &'static str, limit: u64 },
+    /// Rendering the field took longer than the sandbox allows.
+    #[error("{field}: the template took longer than {limit_ms} ms to render")]
+    TimedOut { field: &'static str, limit_ms: u64 },
     /// A webhook body that is not JSON once rendered.
     #[error("body{}: the rendered webhook body is not JSON: {message}", at_line(.line))]
     NotJson {
@@ -34,7 +41,10 @@ impl RenderError {
     /// The field the error is about: "subject", "body" or "html_body".
     pub fn field(&self) -> &'static str {
         match self {
-            RenderError::Template { field, .. } | RenderError::TooLarge { field, .. } => field,
+            RenderError::Template { field, .. }
+            | RenderError::TooLarge { field, .. }
+            | RenderError::OutOfMemory { field, .. }
+            | RenderError::TimedOut { field, .. } => field,
             RenderError::NotJson { .. } => "body",
         }
     }

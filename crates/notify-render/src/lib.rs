@@ -4,7 +4,9 @@
 //! Templates are Jinja (minijinja) with the standard settings (no `trim_blocks`), lenient about
 //! undefined values (they render empty and are listed in [`Rendered::missing_variables`]).
 //! Nothing can be loaded (`include`, `import` and `extends` fail), each field may run
-//! [`FUEL`] instructions, and output is capped ([`SUBJECT_LIMIT`], [`BODY_LIMIT`]).
+//! [`FUEL`] instructions, and output is capped ([`SUBJECT_LIMIT`], [`BODY_LIMIT`]). Templates
+//! people wrote render in a memory-limited child process ([`sandbox`]), so a template that
+//! builds gigabytes fails alone instead of aborting the service.
 //!
 //! Escaping of `{{ value }}` depends on the channel and field:
 //!
@@ -24,7 +26,9 @@ mod context;
 mod engine;
 mod error;
 mod escape;
+mod limits;
 mod sample;
+pub mod sandbox;
 
 use opsconductor_api::common::v1::NotificationChannel as Channel;
 use opsconductor_api::common::v1::NotificationChannel;
@@ -36,6 +40,7 @@ pub use context::{
 };
 pub use engine::{BODY_LIMIT, FUEL, SUBJECT_LIMIT};
 pub use error::RenderError;
+pub use limits::{INDENT_LIMIT, JSON_INDENT_LIMIT};
 pub use sample::sample;
 /// Contexts are JSON objects.
 pub use serde_json::Value;
@@ -62,7 +67,7 @@ pub struct Source<'a> {
 }
 
 /// What [`render`] made of a [`Source`].
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Rendered {
     /// One line: control characters (line breaks included) are replaced by spaces, and it is
     /// trimmed.

@@ -504,3 +504,45 @@ fn errors_name_their_field() {
         "body"
     );
 }
+
+#[test]
+fn indent_and_tojson_keep_their_meaning_under_their_caps() {
+    let r = |t: &str| render(Channel::Email, &body(t), &json!({})).map(|r| r.body);
+    assert_eq!(
+        r(r#"{{ "a\nb\n\nc"|indent(2) }}"#).unwrap(),
+        "a\n  b\n\n  c"
+    );
+    assert_eq!(
+        r(r#"{{ "a\nb"|indent(width=3, first=true) }}"#).unwrap(),
+        "   a\n   b"
+    );
+    assert_eq!(
+        r(r#"{{ "a\n\nb"|indent(1, blank=true) }}"#).unwrap(),
+        "a\n \n b"
+    );
+    assert_eq!(r(r#"{{ [1]|tojson(indent=2) }}"#).unwrap(), "[\n  1\n]");
+    assert_eq!(r(r#"{{ [1]|tojson(true) }}"#).unwrap(), "[\n  1\n]");
+    assert_eq!(r(r#"{{ [1]|tojson }}"#).unwrap(), "[1]");
+    assert_eq!(r(r#"{{ "a\nb"|indent(64) }}"#).unwrap().len(), 3 + 64);
+}
+
+#[test]
+fn indent_and_tojson_arguments_over_their_caps_are_errors_naming_the_cap() {
+    for (template, limit) in [
+        (r#"{{ "a\nb"|indent(1099511627776) }}"#, INDENT_LIMIT),
+        (r#"{{ "a\nb"|indent(65) }}"#, INDENT_LIMIT),
+        (r#"{{ "a\nb"|indent(-1) }}"#, INDENT_LIMIT),
+        (
+            r#"{{ "a\nb"|indent(width=18446744073709551616) }}"#,
+            INDENT_LIMIT,
+        ),
+        (r#"{{ [1]|tojson(indent=17) }}"#, JSON_INDENT_LIMIT),
+        (r#"{{ [1]|tojson(1099511627776) }}"#, JSON_INDENT_LIMIT),
+    ] {
+        let err = render(Channel::Email, &body(template), &json!({})).unwrap_err();
+        assert!(
+            err.to_string().contains(&format!("is limited to {limit}")),
+            "{template}: {err}"
+        );
+    }
+}

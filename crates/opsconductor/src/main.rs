@@ -54,6 +54,13 @@ enum Command {
         #[arg(long, default_value_t = 3000)]
         timeout_ms: u64,
     },
+    /// Internal: renders notification templates sent on stdin, with limited memory (the
+    /// notification service starts these; see docs/security.md).
+    #[command(hide = true)]
+    RenderSandbox {
+        #[arg(long)]
+        memory_bytes: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -79,6 +86,16 @@ enum SecretsCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before any runtime exists: the sandbox is one thread with a small, limited heap.
+    if let Command::RenderSandbox { memory_bytes } = cli.command {
+        return match opsconductor_notify_render::sandbox::serve(memory_bytes) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("opsconductor render-sandbox: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -165,6 +182,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Command::RenderSandbox { .. } => Ok(ExitCode::FAILURE),
     }
 }
 

@@ -21,7 +21,7 @@ pub use faulty::{Fault, FaultyReplica};
 pub use http_sink::{HttpSink, Recorded, Reply};
 pub use opsconductor_platform::time::now_secs;
 pub use otlp::{CollectedSpan, Collector};
-pub use sandbox::{role_label, session_source, Sandbox, PASSWORD};
+pub use sandbox::{opsconductor_binary, role_label, session_source, Sandbox, PASSWORD};
 pub use smtp_sink::SmtpSink;
 
 use std::path::PathBuf;

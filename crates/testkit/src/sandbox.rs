@@ -127,6 +127,11 @@ impl Sandbox {
                 crate::broker::NOTIFICATION_RETRY_DELAYS_MS.into(),
             ),
         ]);
+        // Notification templates render in `opsconductor render-sandbox` children; a test binary
+        // is not that program, the `opsconductor` binary cargo built beside it is.
+        if let Some(program) = opsconductor_binary() {
+            env = env.with("NOTIFICATION_RENDER_PROGRAM", program.display().to_string());
+        }
         // The unprivileged account shell steps run as (.ci/run creates it); `nobody` otherwise.
         if nix::unistd::geteuid().is_root()
             && nix::unistd::User::from_name(STEP_USER)
@@ -475,4 +480,13 @@ macro_rules! on_both_backends {
 /// A role's user in the authorization matrix and elsewhere.
 pub fn role_label(role: Role) -> &'static str {
     opsconductor_platform::principal::role_name(role)
+}
+
+/// The `opsconductor` binary of this build (`target/<profile>/opsconductor`, beside `deps/`
+/// where test binaries live), when cargo built it.
+pub fn opsconductor_binary() -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let profile = exe.parent()?.parent()?;
+    let bin = profile.join("opsconductor");
+    bin.is_file().then_some(bin)
 }

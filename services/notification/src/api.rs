@@ -175,7 +175,10 @@ impl NotificationApi {
                         body: &stored.body,
                         html_body: &stored.html_body,
                     };
-                    render::render(channel, &source, &context)
+                    self.notifier
+                        .sandbox
+                        .render(channel, &source, &context)
+                        .await?
                         .map_err(|e| NotificationError::Render(e.to_string()))?
                 }
             }
@@ -243,14 +246,17 @@ impl NotificationApi {
 
     /// Parses the template and renders it with the event's sample, so a template that cannot
     /// work is refused when saved rather than when a run fails at night.
-    fn check_renders(t: &Template, channel: NotificationChannel) -> Result<()> {
+    async fn check_renders(&self, t: &Template, channel: NotificationChannel) -> Result<()> {
         let source = render::Source {
             subject: &t.subject,
             body: &t.body,
             html_body: &t.html_body,
         };
         render::check(channel, &source).map_err(|e| render_violation("template", &e))?;
-        render::render(channel, &source, &render::sample(&t.event_type))
+        self.notifier
+            .sandbox
+            .render(channel, &source, &render::sample(&t.event_type))
+            .await?
             .map_err(|e| render_violation("template", &e))?;
         Ok(())
     }
@@ -260,7 +266,8 @@ impl NotificationApi {
         let mut v = Violations::new();
         let channel = Self::check_template(&mut v, &t);
         v.finish()?;
-        Self::check_renders(&t, channel.unwrap_or(NotificationChannel::Unspecified))?;
+        self.check_renders(&t, channel.unwrap_or(NotificationChannel::Unspecified))
+            .await?;
         self.templates.create(&t, cause).await
     }
 
@@ -283,7 +290,8 @@ impl NotificationApi {
         let mut v = Violations::new();
         let channel = Self::check_template(&mut v, &t);
         v.finish()?;
-        Self::check_renders(&t, channel.unwrap_or(NotificationChannel::Unspecified))?;
+        self.check_renders(&t, channel.unwrap_or(NotificationChannel::Unspecified))
+            .await?;
         self.templates.update(&t, &paths, cause).await
     }
 
@@ -312,7 +320,7 @@ impl NotificationApi {
         let Some((channel, t)) = template else {
             return Err(ApiError::invalid("source", "is required").into());
         };
-        Self::render_preview(channel, &t, &req.variables)
+        self.render_preview(channel, &t, &req.variables).await
     }
 
     async fn preview_stored(
@@ -323,11 +331,12 @@ impl NotificationApi {
         let t = self.templates.get(id).await?;
         let channel =
             NotificationChannel::try_from(t.channel).unwrap_or(NotificationChannel::Unspecified);
-        Self::render_preview(channel, &t, variables)
+        self.render_preview(channel, &t, variables).await
     }
 
     /// With no variables, the event type's sample context: what a real event would show.
-    fn render_preview(
+    async fn render_preview(
+        &self,
         channel: NotificationChannel,
         t: &Template,
         variables: &std::collections::HashMap<String, String>,
@@ -342,7 +351,11 @@ impl NotificationApi {
             body: &t.body,
             html_body: &t.html_body,
         };
-        let rendered = render::render(channel, &source, &context)
+        let rendered = self
+            .notifier
+            .sandbox
+            .render(channel, &source, &context)
+            .await?
             .map_err(|e| render_violation("template", &e))?;
         Ok(PreviewTemplateResponse {
             subject: rendered.subject,

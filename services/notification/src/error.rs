@@ -20,6 +20,9 @@ pub enum NotificationError {
     NotResendable(String, &'static str),
     #[error("the template cannot be rendered: {0}")]
     Render(String),
+    /// The render sandbox could not be used (not the template's fault).
+    #[error(transparent)]
+    Sandbox(#[from] opsconductor_notify_render::sandbox::SandboxError),
     /// Another service answered with an error (kept as it came, to pass on).
     #[error("{0}")]
     Upstream(ApiError),
@@ -58,6 +61,10 @@ impl From<NotificationError> for ApiError {
             e @ NotificationError::Render(_) => ApiError::FailedPrecondition {
                 reason: "TEMPLATE_FAILED",
                 message: e.to_string(),
+            },
+            e @ NotificationError::Sandbox(_) => ApiError::Unavailable {
+                message: e.to_string(),
+                retry_after: std::time::Duration::from_secs(1),
             },
             e @ (NotificationError::Corrupt(..) | NotificationError::Write(_)) => {
                 ApiError::internal(e.to_string())

@@ -43,6 +43,8 @@ pub struct Notifier {
     pub subscriptions: SubscriptionStore,
     pub clients: Arc<Clients>,
     pub senders: Arc<Senders>,
+    /// Where templates people wrote are rendered; built-in texts render in-process.
+    pub sandbox: Arc<render::sandbox::Sandbox>,
 }
 
 /// Which outcome flag of a subscription an event type needs.
@@ -357,7 +359,7 @@ impl Notifier {
                 body: &t.body,
                 html_body: &t.html_body,
             };
-            match render::render(channel, &source, context) {
+            match self.sandbox.render(channel, &source, context).await? {
                 Ok(rendered) => return Ok(rendered),
                 Err(e) => {
                     tracing::warn!(template_id = %t.id, error = %e, "template failed; using the built-in text")

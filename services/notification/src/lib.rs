@@ -125,7 +125,20 @@ impl ServiceModule for Notification {
                 settings.default_signing_credential_id.clone(),
                 settings.secret_cache,
             ));
+            let sandbox = opsconductor_notify_render::sandbox::Sandbox::start(
+                settings.render.program.clone(),
+                vec!["render-sandbox".into()],
+                settings.render.limits,
+            )
+            .await
+            .map_err(|e| StartError::Service(e.to_string()))?;
+            tracing::info!(
+                program = %settings.render.program.display(),
+                memory_bytes = settings.render.limits.memory_bytes,
+                "templates people write render in sandbox processes"
+            );
             let notifier = events::Notifier {
+                sandbox: Arc::new(sandbox),
                 deliveries: deliveries.clone(),
                 templates: templates.clone(),
                 subscriptions: subscriptions.clone(),

@@ -1,9 +1,11 @@
 //! The service's configuration (every variable is in docs/configuration.md).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use opsconductor_messaging::topology::RetryPolicy;
 use opsconductor_notify_channels::{HttpSender, HttpSettings, SmtpSettings, SmtpTls};
+use opsconductor_notify_render::sandbox::Limits;
 use opsconductor_platform::config::{ConfigError, Env};
 
 use crate::worker::EmailSettings;
@@ -22,6 +24,36 @@ pub struct Settings {
     pub dedupe_window: Duration,
     pub secret_cache: Duration,
     pub release_poll: Duration,
+    pub render: RenderSettings,
+}
+
+/// Where and how templates people wrote are rendered (see `opsconductor_notify_render::sandbox`).
+#[derive(Debug, Clone)]
+pub struct RenderSettings {
+    /// The program run as `PROGRAM render-sandbox --memory-bytes N`: this binary by default.
+    pub program: PathBuf,
+    pub limits: Limits,
+}
+
+fn render(env: &Env) -> Result<RenderSettings, ConfigError> {
+    const MIB: u64 = 1024 * 1024;
+    let program = match env.get("NOTIFICATION_RENDER_PROGRAM") {
+        Some(path) if !path.trim().is_empty() => PathBuf::from(path.trim()),
+        _ => std::env::current_exe()
+            .map_err(|e| ConfigError::invalid("NOTIFICATION_RENDER_PROGRAM", "", e))?,
+    };
+    Ok(RenderSettings {
+        program,
+        limits: Limits {
+            memory_bytes: env.bounded(
+                "NOTIFICATION_RENDER_MEMORY_BYTES",
+                256 * MIB,
+                32 * MIB..=16 * 1024 * MIB,
+            )?,
+            timeout: env.positive_millis("NOTIFICATION_RENDER_TIMEOUT_MS", 5_000)?,
+            processes: env.bounded("NOTIFICATION_RENDER_PROCESSES", 2, 1..=64)? as usize,
+        },
+    })
 }
 
 fn flag(env: &Env, var: &str) -> Result<bool, ConfigError> {
@@ -162,6 +194,7 @@ impl Settings {
             dedupe_window: env.millis("NOTIFICATION_DEDUPE_WINDOW_MS", Duration::from_secs(60))?,
             secret_cache: env.millis("NOTIFICATION_SECRET_CACHE_MS", Duration::from_secs(60))?,
             release_poll: env.positive_millis("NOTIFICATION_RELEASE_POLL_MS", 1_000)?,
+            render: render(env)?,
         })
     }
 

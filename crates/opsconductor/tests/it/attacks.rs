@@ -27,6 +27,7 @@ use tonic_types::StatusExt;
 use crate::support::{assert_code, count, drain_audit, list_targets, until_refused};
 
 mod database_roles;
+mod template_bombs;
 
 /// Publishes `message` as a plain AMQP client would: any account that may write to the
 /// exchange can do this.
