@@ -11,6 +11,7 @@ use zeroize::Zeroizing;
 use crate::ChannelError;
 
 /// The shared secret. Wiped from memory when dropped; never printed.
+#[derive(Clone)]
 pub struct SigningKey(Zeroizing<Vec<u8>>);
 
 impl std::fmt::Debug for SigningKey {

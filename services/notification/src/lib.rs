@@ -30,7 +30,9 @@ use opsconductor_api::notification::v1::NotificationRequested;
 use opsconductor_messaging::topology::{platform, WorkQueue};
 use opsconductor_messaging::{BrokerUse, Consumer, Handlers, Received, Topology};
 use opsconductor_platform::ServiceKind;
-use opsconductor_runtime::{Built, ServiceContext, ServiceModule, StartError};
+use opsconductor_runtime::{
+    Built, SecretKind, SecretSpec, ServiceContext, ServiceModule, StartError,
+};
 use opsconductor_storage::{Database, Migrations};
 
 pub use api::NotificationApi;
@@ -69,9 +71,29 @@ fn event_queues() -> [WorkQueue; 4] {
 /// The notification service, as the catalog lists it.
 pub struct Notification;
 
+/// A Standard Webhooks secret: `whsec_` and 32 random bytes in base64.
+fn webhook_signing_secret() -> String {
+    use base64::Engine;
+    let bytes = rand::random::<[u8; 32]>();
+    format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
+}
+
+const SECRETS: &[SecretSpec] = &[SecretSpec {
+    var: "NOTIFICATION_WEBHOOK_SIGNING_SECRET",
+    file: "webhook-signing-secret",
+    kind: SecretKind::Random(webhook_signing_secret),
+}];
+
 impl ServiceModule for Notification {
     fn kind(&self) -> ServiceKind {
         ServiceKind::Notification
+    }
+
+    fn secrets(&self) -> &'static [SecretSpec] {
+        SECRETS
     }
 
     fn broker(&self) -> BrokerUse {
@@ -123,6 +145,7 @@ impl ServiceModule for Notification {
                 settings.email.clone(),
                 secrets,
                 settings.default_signing_credential_id.clone(),
+                settings.default_signing_key.clone(),
                 settings.secret_cache,
             ));
             let sandbox = opsconductor_notify_render::sandbox::Sandbox::start(

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use opsconductor_messaging::topology::RetryPolicy;
-use opsconductor_notify_channels::{HttpSender, HttpSettings, SmtpSettings, SmtpTls};
+use opsconductor_notify_channels::{HttpSender, HttpSettings, SigningKey, SmtpSettings, SmtpTls};
 use opsconductor_notify_render::sandbox::Limits;
 use opsconductor_platform::config::{ConfigError, Env};
 
@@ -15,6 +15,8 @@ pub struct Settings {
     pub http: HttpSettings,
     pub email: Option<EmailSettings>,
     pub default_signing_credential_id: Option<String>,
+    /// `NOTIFICATION_WEBHOOK_SIGNING_SECRET`: signs webhooks no credential is named for.
+    pub default_signing_key: Option<SigningKey>,
     pub retry: RetryPolicy,
     pub lease: Duration,
     pub concurrency: usize,
@@ -33,6 +35,24 @@ pub struct RenderSettings {
     /// The program run as `PROGRAM render-sandbox --memory-bytes N`: this binary by default.
     pub program: PathBuf,
     pub limits: Limits,
+}
+
+/// The generated `whsec_…` secret (`up`, `secrets init` and the test sandbox make one): webhooks
+/// are signed unless an operator says, in so many words, that unsigned is what they want.
+fn default_signing_key(env: &Env) -> Result<Option<SigningKey>, ConfigError> {
+    const VAR: &str = "NOTIFICATION_WEBHOOK_SIGNING_SECRET";
+    match env.secret(VAR)? {
+        Some(secret) => SigningKey::parse(&secret)
+            .map(Some)
+            .map_err(|e| ConfigError::invalid(VAR, "", e)),
+        None if flag(env, "NOTIFICATION_ALLOW_UNSIGNED_WEBHOOKS")? => Ok(None),
+        None => Err(ConfigError::invalid(
+            VAR,
+            "",
+            "is required (or its _FILE): webhooks are signed; \
+             NOTIFICATION_ALLOW_UNSIGNED_WEBHOOKS=true sends them unsigned instead",
+        )),
+    }
 }
 
 fn render(env: &Env) -> Result<RenderSettings, ConfigError> {
@@ -184,6 +204,7 @@ impl Settings {
                 env,
                 "NOTIFICATION_WEBHOOK_SIGNING_CREDENTIAL_ID",
             )?,
+            default_signing_key: default_signing_key(env)?,
             retry: retry_policy(env)?,
             lease: env.positive_millis("NOTIFICATION_SEND_LEASE_MS", 60_000)?,
             concurrency: env.bounded("NOTIFICATION_CONCURRENCY", 64, 1..=4_096)? as usize,
@@ -208,9 +229,42 @@ impl Settings {
 mod tests {
     use super::*;
 
+    const SECRET: (&str, &str) = (
+        "NOTIFICATION_WEBHOOK_SIGNING_SECRET",
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    );
+
+    #[test]
+    fn webhooks_are_signed_unless_unsigned_is_asked_for_in_so_many_words() {
+        let err = Settings::from_env(&Env::isolated::<&str, &str>([]))
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("NOTIFICATION_WEBHOOK_SIGNING_SECRET")),
+            "{err:?}"
+        );
+        let unsigned = Env::isolated([("NOTIFICATION_ALLOW_UNSIGNED_WEBHOOKS", "true")]);
+        assert!(Settings::from_env(&unsigned)
+            .unwrap()
+            .default_signing_key
+            .is_none());
+        let signed = Settings::from_env(&Env::isolated([SECRET])).unwrap();
+        assert!(signed.default_signing_key.is_some());
+        // A bad secret is refused, and never echoed.
+        let bad = Env::isolated([("NOTIFICATION_WEBHOOK_SIGNING_SECRET", "whsec_%%%not-base64")]);
+        let err = Settings::from_env(&bad).err().map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("NOTIFICATION_WEBHOOK_SIGNING_SECRET")
+                    && !e.contains("not-base64")),
+            "{err:?}"
+        );
+    }
+
     #[test]
     fn bad_values_name_their_variable_and_email_is_off_without_a_relay() {
-        let defaults = Settings::from_env(&Env::isolated::<&str, &str>([])).unwrap();
+        let defaults = Settings::from_env(&Env::isolated([SECRET])).unwrap();
         assert!(defaults.email.is_none());
         assert!(!defaults.http.allow_plain_http && !defaults.http.allow_private_addresses);
         assert_eq!(defaults.retry.max_attempts, 6);
@@ -222,7 +276,7 @@ mod tests {
             ("NOTIFICATION_WEBHOOK_SIGNING_CREDENTIAL_ID", "my-key"),
             ("NOTIFICATION_MAX_ATTEMPTS", "0"),
         ] {
-            let env = Env::isolated([("NOTIFICATION_SMTP_HOST", "relay"), (var, value)]);
+            let env = Env::isolated([SECRET, ("NOTIFICATION_SMTP_HOST", "relay"), (var, value)]);
             let err = Settings::from_env(&env).err().map(|e| e.to_string());
             assert!(
                 err.as_deref().is_some_and(|e| e.contains(var)),
@@ -230,6 +284,7 @@ mod tests {
             );
         }
         let env = Env::isolated([
+            SECRET,
             ("NOTIFICATION_SMTP_HOST", "relay.example.com"),
             ("NOTIFICATION_SMTP_TLS", "tls"),
         ]);

@@ -45,8 +45,12 @@ pub struct Senders {
     pub http: HttpSender,
     pub email: Option<EmailSettings>,
     pub secrets: Secrets,
-    /// Signs webhooks whose delivery names no credential; unsigned when neither is set.
+    /// Signs webhooks whose delivery names no credential.
     pub default_signing_credential_id: Option<String>,
+    /// Signs webhooks when neither the delivery nor the settings name a credential (the
+    /// generated `NOTIFICATION_WEBHOOK_SIGNING_SECRET`); unsigned only when this is absent too,
+    /// which takes `NOTIFICATION_ALLOW_UNSIGNED_WEBHOOKS=true`.
+    pub default_signing_key: Option<SigningKey>,
     /// Rebuilt when the password's cache time passes, so a rotation takes effect.
     mailer: Mutex<Option<(Arc<Mailer>, Instant)>>,
     mailer_ttl: Duration,
@@ -58,6 +62,7 @@ impl Senders {
         email: Option<EmailSettings>,
         secrets: Secrets,
         default_signing_credential_id: Option<String>,
+        default_signing_key: Option<SigningKey>,
         mailer_ttl: Duration,
     ) -> Senders {
         Senders {
@@ -65,6 +70,7 @@ impl Senders {
             email,
             secrets,
             default_signing_credential_id,
+            default_signing_key,
             mailer: Mutex::new(None),
             mailer_ttl,
         }
@@ -102,7 +108,7 @@ impl Senders {
         let id = if credential_id.is_empty() {
             match &self.default_signing_credential_id {
                 Some(id) => id.as_str(),
-                None => return Ok(None),
+                None => return Ok(self.default_signing_key.clone()),
             }
         } else {
             credential_id

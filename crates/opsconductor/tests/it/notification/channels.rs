@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use opsconductor_api::common::v1::NotificationChannel;
 use opsconductor_api::notification::v1::send_notification_request::Content;
 use opsconductor_api::notification::v1::*;
+use opsconductor_platform::ServiceKind;
 use opsconductor_testkit::{python, HttpSink, Sandbox, SmtpSink, StorageBackend};
 
 use super::{reaches, send, signing_credential, to};
@@ -87,6 +88,28 @@ async fn webhooks_are_signed_and_a_credential_not_meant_for_signing_is_refused()
     // The same body under another secret does not verify: the check can fail.
     let other = "whsec_dGhpcyBpcyBub3QgdGhlIGtleSB0aGF0IHNpZ25lZCBpdA==";
     assert!(verify_with_python(other, &got[0].body, &got[0].headers).starts_with("invalid"));
+    reaches(&s, &d.id, DeliveryState::Delivered).await;
+
+    // Naming no credential does not mean unsigned: the generated default secret signs it.
+    let default_secret = s
+        .service_env(ServiceKind::Notification)
+        .secret("NOTIFICATION_WEBHOOK_SIGNING_SECRET")
+        .unwrap()
+        .expect("the sandbox generates the notification service's secrets");
+    assert!(default_secret.starts_with("whsec_"));
+    let d = send(
+        &s,
+        to(NotificationChannel::Webhook, &sink.url("/default"), "{}"),
+    )
+    .await;
+    let got = sink.wait_for("/default", 1, LIMIT).await;
+    assert_eq!(
+        verify_with_python(&default_secret, &got[0].body, &got[0].headers),
+        "valid",
+        "{:?}",
+        got[0].headers
+    );
+    assert!(verify_with_python(secret, &got[0].body, &got[0].headers).starts_with("invalid"));
     reaches(&s, &d.id, DeliveryState::Delivered).await;
 
     // An operator's SSH key or API token must not become anyone's signing key: a credential
