@@ -42,7 +42,7 @@ impl RateLimit {
         })
     }
 
-    fn from_env(env: &Env, var: &str, default: &str) -> Result<RateLimit, ConfigError> {
+    pub fn from_env(env: &Env, var: &str, default: &str) -> Result<RateLimit, ConfigError> {
         let text = env.get(var).unwrap_or_else(|| default.to_string());
         RateLimit::parse(&text).map_err(|reason| ConfigError::invalid(var, &text, reason))
     }
@@ -132,6 +132,39 @@ impl Limiter {
         );
     }
 
+    /// Spends `cost` of `key`'s tokens if it has them all, or says how long until it will. A cost
+    /// over the burst can never be paid: `Err(Duration::MAX)`.
+    pub fn spend(&self, key: &str, cost: u32) -> Result<(), Duration> {
+        if cost > self.limit.burst {
+            return Err(Duration::MAX);
+        }
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        let tokens = match buckets.get(key) {
+            Some(bucket) => self.refilled(bucket, now),
+            None => f64::from(self.limit.burst),
+        };
+        let cost = f64::from(cost);
+        if tokens < cost {
+            return Err(Duration::from_secs_f64(
+                ((cost - tokens) * self.limit.refill_secs()).max(0.001),
+            ));
+        }
+        if !buckets.contains_key(key) && buckets.len() >= self.max_keys {
+            // Full buckets hold no information: forget them before growing.
+            let full = f64::from(self.limit.burst);
+            buckets.retain(|_, b| self.refilled(b, now) < full);
+        }
+        buckets.insert(
+            key.to_string(),
+            Bucket {
+                tokens: tokens - cost,
+                updated: now,
+            },
+        );
+        Ok(())
+    }
+
     pub fn len(&self) -> usize {
         self.buckets
             .lock()
@@ -210,6 +243,22 @@ fn account_key(account: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spending_takes_all_of_a_cost_or_nothing_and_refills_over_the_window() {
+        let limiter = Limiter::new(RateLimit::parse("10/1000s").unwrap(), 10);
+        assert_eq!(limiter.spend("a", 11), Err(Duration::MAX));
+        assert_eq!(limiter.spend("a", 6), Ok(()));
+        let wait = limiter.spend("a", 6).unwrap_err();
+        // Two tokens short, one per 100 s.
+        assert!(
+            wait > Duration::from_secs(190) && wait <= Duration::from_secs(200),
+            "{wait:?}"
+        );
+        assert_eq!(limiter.spend("a", 4), Ok(()));
+        assert!(limiter.spend("a", 1).is_err());
+        assert_eq!(limiter.spend("b", 10), Ok(()), "keys are separate");
+    }
 
     #[test]
     fn parses_limits_and_names_the_variable() {

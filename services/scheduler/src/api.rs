@@ -2,6 +2,7 @@
 //! request and wraps the answer; the inherent method of the same name does the work.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use opsconductor_api::jobs::v1::GetJobRequest;
 use opsconductor_api::scheduler::v1::scheduler_service_server::SchedulerService;
@@ -9,6 +10,7 @@ use opsconductor_api::scheduler::v1::*;
 use opsconductor_messaging::Cause;
 use opsconductor_platform::client::Clients;
 use opsconductor_platform::page::Page;
+use opsconductor_platform::rate_limit::Limiter;
 use opsconductor_platform::time::{now_micros, to_micros, to_timestamp};
 use opsconductor_platform::validate::{require_id, required, Violations};
 use opsconductor_platform::ApiError;
@@ -54,6 +56,8 @@ pub struct SchedulerApi {
     pub history: History,
     pub clients: Arc<Clients>,
     pub wake: Arc<Notify>,
+    /// Due times each caller may backfill (`SCHEDULER_BACKFILL_RATE`).
+    pub backfills: Arc<Limiter>,
 }
 
 impl SchedulerApi {
@@ -292,6 +296,24 @@ impl SchedulerApi {
             }
             times.push(next);
             t = next;
+        }
+        // Each due time becomes a run: a caller gets so many per hour, whatever the schedules.
+        let caller = if cause.actor.user_id.is_empty() {
+            format!("service:{}", cause.actor.service_id)
+        } else {
+            format!("user:{}", cause.actor.user_id)
+        };
+        let cost = u32::try_from(times.len()).unwrap_or(u32::MAX);
+        if let Err(wait) = self.backfills.spend(&caller, cost) {
+            return Err(ApiError::ResourceExhausted {
+                message: format!(
+                    "backfilling {} due times would exceed this caller's backfill budget \
+                     (SCHEDULER_BACKFILL_RATE); try a smaller range or later",
+                    times.len()
+                ),
+                retry_after: wait.min(Duration::from_secs(3600)),
+            }
+            .into());
         }
         let (created, already) = self
             .history

@@ -24,6 +24,7 @@ use opsconductor_api::scheduler::v1::scheduler_service_server::SchedulerServiceS
 use opsconductor_messaging::topology::platform;
 use opsconductor_messaging::{BrokerUse, Consumer, HandleError, Handlers, Received, Topology};
 use opsconductor_platform::config::{ConfigError, Env};
+use opsconductor_platform::rate_limit::{Limiter, RateLimit};
 use opsconductor_platform::ServiceKind;
 use opsconductor_runtime::{Built, ServiceContext, ServiceModule, StartError};
 use opsconductor_storage::{Database, Migrations};
@@ -43,11 +44,14 @@ pub fn migrations() -> Migrations {
 struct Settings {
     engine: EngineSettings,
     owner_cache: Duration,
+    backfill: RateLimit,
 }
 
 impl Settings {
     fn from_env(env: &Env) -> Result<Settings, ConfigError> {
         Ok(Settings {
+            // Due times a caller may backfill: two full backfills, refilled over an hour.
+            backfill: RateLimit::from_env(env, "SCHEDULER_BACKFILL_RATE", "2000/3600s")?,
             engine: EngineSettings {
                 poll: Duration::from_millis(env.bounded(
                     "SCHEDULER_POLL_MS",
@@ -127,6 +131,7 @@ impl ServiceModule for Scheduler {
                 },
                 clients: context.clients().clone(),
                 wake: wake.clone(),
+                backfills: Arc::new(Limiter::new(settings.backfill, 10_000)),
             };
             let events = Consumer::work(
                 &messaging.broker,
