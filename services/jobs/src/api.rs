@@ -183,8 +183,9 @@ impl JobsApi {
         let job = self.jobs.get(&req.job_id).await?;
         let given: BTreeMap<String, String> = req.parameters.into_iter().collect();
         let mut v = Violations::new();
-        validate::parameters(&mut v, &job.parameters, &given);
+        let resolved = validate::parameters(&mut v, &job.parameters, &given);
         v.finish()?;
+        validate::credentials_allowed(&job.parameters, &resolved)?;
         let targets = targets::resolve(&self.clients, &job).await?;
         let caller = cause_caller(cause);
         let triggered_by = scheduled_for(&trigger).unwrap_or_else(|| cause.actor.clone());
@@ -247,6 +248,18 @@ impl JobsApi {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        // The original run was checked when it started, but perhaps before its job's SECRET
+        // parameters had allowlists: a re-run is held to the revision's allowlist as it is.
+        let mut v = Violations::new();
+        let resolved = validate::parameters(&mut v, &job.parameters, &given);
+        v.finish()?;
+        validate::credentials_allowed(&job.parameters, &resolved)?;
+        let current = match self.jobs.get(&original.job_id).await {
+            Ok(current) => current.parameters,
+            Err(JobsError::NotFound(..)) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        validate::still_allowed(&job.parameters, &current, &resolved)?;
         let trigger = RunTrigger {
             kind: TriggerKind::Manual as i32,
             ..Default::default()
