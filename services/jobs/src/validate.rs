@@ -211,6 +211,22 @@ fn credential_refused(spec: &ParameterSpec, credential_id: &str) -> bool {
         .any(|id| id == credential_id)
 }
 
+/// The SECRET parameter whose resolved value is `credential_id` and whose allowlist lists it.
+pub fn allowing(
+    specs: &[ParameterSpec],
+    resolved: &BTreeMap<String, String>,
+    credential_id: &str,
+) -> Option<String> {
+    specs
+        .iter()
+        .filter(|s| s.r#type == ParameterType::Secret as i32)
+        .find(|s| {
+            resolved.get(&s.name).map(String::as_str) == Some(credential_id)
+                && !credential_refused(s, credential_id)
+        })
+        .map(|s| s.name.clone())
+}
+
 /// Refuses a re-run of a run whose SECRET values the job, as it is now (`current`, empty when
 /// it was deleted), no longer allows: narrowing an allowlist revokes the credentials it drops,
 /// also for re-runs of older revisions. PERMISSION_DENIED, naming the parameter.

@@ -2,11 +2,16 @@
 //! parameter accepts only the credentials its `allowed_credential_ids` lists (none when it lists
 //! none). An operator aiming a run at the administrator's `prod-root` — by StartRun, by re-running
 //! an older run, through a schedule's fires or a backfill — is refused with PERMISSION_DENIED
-//! naming the parameter, no run is stored, and the secret never reaches a run's log.
+//! naming the parameter, no run is stored, and the secret never reaches a run's log. The
+//! executor's own identity, holding a real lease, cannot reveal anything else for its run, and
+//! replaying a reveal's idempotency key is checked and audited again — after the run ended it
+//! reveals nothing.
 
 use std::collections::HashSet;
 
+use opsconductor_api::audit::v1::AuditOutcome;
 use opsconductor_api::common::v1::Role;
+use opsconductor_api::credentials::v1::credentials_service_client::CredentialsServiceClient;
 use opsconductor_api::credentials::v1::secret_material::Material;
 use opsconductor_api::credentials::v1::*;
 use opsconductor_api::jobs::v1::*;
@@ -14,12 +19,19 @@ use opsconductor_api::scheduler::v1::{
     BackfillScheduleRequest, CreateScheduleRequest, FireOutcome, TriggerScheduleRequest,
     UpdateScheduleRequest,
 };
-use opsconductor_testkit::{assert_violations, on_both_backends, CredentialsExt, JobsExt, Sandbox};
+use opsconductor_api::targets::v1::{CredentialRef, Protocol, Target};
+use opsconductor_platform::auth::AuthChannel;
+use opsconductor_platform::ServiceKind;
+use opsconductor_testkit::{
+    assert_violations, on_both_backends, CredentialsExt, JobsExt, Sandbox, StorageBackend,
+    TargetsExt,
+};
 use prost_types::FieldMask;
 use tonic::{Code, Status};
 
 use crate::jobs::{job, shell, LIMIT};
 use crate::scheduler::{cron, now_secs, once, schedule_of, ts, wait_fires};
+use crate::support::{count, drain_audit};
 
 /// An API-token credential holding `value`.
 pub async fn api_token(s: &Sandbox, name: &str, value: &str) -> Credential {
@@ -406,4 +418,256 @@ async fn allowed_credential_ids_are_validated_when_a_job_is_saved(s: &Sandbox) {
         .unwrap();
     assert_eq!(now.revision, 1);
     assert_eq!(now.parameters[0].allowed_credential_ids, vec![id]);
+}
+
+/// A run this test holds as the executor would: the sandbox's executor is stopped, and the test
+/// claims the run with the executor's identity, keeping the lease token ClaimRun gives.
+struct Held {
+    run: Run,
+    lease_token: String,
+    executor_id: String,
+}
+
+async fn hold(s: &Sandbox, job_id: &str, parameters: &[(&str, &str)]) -> Held {
+    let run = s.jobs().start(job_id, parameters).await.unwrap();
+    let executor = s.service_token(ServiceKind::Executor).await;
+    let executor_id = format!("test-executor-{}", uuid::Uuid::now_v7().simple());
+    let claim = s
+        .clients_as(&executor)
+        .jobs()
+        .claim_run(ClaimRunRequest {
+            executor_id: executor_id.clone(),
+            run_id: run.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    Held {
+        run: claim.run.unwrap(),
+        lease_token: claim.lease_token,
+        executor_id,
+    }
+}
+
+impl Held {
+    /// The executor's reveal of `credential_id` for this run under `key`.
+    fn reveal(&self, credential_id: &str, key: &str) -> RevealCredentialRequest {
+        RevealCredentialRequest {
+            id: credential_id.into(),
+            reason: "secret parameter of a held run".into(),
+            idempotency_key: key.into(),
+            run_id: self.run.id.clone(),
+            target_id: String::new(),
+            executor_id: self.executor_id.clone(),
+            secret_version: 0,
+            lease_token: self.lease_token.clone(),
+        }
+    }
+}
+
+async fn as_executor(s: &Sandbox) -> CredentialsServiceClient<AuthChannel> {
+    let executor = s.service_token(ServiceKind::Executor).await;
+    s.clients_as(&executor).credentials()
+}
+
+async fn without_executor(backend: StorageBackend) -> Sandbox {
+    let mut s = Sandbox::start(backend).await;
+    s.stop_service(ServiceKind::Executor).await;
+    s
+}
+
+fn token_of(revealed: &RevealCredentialResponse) -> String {
+    match revealed.secret.as_ref().and_then(|s| s.material.as_ref()) {
+        Some(Material::ApiToken(t)) => t.token.clone(),
+        other => panic!("not an API token: {other:?}"),
+    }
+}
+
+/// The executor's own identity, holding a real lease, asks for credentials its run may not use:
+/// one the job does not allow, one it allows but the run does not name, one a target refers to
+/// when that target is not the run's; and for the run's own credential without the lease.
+async fn a_reveal_for_a_credential_outside_the_allowlist_is_refused(backend: StorageBackend) {
+    let s = without_executor(backend).await;
+    let prod_root = api_token(&s, "prod-root", "root-secret-0123456789").await;
+    let deploy = api_token(&s, "deploy-token", "deploy-secret-0123456789").await;
+    let spare = api_token(&s, "spare-token", "spare-secret-0123456789").await;
+    let elsewhere = s
+        .targets()
+        .create(Target {
+            name: "db-1".into(),
+            address: "10.0.0.9".into(),
+            port: 22,
+            credential_refs: vec![CredentialRef {
+                protocol: Protocol::Ssh as i32,
+                credential_id: prod_root.id.clone(),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let j = s
+        .jobs()
+        .create(reverser("held-reverser", &[&deploy.id, &spare.id]))
+        .await
+        .unwrap();
+    let held = hold(&s, &j.id, &[("token", &deploy.id)]).await;
+    let mut executor = as_executor(&s).await;
+
+    let refusals = [
+        ("not allowed", held.reveal(&prod_root.id, "k1")),
+        ("allowed, not named", held.reveal(&spare.id, "k2")),
+        (
+            "a target that is not the run's",
+            RevealCredentialRequest {
+                target_id: elsewhere.id.clone(),
+                ..held.reveal(&prod_root.id, "k3")
+            },
+        ),
+        (
+            "a guessed lease token",
+            RevealCredentialRequest {
+                lease_token: "0".repeat(64),
+                ..held.reveal(&deploy.id, "k4")
+            },
+        ),
+        (
+            "another executor's id",
+            RevealCredentialRequest {
+                executor_id: "another-executor".into(),
+                ..held.reveal(&deploy.id, "k5")
+            },
+        ),
+        (
+            "another run",
+            RevealCredentialRequest {
+                run_id: uuid::Uuid::now_v7().to_string(),
+                ..held.reveal(&deploy.id, "k6")
+            },
+        ),
+    ];
+    for (what, request) in refusals {
+        let status = executor.reveal_credential(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{what}: {status:?}");
+        assert!(!status.message().contains("secret-0123"), "{what}");
+    }
+    let status = executor
+        .reveal_credential(RevealCredentialRequest {
+            lease_token: String::new(),
+            ..held.reveal(&deploy.id, "k7")
+        })
+        .await
+        .unwrap_err();
+    assert_violations(&status, &["lease_token"]);
+
+    // The run's own credential, with the lease: revealed.
+    let revealed = executor
+        .reveal_credential(held.reveal(&deploy.id, "k8"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(token_of(&revealed), "deploy-secret-0123456789");
+    for refused in [&prod_root, &spare] {
+        let now = s.credentials().get(&refused.id).await.unwrap();
+        assert!(now.last_reveal_time.is_none(), "{} was revealed", now.name);
+    }
+    let events = drain_audit(&s).await;
+    assert_eq!(
+        count(&events, "credential.reveal", AuditOutcome::Success),
+        1
+    );
+    assert_eq!(count(&events, "credential.reveal", AuditOutcome::Denied), 6);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reveal_for_a_credential_outside_the_allowlist_is_refused_sqlite() {
+    a_reveal_for_a_credential_outside_the_allowlist_is_refused(StorageBackend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reveal_for_a_credential_outside_the_allowlist_is_refused_postgres() {
+    a_reveal_for_a_credential_outside_the_allowlist_is_refused(StorageBackend::Postgres).await;
+}
+
+/// An idempotency key is not a grant: each retry is checked again in full and audited as a
+/// reveal of its own, and once the run has ended the same key reveals nothing.
+async fn a_replayed_reveal_rechecks_and_is_audited(backend: StorageBackend) {
+    let s = without_executor(backend).await;
+    let deploy = api_token(&s, "deploy-token", "deploy-secret-0123456789").await;
+    let j = s
+        .jobs()
+        .create(reverser("replayed", &[&deploy.id]))
+        .await
+        .unwrap();
+    let held = hold(&s, &j.id, &[("token", &deploy.id)]).await;
+    let mut executor = as_executor(&s).await;
+    let first = executor
+        .reveal_credential(held.reveal(&deploy.id, "same-key"))
+        .await
+        .unwrap()
+        .into_inner();
+    let again = executor
+        .reveal_credential(held.reveal(&deploy.id, "same-key"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(token_of(&again), token_of(&first));
+    assert_ne!(again.audit_event_id, first.audit_event_id);
+
+    // The run ends (its executor completes it): the same key, and a new one, reveal nothing.
+    let executor_token = s.service_token(ServiceKind::Executor).await;
+    s.clients_as(&executor_token)
+        .jobs()
+        .complete_run(CompleteRunRequest {
+            run_id: held.run.id.clone(),
+            lease_token: held.lease_token.clone(),
+            state: RunState::Succeeded as i32,
+            error: String::new(),
+        })
+        .await
+        .unwrap();
+    for key in ["same-key", "fresh-key"] {
+        let status = executor
+            .reveal_credential(held.reveal(&deploy.id, key))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{key}: {status:?}");
+        assert!(status.message().contains("not running"), "{status:?}");
+    }
+
+    let events = drain_audit(&s).await;
+    let reveals: Vec<_> = events
+        .iter()
+        .filter(|e| {
+            e.action == "credential.reveal" && e.details.get("run_id") == Some(&held.run.id)
+        })
+        .collect();
+    let accepted: Vec<_> = reveals
+        .iter()
+        .filter(|e| e.outcome == AuditOutcome::Success as i32)
+        .collect();
+    assert_eq!(accepted.len(), 2, "{reveals:#?}");
+    let replay = accepted
+        .iter()
+        .find(|e| e.id == again.audit_event_id)
+        .expect("the replay's own event");
+    assert_eq!(replay.details["replay_of"], first.audit_event_id);
+    assert_eq!(
+        reveals
+            .iter()
+            .filter(|e| e.outcome == AuditOutcome::Denied as i32)
+            .count(),
+        2
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_reveal_rechecks_and_is_audited_sqlite() {
+    a_replayed_reveal_rechecks_and_is_audited(StorageBackend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_reveal_rechecks_and_is_audited_postgres() {
+    a_replayed_reveal_rechecks_and_is_audited(StorageBackend::Postgres).await;
 }

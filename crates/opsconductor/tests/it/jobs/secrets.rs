@@ -69,6 +69,8 @@ async fn secret_parameters_are_revealed_for_the_run_only(s: &Sandbox) {
         target_id: String::new(),
         executor_id: running.executor_id.clone(),
         secret_version: 0,
+        // The executor's identity without the lease: a token it can only guess.
+        lease_token: "a-guessed-lease-token".into(),
     };
     let refused = as_executor
         .reveal_credential(reveal(&other.id, "a"))
