@@ -485,7 +485,8 @@ fn token_of(revealed: &RevealCredentialResponse) -> String {
 
 /// The executor's own identity, holding a real lease, asks for credentials its run may not use:
 /// one the job does not allow, one it allows but the run does not name, one a target refers to
-/// when that target is not the run's; and for the run's own credential without the lease.
+/// when that target is not the run's, one the run's target does not refer to; and for the run's
+/// own credential without the lease. The run's own SECRET and target credentials are revealed.
 async fn a_reveal_for_a_credential_outside_the_allowlist_is_refused(backend: StorageBackend) {
     let s = without_executor(backend).await;
     let prod_root = api_token(&s, "prod-root", "root-secret-0123456789").await;
@@ -505,12 +506,30 @@ async fn a_reveal_for_a_credential_outside_the_allowlist_is_refused(backend: Sto
         })
         .await
         .unwrap();
-    let j = s
-        .jobs()
-        .create(reverser("held-reverser", &[&deploy.id, &spare.id]))
+    // The run's own target, whose SSH credential the run may use for it.
+    let web_key = api_token(&s, "web-key", "web-secret-0123456789").await;
+    let web = s
+        .targets()
+        .create(Target {
+            name: "web-1".into(),
+            address: "10.0.0.8".into(),
+            port: 22,
+            credential_refs: vec![CredentialRef {
+                protocol: Protocol::Ssh as i32,
+                credential_id: web_key.id.clone(),
+            }],
+            ..Default::default()
+        })
         .await
         .unwrap();
+    let mut j = reverser("held-reverser", &[&deploy.id, &spare.id]);
+    j.targets = Some(TargetSelector {
+        names: vec!["web-1".into()],
+        ..Default::default()
+    });
+    let j = s.jobs().create(j).await.unwrap();
     let held = hold(&s, &j.id, &[("token", &deploy.id)]).await;
+    assert_eq!(held.run.targets.len(), 1);
     let mut executor = as_executor(&s).await;
 
     let refusals = [
@@ -528,6 +547,13 @@ async fn a_reveal_for_a_credential_outside_the_allowlist_is_refused(backend: Sto
             RevealCredentialRequest {
                 lease_token: "0".repeat(64),
                 ..held.reveal(&deploy.id, "k4")
+            },
+        ),
+        (
+            "the run's target, which does not refer to it",
+            RevealCredentialRequest {
+                target_id: web.id.clone(),
+                ..held.reveal(&prod_root.id, "k9")
             },
         ),
         (
@@ -566,6 +592,16 @@ async fn a_reveal_for_a_credential_outside_the_allowlist_is_refused(backend: Sto
         .unwrap()
         .into_inner();
     assert_eq!(token_of(&revealed), "deploy-secret-0123456789");
+    // And the run's target's own credential, for that target.
+    let revealed = executor
+        .reveal_credential(RevealCredentialRequest {
+            target_id: web.id.clone(),
+            ..held.reveal(&web_key.id, "k10")
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(token_of(&revealed), "web-secret-0123456789");
     for refused in [&prod_root, &spare] {
         let now = s.credentials().get(&refused.id).await.unwrap();
         assert!(now.last_reveal_time.is_none(), "{} was revealed", now.name);
@@ -573,9 +609,9 @@ async fn a_reveal_for_a_credential_outside_the_allowlist_is_refused(backend: Sto
     let events = drain_audit(&s).await;
     assert_eq!(
         count(&events, "credential.reveal", AuditOutcome::Success),
-        1
+        2
     );
-    assert_eq!(count(&events, "credential.reveal", AuditOutcome::Denied), 6);
+    assert_eq!(count(&events, "credential.reveal", AuditOutcome::Denied), 7);
     s.stop().await;
 }
 
