@@ -16,7 +16,7 @@ use opsconductor_api::credentials::v1::secret_material::Material;
 use opsconductor_api::credentials::v1::*;
 use opsconductor_api::jobs::v1::*;
 use opsconductor_api::scheduler::v1::{
-    BackfillScheduleRequest, CreateScheduleRequest, FireOutcome, TriggerScheduleRequest,
+    BackfillScheduleRequest, CreateScheduleRequest, FireOutcome, Schedule, TriggerScheduleRequest,
     UpdateScheduleRequest,
 };
 use opsconductor_api::targets::v1::{CredentialRef, Protocol, Target};
@@ -148,16 +148,16 @@ async fn an_operator_cannot_aim_a_run_at_a_credential_the_job_does_not_allow(s: 
         .await
         .unwrap();
     s.jobs().finish(&admins.id, LIMIT).await.unwrap();
-    // A schedule made while prod-root was allowed, firing every minute (for a backfill), and
-    // one firing once a few seconds from now.
-    let every_minute = crate::scheduler::create(s, {
-        let mut sc = schedule_of("root-every-minute", &j.id, cron("* * * * *", "UTC"));
+    // A schedule made while prod-root was allowed, firing daily at midnight (past due times to
+    // backfill, none during the test), and one firing once, tomorrow.
+    let daily = crate::scheduler::create(s, {
+        let mut sc = schedule_of("root-daily", &j.id, cron("0 0 * * *", "UTC"));
         sc.parameters = [("token".to_string(), prod_root.id.clone())].into();
         sc
     })
     .await;
     let soon = crate::scheduler::create(s, {
-        let mut sc = schedule_of("root-soon", &j.id, once(now_secs() + 6));
+        let mut sc = schedule_of("root-later", &j.id, once(now_secs() + 86_400));
         sc.parameters = [("token".to_string(), prod_root.id.clone())].into();
         sc
     })
@@ -213,7 +213,7 @@ async fn an_operator_cannot_aim_a_run_at_a_credential_the_job_does_not_allow(s: 
     let status = as_operator
         .scheduler()
         .trigger_schedule(TriggerScheduleRequest {
-            id: every_minute.id.clone(),
+            id: daily.id.clone(),
         })
         .await
         .unwrap_err();
@@ -222,8 +222,8 @@ async fn an_operator_cannot_aim_a_run_at_a_credential_the_job_does_not_allow(s: 
     let status = as_operator
         .scheduler()
         .backfill_schedule(BackfillScheduleRequest {
-            id: every_minute.id.clone(),
-            start_time: Some(ts(now - 600)),
+            id: daily.id.clone(),
+            start_time: Some(ts(now - 3 * 86_400)),
             end_time: Some(ts(now - 60)),
         })
         .await
@@ -246,7 +246,7 @@ async fn an_operator_cannot_aim_a_run_at_a_credential_the_job_does_not_allow(s: 
         .scheduler()
         .update_schedule(UpdateScheduleRequest {
             schedule: Some({
-                let mut sc = every_minute.clone();
+                let mut sc = daily.clone();
                 sc.parameters = [("token".to_string(), prod_root.id.to_uppercase())].into();
                 sc
             }),
@@ -258,7 +258,22 @@ async fn an_operator_cannot_aim_a_run_at_a_credential_the_job_does_not_allow(s: 
         .await
         .unwrap_err();
     assert_denied_naming(&status, "token");
-    // The fire that comes due fails for good, and says why.
+    // A fire that comes due (its time moved to now; its values untouched) fails for good, and
+    // says why.
+    s.scheduler()
+        .update_schedule(UpdateScheduleRequest {
+            schedule: Some(Schedule {
+                id: soon.id.clone(),
+                spec: Some(once(now_secs() + 1)),
+                ..Default::default()
+            }),
+            update_mask: Some(FieldMask {
+                paths: vec!["once".into()],
+            }),
+            expected_revision: 0,
+        })
+        .await
+        .unwrap();
     let fired = wait_fires(s, &soon.id, "the once fire", |f| {
         f.iter()
             .any(|f| crate::scheduler::outcome(f) == FireOutcome::Failed)
