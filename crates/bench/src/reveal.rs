@@ -3,7 +3,7 @@
 //! layer, one metadata read); an administrator's reveal (unseal, reveal record and audit event
 //! in one transaction); and the executor's reveal with the run check. The jobs service does not
 //! exist yet, so the check is made by a stand-in that does what [`FromJobs`] does with two real
-//! gRPC calls to the targets service — one in place of `GetRun`, one as itself — and checks the
+//! gRPC calls to the targets service — one in place of `CheckRunCredential`, one as itself — and checks the
 //! target refers to the credential. Rounds alternate so every variant sees the same noise.
 //!
 //! [`FromJobs`]: opsconductor_credentials::FromJobs
@@ -185,6 +185,7 @@ async fn call(
                     run_id: "01900000-0000-7000-8000-0000000000a1".into(),
                     target_id: target.into(),
                     executor_id: "bench-executor".into(),
+                    lease_token: "bench-lease".into(),
                     ..Default::default()
                 })
                 .await?;

@@ -260,6 +260,7 @@ impl CredentialsApi {
         }
         if for_a_run {
             v.required_max("executor_id", &req.executor_id, 128);
+            v.required_max("lease_token", &req.lease_token, 256);
         }
         v.finish()?;
         let version = (req.secret_version > 0).then_some(u64::from(req.secret_version));
@@ -279,7 +280,10 @@ impl CredentialsApi {
                     .to_string(),
             ),
         ];
-        // A retry of a reveal that happened: the same answer under the same audit event.
+        // A retry of a reveal that happened reveals the same version again, but only after
+        // every check below is made again, and under an audit event of its own: a key is not
+        // a grant (a replay after the run ended must reveal nothing).
+        let mut version = version;
         if let Some(done) = self
             .store
             .reveal_record(&caller, &req.idempotency_key)
@@ -288,11 +292,8 @@ impl CredentialsApi {
             if done.request_hash != hash {
                 return Err(CredentialsError::KeyReused);
             }
-            let (credential, version, plaintext) = self
-                .store
-                .secret(&done.credential_id, Some(done.secret_version))
-                .await?;
-            return answer(credential, version, &plaintext, done.audit_event_id);
+            version = Some(done.secret_version);
+            details.push(("replay_of", done.audit_event_id));
         }
         if for_a_run {
             let checked = self
@@ -302,6 +303,7 @@ impl CredentialsApi {
                     target_id: &req.target_id,
                     executor_id: &req.executor_id,
                     credential_id: &req.id,
+                    lease_token: &req.lease_token,
                 })
                 .await;
             if let Err(refused) = checked {

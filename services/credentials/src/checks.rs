@@ -1,12 +1,14 @@
-//! Whether the executor may reveal a credential for a run: the run is RUNNING under the lease of
-//! the executor that asks, and either the run's SECRET parameters name the credential, or the
-//! target is one of the run's and refers to the credential. Behind a trait, so the service is tested with a double until the jobs service
-//! exists; [`FromJobs`] asks the jobs and targets services.
+//! Whether the executor may reveal a credential for a run: the run is RUNNING under the lease
+//! whose token the executor presents (the executor id is only recorded), and either one of the
+//! run's SECRET parameters names the credential and its job revision's allowlist lists it, or
+//! the target is one of the run's and refers to the credential. Made at every reveal, a retry
+//! included. Behind a trait, so the service can be tested with a double; [`FromJobs`] asks the
+//! jobs service (`CheckRunCredential`) and the targets service.
 
 use std::sync::Arc;
 
 use futures::future::{BoxFuture, FutureExt};
-use opsconductor_api::jobs::v1::{GetRunRequest, RunState};
+use opsconductor_api::jobs::v1::CheckRunCredentialRequest;
 use opsconductor_api::targets::v1::GetTargetRequest;
 use opsconductor_platform::client::Clients;
 use opsconductor_platform::ApiError;
@@ -19,6 +21,8 @@ pub struct RunUse<'a> {
     pub target_id: &'a str,
     pub executor_id: &'a str,
     pub credential_id: &'a str,
+    /// The lease token ClaimRun gave the executor: the proof that it holds the run.
+    pub lease_token: &'a str,
 }
 
 /// Why not.
@@ -51,39 +55,43 @@ fn upstream(what: &str, status: &tonic::Status) -> Refused {
 impl RunChecker for FromJobs {
     fn check<'a>(&'a self, request: RunUse<'a>) -> BoxFuture<'a, Result<(), Refused>> {
         async move {
-            let run = self
+            let checked = self
                 .0
                 .jobs()
-                .get_run(GetRunRequest {
-                    id: request.run_id.to_string(),
+                .check_run_credential(CheckRunCredentialRequest {
+                    run_id: request.run_id.to_string(),
+                    lease_token: request.lease_token.to_string(),
+                    credential_id: request.credential_id.to_string(),
+                    target_id: request.target_id.to_string(),
                 })
-                .await
-                .map_err(|s| upstream("the run", &s))?
-                .into_inner()
-                .run
-                .ok_or_else(|| Refused::Unavailable("the jobs service sent no run".into()))?;
-            if run.state != RunState::Running as i32 {
-                return Err(Refused::Denied("the run is not running".into()));
-            }
-            if run.executor_id != request.executor_id {
+                .await;
+            let checked = match checked {
+                Ok(answer) => answer.into_inner(),
+                // LEASE_LOST: the run ended, or the token is not its live lease.
+                Err(status) if status.code() == Code::FailedPrecondition => {
+                    return Err(Refused::Denied(
+                        "the run is not running under this executor's lease".into(),
+                    ));
+                }
+                Err(status) => return Err(upstream("the run", &status)),
+            };
+            if checked.executor_id != request.executor_id {
                 return Err(Refused::Denied(
                     "the run's lease is held by another executor".into(),
                 ));
             }
-            // A credential the run's SECRET parameters name is the run's to reveal.
-            if run
-                .parameter_credential_ids
-                .iter()
-                .any(|id| id == request.credential_id)
-            {
+            // A SECRET parameter of the run names it, and its author allowed it.
+            if !checked.parameter.is_empty() {
                 return Ok(());
             }
             if request.target_id.is_empty() {
                 return Err(Refused::Denied(
-                    "no target named, and the run's parameters do not name this credential".into(),
+                    "no target named, and no SECRET parameter of the run names and allows this \
+                     credential"
+                        .into(),
                 ));
             }
-            if !run.targets.iter().any(|t| t.id == request.target_id) {
+            if !checked.run_target {
                 return Err(Refused::Denied("the target is not one of the run's".into()));
             }
             let target = self

@@ -543,9 +543,9 @@ impl CredentialStore {
         ))
     }
 
-    /// Records a reveal: its idempotency key (`(caller, key)`), its audit event, the
-    /// credential's last reveal time. Returns the audit event's id (a concurrent first call's,
-    /// when it won).
+    /// Records a reveal: its idempotency key (`(caller, key)`, kept from the first call), its
+    /// own audit event (every accepted reveal has one, a retry too), the credential's last
+    /// reveal time. Returns the audit event's id.
     pub async fn record_reveal(
         &self,
         (caller, key): (&str, &str),
@@ -582,13 +582,18 @@ impl CredentialStore {
         .execute(&mut *tx)
         .await?;
         if inserted.rows_affected() == 0 {
-            // The same key, revealed concurrently: that call's event stands for both.
-            drop(tx);
-            return self
-                .reveal_record(caller, key)
-                .await?
-                .map(|r| r.audit_event_id)
-                .ok_or_else(|| CredentialsError::NotFound(id.to_string()));
+            // A retry (or the same key revealed concurrently): the key is remembered already;
+            // this reveal still gets its own event, unless the key was taken by another request.
+            let first = sqlx::query_as::<_, (String,)>(
+                "SELECT request_hash FROM reveals WHERE caller = $1 AND idempotency_key = $2",
+            )
+            .bind(caller)
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if first.is_some_and(|(hash,)| hash != request_hash) {
+                return Err(CredentialsError::KeyReused);
+            }
         }
         sqlx::query("UPDATE credentials SET last_reveal_time = $1 WHERE id = $2")
             .bind(now)

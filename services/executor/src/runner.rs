@@ -800,6 +800,7 @@ impl Runner {
                     target_id: String::new(),
                     executor_id: self.instance.id.clone(),
                     secret_version: 0,
+                    lease_token: execution.token.clone(),
                 })
                 .await
                 .map_err(|s| {
@@ -878,6 +879,7 @@ impl Runner {
                 target_id: target.id.clone(),
                 executor_id: self.instance.id.clone(),
                 secret_version: 0,
+                lease_token: execution.token.clone(),
             })
             .await
             .map_err(|s| format!("the credential could not be revealed: {}", s.message()))?

@@ -183,8 +183,9 @@ impl JobsApi {
         let job = self.jobs.get(&req.job_id).await?;
         let given: BTreeMap<String, String> = req.parameters.into_iter().collect();
         let mut v = Violations::new();
-        validate::parameters(&mut v, &job.parameters, &given);
+        let resolved = validate::parameters(&mut v, &job.parameters, &given);
         v.finish()?;
+        validate::credentials_allowed(&job.parameters, &resolved)?;
         let targets = targets::resolve(&self.clients, &job).await?;
         let caller = cause_caller(cause);
         let triggered_by = scheduled_for(&trigger).unwrap_or_else(|| cause.actor.clone());
@@ -247,6 +248,18 @@ impl JobsApi {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        // The original run was checked when it started, but perhaps before its job's SECRET
+        // parameters had allowlists: a re-run is held to the revision's allowlist as it is.
+        let mut v = Violations::new();
+        let resolved = validate::parameters(&mut v, &job.parameters, &given);
+        v.finish()?;
+        validate::credentials_allowed(&job.parameters, &resolved)?;
+        let current = match self.jobs.get(&original.job_id).await {
+            Ok(current) => current.parameters,
+            Err(JobsError::NotFound(..)) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        validate::still_allowed(&job.parameters, &current, &resolved)?;
         let trigger = RunTrigger {
             kind: TriggerKind::Manual as i32,
             ..Default::default()
@@ -391,6 +404,44 @@ impl JobsApi {
             parameters: parameters.into_iter().collect(),
             next_log_seq: claim.next_log_seq,
             heartbeat_interval: Some(from_duration(self.runs.lease() / 3)),
+        })
+    }
+
+    /// What the credentials service asks before every reveal to an executor: the lease first
+    /// (a run that ended, or a token that is not its live lease, answers LEASE_LOST), then
+    /// which of the run's SECRET parameters names the credential and allows it at the run's
+    /// own revision, and whether the target is the run's.
+    async fn check_credential(
+        &self,
+        req: CheckRunCredentialRequest,
+    ) -> Result<CheckRunCredentialResponse> {
+        let mut v = Violations::new();
+        v.id("run_id", &req.run_id);
+        v.required("lease_token", &req.lease_token);
+        v.id("credential_id", &req.credential_id);
+        if !req.target_id.is_empty() {
+            v.id("target_id", &req.target_id);
+        }
+        v.finish()?;
+        let row = self.runs.held(&req.run_id, &req.lease_token).await?;
+        let run = row.run()?;
+        let job = self.jobs.revision(row.job_id(), row.job_revision()).await?;
+        let given: BTreeMap<String, String> = run
+            .parameters
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        // Problems with the values do not matter here: only a value that is valid, names this
+        // credential and is on its parameter's allowlist grants anything.
+        let resolved = validate::parameters(&mut Violations::new(), &job.parameters, &given);
+        let parameter =
+            validate::allowing(&job.parameters, &resolved, &req.credential_id).unwrap_or_default();
+        let run_target =
+            !req.target_id.is_empty() && run.targets.iter().any(|t| t.id == req.target_id);
+        Ok(CheckRunCredentialResponse {
+            parameter,
+            run_target,
+            executor_id: run.executor_id,
         })
     }
 
@@ -702,6 +753,15 @@ impl JobsService for JobsApi {
         tracing::info!(run_id = %req.run_id, reason = %req.reason, "run released by its executor");
         let run = self.runs.get(&req.run_id).await?;
         Ok(Response::new(ReleaseRunResponse { run: Some(run) }))
+    }
+
+    async fn check_run_credential(
+        &self,
+        request: Request<CheckRunCredentialRequest>,
+    ) -> std::result::Result<Response<CheckRunCredentialResponse>, Status> {
+        Ok(Response::new(
+            self.check_credential(request.into_inner()).await?,
+        ))
     }
 
     async fn complete_run(

@@ -752,7 +752,7 @@ impl RunStore {
     }
 
     /// The run, if `token` is its live lease.
-    async fn held(&self, id: &str, token: &str) -> Result<RunRow, JobsError> {
+    pub async fn held(&self, id: &str, token: &str) -> Result<RunRow, JobsError> {
         let row = self.row(id).await?;
         if row.state() != RunState::Running
             || row.lease_hash != lease_hash(token)

@@ -9,6 +9,7 @@ use opsconductor_api::jobs::v1::{
 };
 use opsconductor_platform::time::to_std_duration;
 use opsconductor_platform::validate::{is_slug, Violations};
+use opsconductor_platform::ApiError;
 use opsconductor_template::{is_param_name, Reference, Template};
 
 pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -16,6 +17,8 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 const WEEK: Duration = Duration::from_secs(7 * 86_400);
 const DAY: Duration = Duration::from_secs(86_400);
 const MAX_VALUE_BYTES: usize = 4096;
+/// The most credentials one SECRET parameter may allow.
+pub const MAX_ALLOWED_CREDENTIALS: usize = 64;
 const HTTP_METHODS: [&str; 6] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"];
 
 /// Checks a whole job (as created, or as it would be after an update).
@@ -148,11 +151,138 @@ fn parameter(v: &mut Violations, field: &str, spec: &ParameterSpec) {
             v.check(min <= max, format!("{field}.max"), "must not be below min");
         }
     }
+    allowed_credentials(v, field, kind, spec);
     if !spec.default_value.is_empty() {
         if let Err(problem) = value(spec, &spec.default_value) {
             v.add(format!("{field}.default_value"), problem);
+        } else if kind == ParameterType::Secret && credential_refused(spec, &spec.default_value) {
+            v.add(
+                format!("{field}.default_value"),
+                "must be one of allowed_credential_ids",
+            );
         }
     }
+}
+
+/// A SECRET parameter's allowlist: canonical credential ids (the form the credentials service
+/// assigns, so one credential has one spelling and string comparison is exact), bounded, and
+/// on SECRET parameters only (anywhere else it would read as a grant that means nothing).
+fn allowed_credentials(v: &mut Violations, field: &str, kind: ParameterType, spec: &ParameterSpec) {
+    let ids = &spec.allowed_credential_ids;
+    if ids.is_empty() {
+        return;
+    }
+    let list = format!("{field}.allowed_credential_ids");
+    if kind != ParameterType::Secret {
+        v.add(list, "only a SECRET parameter has allowed_credential_ids");
+        return;
+    }
+    if ids.len() > MAX_ALLOWED_CREDENTIALS {
+        v.add(
+            list,
+            format!(
+                "at most {MAX_ALLOWED_CREDENTIALS} credentials (got {})",
+                ids.len()
+            ),
+        );
+        return;
+    }
+    let mut seen = HashSet::new();
+    for (i, id) in ids.iter().enumerate() {
+        let canonical = uuid::Uuid::try_parse(id).is_ok_and(|u| u.hyphenated().to_string() == *id);
+        v.check(
+            canonical,
+            format!("{list}[{i}]"),
+            "must be a credential id (a lowercase hyphenated UUID)",
+        );
+        v.check(
+            seen.insert(id.as_str()),
+            format!("{list}[{i}]"),
+            "is listed twice",
+        );
+    }
+}
+
+/// Whether `credential_id`, given for the SECRET parameter `spec`, is outside its allowlist.
+fn credential_refused(spec: &ParameterSpec, credential_id: &str) -> bool {
+    !spec
+        .allowed_credential_ids
+        .iter()
+        .any(|id| id == credential_id)
+}
+
+/// The SECRET parameter whose resolved value is `credential_id` and whose allowlist lists it.
+pub fn allowing(
+    specs: &[ParameterSpec],
+    resolved: &BTreeMap<String, String>,
+    credential_id: &str,
+) -> Option<String> {
+    specs
+        .iter()
+        .filter(|s| s.r#type == ParameterType::Secret as i32)
+        .find(|s| {
+            resolved.get(&s.name).map(String::as_str) == Some(credential_id)
+                && !credential_refused(s, credential_id)
+        })
+        .map(|s| s.name.clone())
+}
+
+/// Refuses a re-run of a run whose SECRET values the job, as it is now (`current`, empty when
+/// it was deleted), no longer allows: narrowing an allowlist revokes the credentials it drops,
+/// also for re-runs of older revisions. PERMISSION_DENIED, naming the parameter.
+pub fn still_allowed(
+    revision: &[ParameterSpec],
+    current: &[ParameterSpec],
+    resolved: &BTreeMap<String, String>,
+) -> Result<(), ApiError> {
+    for spec in revision
+        .iter()
+        .filter(|s| s.r#type == ParameterType::Secret as i32)
+    {
+        let Some(credential_id) = resolved.get(&spec.name).filter(|v| !v.is_empty()) else {
+            continue;
+        };
+        let now = current
+            .iter()
+            .find(|c| c.name == spec.name && c.r#type == ParameterType::Secret as i32);
+        if now.is_none_or(|c| credential_refused(c, credential_id)) {
+            return Err(ApiError::PermissionDenied(format!(
+                "parameter {:?} may not name credential {credential_id}: the job no longer \
+                 allows it (it is not in the current revision's allowed_credential_ids)",
+                spec.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a run whose SECRET parameters (given or by default, as `resolved` holds them) name a
+/// credential the job's author did not allow: which credentials a run may use is the author's
+/// choice, not the caller's. PERMISSION_DENIED, naming the parameter.
+pub fn credentials_allowed(
+    specs: &[ParameterSpec],
+    resolved: &BTreeMap<String, String>,
+) -> Result<(), ApiError> {
+    for spec in specs
+        .iter()
+        .filter(|s| s.r#type == ParameterType::Secret as i32)
+    {
+        let Some(credential_id) = resolved.get(&spec.name).filter(|v| !v.is_empty()) else {
+            continue;
+        };
+        if credential_refused(spec, credential_id) {
+            let why = if spec.allowed_credential_ids.is_empty() {
+                "it allows no credential (its allowed_credential_ids is empty)"
+            } else {
+                "it is not in the parameter's allowed_credential_ids"
+            };
+            return Err(ApiError::PermissionDenied(format!(
+                "parameter {:?} may not name credential {credential_id}: {why}",
+                spec.name
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn anchored(pattern: &str) -> Result<regex::Regex, regex::Error> {

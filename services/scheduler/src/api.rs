@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use opsconductor_api::jobs::v1::GetJobRequest;
+use opsconductor_api::jobs::v1::{GetJobRequest, Job, ParameterType};
 use opsconductor_api::scheduler::v1::scheduler_service_server::SchedulerService;
 use opsconductor_api::scheduler::v1::*;
 use opsconductor_messaging::Cause;
@@ -60,18 +60,60 @@ pub struct SchedulerApi {
     pub backfills: Arc<Limiter>,
 }
 
+/// Refuses a schedule whose values name a credential its job's SECRET parameter does not
+/// allow: the jobs service would refuse each of its runs the same way (PERMISSION_DENIED,
+/// naming the parameter). Defaults are the job's own, already checked against its allowlists.
+fn credentials_allowed(job: &Job, schedule: &Schedule) -> Result<()> {
+    for spec in job
+        .parameters
+        .iter()
+        .filter(|p| p.r#type == ParameterType::Secret as i32)
+    {
+        let Some(credential_id) = schedule.parameters.get(&spec.name) else {
+            continue;
+        };
+        if !credential_id.is_empty() && !spec.allowed_credential_ids.contains(credential_id) {
+            return Err(ApiError::PermissionDenied(format!(
+                "parameter {:?} of job {} may not name credential {credential_id}: it is not in \
+                 the parameter's allowed_credential_ids",
+                spec.name, job.name
+            ))
+            .into());
+        }
+    }
+    Ok(())
+}
+
 impl SchedulerApi {
-    /// The job must exist: a schedule of a missing job would only ever fail.
-    async fn check_job(&self, job_id: &str) -> Result<()> {
+    /// The schedule's job as it is now; None when it does not exist.
+    async fn job_of(&self, schedule: &Schedule) -> Result<Option<Job>> {
         let request = GetJobRequest {
-            id: job_id.to_string(),
+            id: schedule.job_id.clone(),
         };
         match self.clients.jobs().get_job(request).await {
-            Ok(_) => Ok(()),
-            Err(status) if status.code() == Code::NotFound => {
-                Err(ApiError::invalid("schedule.job_id", "no job has this id").into())
-            }
+            Ok(response) => Ok(response.into_inner().job),
+            Err(status) if status.code() == Code::NotFound => Ok(None),
             Err(status) => Err(SchedulerError::Upstream(ApiError::from_status(&status))),
+        }
+    }
+
+    /// The job must exist (a schedule of a missing job would only ever fail), and accept the
+    /// credentials the schedule's SECRET values name.
+    async fn check_job(&self, schedule: &Schedule) -> Result<()> {
+        match self.job_of(schedule).await? {
+            Some(job) => credentials_allowed(&job, schedule),
+            None => Err(ApiError::invalid("schedule.job_id", "no job has this id").into()),
+        }
+    }
+
+    /// Before asking for fires (TriggerSchedule, BackfillSchedule): the job may have narrowed
+    /// its SECRET parameters' allowlists since the schedule was saved, and the caller (an
+    /// operator) must hear PERMISSION_DENIED now rather than find failed fires later. A job
+    /// that is gone is left to the fire, which fails with JOB_NOT_FOUND as it always did.
+    async fn check_credentials(&self, schedule: &Schedule) -> Result<()> {
+        match self.job_of(schedule).await? {
+            Some(job) => credentials_allowed(&job, schedule),
+            None => Ok(()),
         }
     }
 
@@ -96,7 +138,7 @@ impl SchedulerApi {
             )
             .into());
         }
-        self.check_job(&schedule.job_id).await?;
+        self.check_job(&schedule).await?;
         let created = self.schedules.create(&schedule, &spec, cause).await?;
         tracing::info!(schedule_id = %created.id, name = %created.name, "schedule created");
         self.wake.notify_one();
@@ -140,8 +182,8 @@ impl SchedulerApi {
         let spec = validate::schedule(&mut v, &schedule);
         v.finish()?;
         let spec = spec.ok_or_else(|| ApiError::invalid("schedule.spec", "is invalid"))?;
-        if paths.iter().any(|p| p == "job_id") {
-            self.check_job(&schedule.job_id).await?;
+        if paths.iter().any(|p| p == "job_id" || p == "parameters") {
+            self.check_job(&schedule).await?;
         }
         let reschedule = paths.iter().any(|p| TIMING_FIELDS.contains(&p.as_str()));
         let updated = self
@@ -249,6 +291,7 @@ impl SchedulerApi {
     async fn trigger(&self, req: TriggerScheduleRequest, cause: &Cause) -> Result<FireRecord> {
         require_id("id", &req.id)?;
         let schedule = self.schedules.get(&req.id).await?;
+        self.check_credentials(&schedule).await?;
         let fire = self.history.trigger(&schedule, cause).await?;
         tracing::info!(schedule_id = %schedule.id, fire_id = %fire.id, "schedule triggered");
         self.wake.notify_one();
@@ -275,6 +318,7 @@ impl SchedulerApi {
         v.finish()?;
         let (start, end) = (start.unwrap_or_default(), end.unwrap_or_default());
         let schedule = self.schedules.get(&req.id).await?;
+        self.check_credentials(&schedule).await?;
         let mut v = Violations::new();
         let spec = Spec::of(&mut v, "", &schedule, 0)
             .ok_or_else(|| SchedulerError::Api(ApiError::internal("stored spec is invalid")))?;

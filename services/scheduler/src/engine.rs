@@ -244,6 +244,8 @@ impl Engine {
                 let reason = match status.code() {
                     Code::NotFound => "JOB_NOT_FOUND",
                     Code::InvalidArgument => "INVALID_PARAMETERS",
+                    // A SECRET value the job's allowlist no longer admits.
+                    Code::PermissionDenied => "CREDENTIAL_NOT_ALLOWED",
                     _ => "START_REFUSED",
                 };
                 let error = ApiError::from_status(&status).to_string();

@@ -1,7 +1,7 @@
 //! Who may reveal: administrators, and the executor for a run it holds (decided here by a
 //! double of the jobs check, on a second replica over the same database); everyone else is
 //! refused by the policy. Every reveal and every refusal is an audit event; a retried reveal
-//! is one event. Deleting a credential a target uses is refused unless forced; expiring
+//! is checked and audited again. Deleting a credential a target uses is refused unless forced; expiring
 //! credentials are announced once per expiry.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -77,6 +77,7 @@ fn for_run(id: &str, executor: &str, key: &str) -> RevealCredentialRequest {
         run_id: RUN.into(),
         target_id: TARGET.into(),
         executor_id: executor.into(),
+        lease_token: format!("lease-of-{executor}"),
         ..Default::default()
     }
 }
@@ -152,7 +153,7 @@ async fn reveals_are_for_admins_and_the_executor_of_a_held_run_and_all_audited(s
         .await
         .unwrap_err();
     // (The target may be left out: the run's SECRET parameters name credentials without one.)
-    assert_violations(&status, &["executor_id", "run_id"]);
+    assert_violations(&status, &["executor_id", "lease_token", "run_id"]);
     // The administrator.
     s.credentials().reveal(&made.id, "admin-1").await.unwrap();
     assert!(s
@@ -199,8 +200,9 @@ async fn reveals_are_for_admins_and_the_executor_of_a_held_run_and_all_audited(s
     replica.stop().await.unwrap();
 }
 
+/// A key is not a grant: a retry is checked again and audited again (naming the first).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_retried_reveal_is_answered_again_under_its_first_audit_event() {
+async fn a_retried_reveal_is_answered_again_under_an_audit_event_of_its_own() {
     let s = Sandbox::start(StorageBackend::Sqlite).await;
     let mut vault = s.credentials();
     let made = vault
@@ -212,7 +214,7 @@ async fn a_retried_reveal_is_answered_again_under_its_first_audit_event() {
         .unwrap();
     let first = vault.reveal(&made.id, "retry-1").await.unwrap();
     let second = vault.reveal(&made.id, "retry-1").await.unwrap();
-    assert_eq!(first.audit_event_id, second.audit_event_id);
+    assert_ne!(first.audit_event_id, second.audit_event_id);
     assert_eq!(second.secret, Some(password_secret("again")));
     // The same key for another request is a client bug, not a retry.
     let status = vault
@@ -228,8 +230,13 @@ async fn a_retried_reveal_is_answered_again_under_its_first_audit_event() {
     let events = drain_audit(&s).await;
     assert_eq!(
         count(&events, "credential.reveal", AuditOutcome::Success),
-        1
+        2
     );
+    let retry = events
+        .iter()
+        .find(|e| e.id == second.audit_event_id)
+        .expect("the retry's event");
+    assert_eq!(retry.details["replay_of"], first.audit_event_id);
     s.stop().await;
 }
 

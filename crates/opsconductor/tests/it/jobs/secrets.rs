@@ -47,6 +47,8 @@ async fn secret_parameters_are_revealed_for_the_run_only(s: &Sandbox) {
         name: "token".into(),
         r#type: ParameterType::Secret as i32,
         required: true,
+        // `other` is allowed too, but this run does not name it: allowed is not revealable.
+        allowed_credential_ids: vec![mine.id.clone(), other.id.clone()],
         ..Default::default()
     }];
     let j = s.jobs().create(j).await.unwrap();
@@ -67,6 +69,8 @@ async fn secret_parameters_are_revealed_for_the_run_only(s: &Sandbox) {
         target_id: String::new(),
         executor_id: running.executor_id.clone(),
         secret_version: 0,
+        // The executor's identity without the lease: a token it can only guess.
+        lease_token: "a-guessed-lease-token".into(),
     };
     let refused = as_executor
         .reveal_credential(reveal(&other.id, "a"))
