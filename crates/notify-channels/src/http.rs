@@ -1,7 +1,6 @@
 //! JSON over HTTPS to Slack, Teams and generic webhooks: one pooled client, no redirects, a
 //! bounded response, and destinations on the platform's own network refused.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -9,9 +8,9 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use opsconductor_api::common::v1::NotificationChannel;
-use url::{Host, Url};
+use url::Url;
 
-use crate::ssrf::{is_private_address, GuardedResolver, PrivateAddress};
+use opsconductor_egress::{check_literal, is_refusal, GuardedResolver, Policy, Refused};
 use crate::{excerpt, Attempt, ChannelError, Outcome};
 
 /// Longest URL accepted; real Slack/Teams webhook URLs are well under 600 characters.
@@ -74,7 +73,7 @@ impl HttpSender {
             .no_proxy()
             .https_only(!settings.allow_plain_http)
             .dns_resolver(Arc::new(GuardedResolver {
-                allow_private: settings.allow_private_addresses,
+                policy: policy(&settings),
             }))
             .build()
             .map_err(|e| ChannelError::Http(e.without_url().to_string()))?;
@@ -98,16 +97,8 @@ impl HttpSender {
             Err(e) => return done(Outcome::Permanent, None, e),
         };
         // IP literals never reach the resolver, so they are checked here.
-        if !self.settings.allow_private_addresses {
-            if let Some(ip) = literal_ip(&url) {
-                if is_private_address(ip) {
-                    return done(
-                        Outcome::Permanent,
-                        None,
-                        "destination is a private address".into(),
-                    );
-                }
-            }
+        if let Err(refused) = check_literal(&url, &policy(&self.settings)) {
+            return done(Outcome::Permanent, None, refused.to_string());
         }
         headers
             .entry(CONTENT_TYPE)
@@ -188,20 +179,8 @@ async fn read_bounded(response: &mut reqwest::Response, max: usize) -> String {
 fn classify_error(e: reqwest::Error) -> (Outcome, String) {
     let e = e.without_url();
     let chain = error_chain(&e);
-    let refused = {
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-        let mut found = false;
-        while let Some(err) = source {
-            if err.downcast_ref::<PrivateAddress>().is_some() {
-                found = true;
-                break;
-            }
-            source = err.source();
-        }
-        found
-    };
-    if refused {
-        return (Outcome::Permanent, PrivateAddress.to_string());
+    if is_refusal(&e) {
+        return (Outcome::Permanent, Refused.to_string());
     }
     if e.is_builder() {
         return (Outcome::Permanent, format!("invalid request: {chain}"));
@@ -254,11 +233,11 @@ fn scrub(mut text: String, url: &Url) -> String {
     text
 }
 
-fn literal_ip(url: &Url) -> Option<IpAddr> {
-    match url.host()? {
-        Host::Ipv4(v4) => Some(IpAddr::V4(v4)),
-        Host::Ipv6(v6) => Some(IpAddr::V6(v6)),
-        Host::Domain(_) => None,
+fn policy(settings: &HttpSettings) -> Policy {
+    if settings.allow_private_addresses {
+        Policy::any()
+    } else {
+        Policy::public_only()
     }
 }
 

@@ -6,7 +6,6 @@
 mod email;
 mod http;
 mod payload;
-mod ssrf;
 mod webhook;
 
 use std::time::Duration;
@@ -14,7 +13,7 @@ use std::time::Duration;
 pub use email::{check_email, Mailer, SmtpSettings, SmtpTls};
 pub use http::{check_url, HttpSender, HttpSettings};
 pub use payload::{slack_payload, teams_payload};
-pub use ssrf::is_private_address;
+pub use opsconductor_egress::is_private_address;
 pub use webhook::{sign, webhook_headers, SigningKey};
 
 /// What one attempt came to. `error` and `status_text` never contain the destination URL, its

@@ -122,6 +122,8 @@ impl Sandbox {
             // Test sinks listen on loopback over plain HTTP; retries come quickly.
             ("NOTIFICATION_ALLOW_PLAIN_HTTP", "true".into()),
             ("NOTIFICATION_ALLOW_PRIVATE_ADDRESSES", "true".into()),
+            // http steps call test servers on loopback (attacks::http_egress turns this off).
+            ("EXECUTOR_HTTP_ALLOW_NETWORKS", "127.0.0.0/8,::1".into()),
             (
                 "NOTIFICATION_RETRY_DELAYS_MS",
                 crate::broker::NOTIFICATION_RETRY_DELAYS_MS.into(),

@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use opsconductor_api::jobs::v1::LogStream;
+use opsconductor_egress::{check_literal, is_refusal, GuardedResolver, Policy, Refused};
 use tokio::sync::watch;
 
 use crate::instance::Stop;
@@ -35,17 +36,35 @@ pub enum Outcome {
     Stopped(Stop),
 }
 
-pub fn client() -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
+/// The client http steps share, and where it may connect (`EXECUTOR_HTTP_ALLOW_NETWORKS`).
+pub struct Client {
+    inner: reqwest::Client,
+    policy: Policy,
+}
+
+pub fn client(policy: Policy) -> Result<Client, String> {
+    let inner = reqwest::Client::builder()
+        // A redirect could lead past the address checks to an internal host.
         .redirect(reqwest::redirect::Policy::none())
+        // A proxy from the environment would resolve names itself, past the guard.
+        .no_proxy()
+        .dns_resolver(std::sync::Arc::new(GuardedResolver {
+            policy: policy.clone(),
+        }))
         .connect_timeout(Duration::from_secs(10))
         .user_agent(concat!("opsconductor-executor/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| format!("the HTTP client cannot be built: {e}"))
+        .map_err(|e| format!("the HTTP client cannot be built: {e}"))?;
+    Ok(Client { inner, policy })
+}
+
+/// Why a request was not sent: the address, and the setting that would allow it.
+fn refused() -> String {
+    format!("{Refused}; EXECUTOR_HTTP_ALLOW_NETWORKS lists the networks steps may reach")
 }
 
 pub async fn run(
-    client: &reqwest::Client,
+    client: &Client,
     request: HttpRequest,
     log: &RunLog,
     origin: &Origin,
@@ -61,7 +80,7 @@ pub async fn run(
 }
 
 async fn send(
-    client: &reqwest::Client,
+    client: &Client,
     request: HttpRequest,
     log: &RunLog,
     origin: &Origin,
@@ -75,7 +94,11 @@ async fn send(
         Ok(url) => return Outcome::Failed(format!("{} URLs are not allowed", url.scheme())),
         Err(e) => return Outcome::Failed(format!("the URL is not valid: {e}")),
     };
-    let mut builder = client.request(method.clone(), url.clone());
+    // An address written in the URL never reaches the resolver: checked here.
+    if check_literal(&url, &client.policy).is_err() {
+        return Outcome::Failed(refused());
+    }
+    let mut builder = client.inner.request(method.clone(), url.clone());
     for (name, value) in &request.headers {
         builder = builder.header(name, value);
     }
@@ -85,6 +108,7 @@ async fn send(
     let started = Instant::now();
     let mut response = match builder.send().await {
         Ok(r) => r,
+        Err(e) if is_refusal(&e) => return Outcome::Failed(refused()),
         Err(e) => {
             return Outcome::Failed(format!("{method} {} failed: {}", redact(&url), cause(&e)))
         }

@@ -40,6 +40,8 @@ const SLOT_WAIT: Duration = Duration::from_secs(20);
 struct Settings {
     capacity: u32,
     user: Option<StepUser>,
+    /// Non-public networks http steps may reach (public addresses always).
+    http_networks: opsconductor_egress::Policy,
 }
 
 impl Settings {
@@ -65,7 +67,14 @@ impl Settings {
             ),
             (None, false) => None,
         };
-        Ok(Settings { capacity, user })
+        let networks = env.get("EXECUTOR_HTTP_ALLOW_NETWORKS").unwrap_or_default();
+        let http_networks = opsconductor_egress::Policy::parse(&networks)
+            .map_err(|e| ConfigError::invalid("EXECUTOR_HTTP_ALLOW_NETWORKS", &networks, e))?;
+        Ok(Settings {
+            capacity,
+            user,
+            http_networks,
+        })
     }
 }
 
@@ -103,7 +112,7 @@ impl ServiceModule for Executor {
             let runner = Arc::new(runner::Runner {
                 clients: context.clients().clone(),
                 instance: instance.clone(),
-                http: http::client().map_err(StartError::Service)?,
+                http: http::client(settings.http_networks.clone()).map_err(StartError::Service)?,
                 user: settings.user,
             });
             let requests = {

@@ -36,7 +36,7 @@ const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(10);
 pub struct Runner {
     pub clients: Arc<Clients>,
     pub instance: Arc<Instance>,
-    pub http: reqwest::Client,
+    pub http: http::Client,
     pub user: Option<StepUser>,
 }
 

@@ -29,6 +29,7 @@ use crate::support::{assert_code, count, drain_audit, list_targets, until_refuse
 mod backfill_budget;
 mod credential_scope;
 mod database_roles;
+mod http_egress;
 mod template_bombs;
 
 /// Publishes `message` as a plain AMQP client would: any account that may write to the

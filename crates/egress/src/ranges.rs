@@ -1,23 +1,8 @@
-//! Server-side request forgery defence: a destination configured by a user must not reach the
-//! platform's own network (cloud metadata endpoints, internal services, loopback).
+//! The address ranges outbound requests must not reach unless a policy allows them.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
-
-/// The error a refused destination carries; found again in the error chain to name the cause.
-#[derive(Debug)]
-pub(crate) struct PrivateAddress;
-
-impl std::fmt::Display for PrivateAddress {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("destination resolves to a private address")
-    }
-}
-
-impl std::error::Error for PrivateAddress {}
-
-/// Whether `ip` lies in a range a notification must not be sent to: loopback, private,
+/// Whether `ip` lies in a range an outbound request must not reach by default: loopback, private,
 /// link-local, unique-local, unspecified, multicast, broadcast/reserved, CGNAT, "this network",
 /// and the IPv6 forms that embed such an IPv4 address.
 pub fn is_private_address(ip: IpAddr) -> bool {
@@ -65,33 +50,6 @@ fn is_private_v6(ip: Ipv6Addr) -> bool {
     (mapped || compatible || nat64) && is_private_v4(embedded)
 }
 
-/// Resolves with the system resolver, then drops private addresses (unless allowed), so a public
-/// name pointed at an internal address is refused at connection time, after resolution, where a
-/// check of the name alone could be raced by DNS rebinding.
-pub(crate) struct GuardedResolver {
-    pub(crate) allow_private: bool,
-}
-
-impl Resolve for GuardedResolver {
-    fn resolve(&self, name: Name) -> Resolving {
-        let allow_private = self.allow_private;
-        let host = name.as_str().to_owned();
-        Box::pin(async move {
-            let resolved: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let kept: Vec<SocketAddr> = resolved
-                .iter()
-                .copied()
-                .filter(|a| allow_private || !is_private_address(a.ip()))
-                .collect();
-            if kept.is_empty() && !resolved.is_empty() {
-                return Err(Box::new(PrivateAddress) as Box<dyn std::error::Error + Send + Sync>);
-            }
-            let addrs: Addrs = Box::new(kept.into_iter());
-            Ok(addrs)
-        })
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -100,7 +58,6 @@ mod tests {
     fn private(s: &str) -> bool {
         is_private_address(s.parse().unwrap())
     }
-
     #[test]
     fn private_ranges_are_refused() {
         for ip in [
@@ -144,22 +101,4 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn resolver_filters_loopback_names() {
-        let name: Name = "localhost".parse().unwrap();
-        let refused = GuardedResolver {
-            allow_private: false,
-        }
-        .resolve("localhost".parse().unwrap())
-        .await;
-        let err = refused.err().expect("localhost must be refused");
-        assert!(err.to_string().contains("private address"));
-        let allowed = GuardedResolver {
-            allow_private: true,
-        }
-        .resolve(name)
-        .await
-        .expect("allowed");
-        assert!(allowed.count() > 0);
-    }
 }
