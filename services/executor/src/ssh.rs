@@ -41,6 +41,8 @@ pub struct SshCommand<'a> {
     pub username: &'a str,
     pub login: Login,
     pub command: &'a str,
+    /// `(name, value)` for each variable the command refers to (see [`wrap`]).
+    pub vars: &'a [(String, String)],
     pub timeout: Duration,
 }
 
@@ -74,13 +76,26 @@ impl client::Handler for Pinned {
 
 /// `command` wrapped for the remote shell: run in its own process group (job control on) with
 /// no input, while a watcher holds the channel's input and kills the group when it closes.
-pub fn wrap(command: &str) -> String {
+/// The template's values are assignments in front of the wrapper, in a fixed position the
+/// platform writes (`OPS_P_0='…' sh -c …`, each value single-quoted with `'` as `'\''`): the
+/// remote shell puts them in the environment of the command, which only refers to them.
+pub fn wrap(command: &str, vars: &[(String, String)]) -> String {
+    let mut assignments = String::new();
+    for (name, value) in vars {
+        // Names are the platform's own (OPS_P_<n>); anything else would be a bug, not input.
+        if name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            assignments.push_str(name);
+            assignments.push('=');
+            assignments.push_str(&shell_quote(value));
+            assignments.push(' ');
+        }
+    }
     let script = "set -m; exec 3<&0; sh -c \"$1\" </dev/null & child=$!; \
                   (while read -r _; do :; done; kill -TERM -$child 2>/dev/null; sleep 1; \
                   kill -KILL -$child 2>/dev/null) <&3 >/dev/null 2>&1 & exec 3<&-; \
                   wait $child";
     format!(
-        "sh -c {} opsconductor {}",
+        "{assignments}sh -c {} opsconductor {}",
         shell_quote(script),
         shell_quote(command)
     )
@@ -158,7 +173,7 @@ pub async fn run(
         .await
         .map_err(|e| format!("opening a session failed: {e}"))?;
     channel
-        .exec(true, wrap(command.command))
+        .exec(true, wrap(command.command, command.vars))
         .await
         .map_err(|e| format!("starting the command failed: {e}"))?;
     log.system(
@@ -250,11 +265,46 @@ mod tests {
         let command = "printf '%s|' \"a b\" 'c'\"'\"'d'; exit 7";
         let out = std::process::Command::new("/bin/sh")
             .arg("-c")
-            .arg(super::wrap(command))
+            .arg(super::wrap(command, &[]))
             .stdin(std::process::Stdio::null())
             .output()
             .unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout), "a b|c'd|");
         assert_eq!(out.status.code(), Some(7));
+    }
+
+    /// Values arrive as assignments the wrapper writes: whatever they hold, the command reads
+    /// them back exactly and nothing in them runs.
+    #[test]
+    fn values_travel_as_assignments_and_arrive_exactly() {
+        let dir = std::env::temp_dir().join(format!("oc-wrap-{}", std::process::id()));
+        let marker = dir.display().to_string();
+        let values = [
+            format!("'; touch {marker}; '"),
+            format!("$(touch {marker})\n`touch {marker}`"),
+            "\"'\\'\"".to_string(),
+            "-oProxyCommand=x".to_string(),
+            String::new(),
+        ];
+        for value in values {
+            let vars = vec![
+                ("OPS_P_0".to_string(), value.clone()),
+                ("OPS_P_1".to_string(), "second".to_string()),
+            ];
+            for shell in ["/bin/sh", "bash"] {
+                let out = std::process::Command::new(shell)
+                    .arg("-c")
+                    .arg(super::wrap(r#"printf '%s|%s' "${OPS_P_0}" "${OPS_P_1}""#, &vars))
+                    .stdin(std::process::Stdio::null())
+                    .output()
+                    .unwrap();
+                assert_eq!(
+                    String::from_utf8_lossy(&out.stdout),
+                    format!("{value}|second"),
+                    "{shell}"
+                );
+                assert!(!dir.exists(), "{shell}: {value:?} ran a command");
+            }
+        }
     }
 }
