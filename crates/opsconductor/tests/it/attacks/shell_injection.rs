@@ -132,7 +132,10 @@ async fn hostile_values_reach_shell_and_ssh_commands_byte_exact() {
     let templates = allowed_templates();
     let mut steps = Vec::new();
     for (i, (t, _)) in templates.iter().enumerate() {
-        steps.push(shell(&format!("local-{i}"), &crossed(t, &format!("l{i}"), values.len())));
+        steps.push(shell(
+            &format!("local-{i}"),
+            &crossed(t, &format!("l{i}"), values.len()),
+        ));
         steps.push(Step {
             name: format!("remote-{i}"),
             action: Some(step::Action::Ssh(SshStep {
@@ -221,10 +224,18 @@ async fn step_outputs_never_become_shell_syntax() {
         .collect();
     let run = s.jobs().start(&j.id, &given).await.unwrap();
     let (run, _) = s.jobs().finish(&run.id, LIMIT).await.unwrap();
-    assert_eq!(RunState::try_from(run.state), Ok(RunState::Succeeded), "{}", run.error);
+    assert_eq!(
+        RunState::try_from(run.state),
+        Ok(RunState::Succeeded),
+        "{}",
+        run.error
+    );
     let lines = s.jobs().log_text(&run.id).await.unwrap();
     for (k, value) in values.iter().enumerate() {
-        assert!(lines.contains(&format!("o-{k} {}  -", sha(value))), "{value:?}");
+        assert!(
+            lines.contains(&format!("o-{k} {}  -", sha(value))),
+            "{value:?}"
+        );
         assert!(lines.contains(&format!("q-{k} {}  -", sha(&format!("[{value}]")))));
     }
     assert!(!Path::new(&marker).exists(), "an output ran as a command");
@@ -332,7 +343,11 @@ async fn leading_dashes_and_nul_are_refused_at_start() {
         "-".to_string(),
         "a\0b".to_string(),
     ] {
-        let status = s.jobs().start(&j.id, &[("host", &value)]).await.unwrap_err();
+        let status = s
+            .jobs()
+            .start(&j.id, &[("host", &value)])
+            .await
+            .unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument);
         assert_violations(&status, &["parameters[host]"]);
     }
@@ -340,7 +355,10 @@ async fn leading_dashes_and_nul_are_refused_at_start() {
     // The author may allow options explicitly, or by a pattern that requires the dash.
     let mut opts = job(
         "with-options",
-        vec![shell("ls", "printf '%s|' {{ params.flag }} {{ params.mode }}")],
+        vec![shell(
+            "ls",
+            "printf '%s|' {{ params.flag }} {{ params.mode }}",
+        )],
     );
     opts.parameters = vec![
         ParameterSpec {
@@ -359,9 +377,84 @@ async fn leading_dashes_and_nul_are_refused_at_start() {
         .await
         .unwrap();
     let (run, _) = s.jobs().finish(&run.id, LIMIT).await.unwrap();
-    assert_eq!(RunState::try_from(run.state), Ok(RunState::Succeeded), "{}", run.error);
+    assert_eq!(
+        RunState::try_from(run.state),
+        Ok(RunState::Succeeded),
+        "{}",
+        run.error
+    );
     let lines = s.jobs().log_text(&run.id).await.unwrap();
     assert!(lines.contains(&"-l|--fast|".to_string()), "{lines:?}");
     assert!(!Path::new(&marker).exists());
+    s.stop().await;
+}
+
+/// Any local user can read every process's argv (`/proc/*/cmdline`): a value (a secret, say)
+/// must be in none of them while a step runs — not in the local shell's script, not in the
+/// SSH exec request or the remote shell's. A control process that does put the value in its
+/// argv shows the scan would see it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_are_in_no_process_argv() {
+    let s = Sandbox::start(StorageBackend::Sqlite).await;
+    let sshd = Sshd::start().await;
+    let key = credential(
+        &s,
+        "argv-key",
+        Material::SshKey(SshKeySecret {
+            private_key: sshd.private_key.clone(),
+            passphrase: String::new(),
+        }),
+    )
+    .await;
+    target(&s, "argv-host", sshd.port, &sshd.fingerprint, &key.id).await;
+    let scan = "sh -c 'sleep 3; :' control {{ params.token }} &\n\
+                sleep 0.5\n\
+                for f in /proc/[0-9]*/cmdline; do\n\
+                  tr '\\0' '\\n' < \"$f\" 2>/dev/null | while IFS= read -r line; do\n\
+                    case \"$line\" in *{{ params.token }}*) echo \"FOUND $f\";; esac\n\
+                  done\n\
+                done\n\
+                wait\n\
+                echo scanned";
+    let mut j = job(
+        "argv",
+        vec![
+            shell("local", scan),
+            Step {
+                name: "remote".into(),
+                action: Some(step::Action::Ssh(SshStep {
+                    command: scan.into(),
+                    credential_id: String::new(),
+                })),
+                ..Default::default()
+            },
+        ],
+    );
+    j.parameters = vec![string_param("token")];
+    j.targets = Some(TargetSelector {
+        names: vec!["argv-host".into()],
+        ..Default::default()
+    });
+    let j = s.jobs().create(j).await.unwrap();
+    let token = format!("tok-{}", uuid::Uuid::now_v7().simple());
+    let run = s.jobs().start(&j.id, &[("token", &token)]).await.unwrap();
+    let (run, _) = s.jobs().finish(&run.id, LIMIT).await.unwrap();
+    assert_eq!(
+        RunState::try_from(run.state),
+        Ok(RunState::Succeeded),
+        "{}",
+        run.error
+    );
+    let lines = s.jobs().log_text(&run.id).await.unwrap();
+    assert_eq!(
+        lines.iter().filter(|l| *l == "scanned").count(),
+        2,
+        "{lines:?}"
+    );
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("FOUND ")).count(),
+        2,
+        "only the two control processes hold the value in their argv: {lines:?}"
+    );
     s.stop().await;
 }
