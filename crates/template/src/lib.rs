@@ -408,10 +408,7 @@ mod tests {
         };
         let t = Template::parse("echo {{ params.x }}! \"<{{ params.x }}>\"").unwrap();
         let rendered = t.render_shell(&values).unwrap();
-        assert_eq!(
-            rendered.script,
-            r#"echo "${OPS_P_0}"! "<${OPS_P_1}>""#
-        );
+        assert_eq!(rendered.script, r#"echo "${OPS_P_0}"! "<${OPS_P_1}>""#);
         assert_eq!(
             rendered.vars,
             vec![
@@ -419,7 +416,10 @@ mod tests {
                 ("OPS_P_1".to_string(), "a'b $(id)".to_string())
             ]
         );
-        assert!(!format!("{rendered:?}").contains("$(id)"), "Debug shows no value");
+        assert!(
+            !format!("{rendered:?}").contains("$(id)"),
+            "Debug shows no value"
+        );
         let t = Template::parse("https://h/{{params.x}}").unwrap();
         assert_eq!(
             t.render(&values, Context::Url).unwrap(),

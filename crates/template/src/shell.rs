@@ -54,7 +54,10 @@ enum Kind {
     Eval,
     /// A shell or another interpreter (python, perl, awk, sed, …): `-c`/`-e` make the next word
     /// a script, else the first operand is one; holes only after that script.
-    Interp { expect_script: bool, script_done: bool },
+    Interp {
+        expect_script: bool,
+        script_done: bool,
+    },
     /// `su`/`runuser`/`flock`: the word after `-c`/`--command` is a script.
     DashC { expect_script: bool },
     /// Takes variable names (bash evaluates array subscripts in them).
@@ -62,9 +65,15 @@ enum Kind {
     /// `printf`: the word after `-v` is a name.
     Printf { expect_name: bool },
     /// `ssh`: options, a destination, then a remote command the remote shell parses again.
-    Ssh { expect_arg: Option<bool>, destination_seen: bool },
+    Ssh {
+        expect_arg: Option<bool>,
+        destination_seen: bool,
+    },
     /// Runs another command named by a later argument.
-    Wrapper { name: &'static str, expect_arg: bool },
+    Wrapper {
+        name: &'static str,
+        expect_arg: bool,
+    },
     /// `find`: data, until `-exec` (and kin) names a command.
     Find,
     /// Inside `[[ … ]]`.
@@ -85,17 +94,17 @@ fn classify(word: &str) -> Kind {
         "su" | "runuser" | "flock" => Kind::DashC {
             expect_script: false,
         },
-        "declare" | "typeset" | "local" | "export" | "readonly" | "read" | "unset"
-        | "mapfile" | "readarray" | "getopts" => Kind::Names,
+        "declare" | "typeset" | "local" | "export" | "readonly" | "read" | "unset" | "mapfile"
+        | "readarray" | "getopts" => Kind::Names,
         "printf" => Kind::Printf { expect_name: false },
         "find" => Kind::Find,
         "ssh" => Kind::Ssh {
             expect_arg: None,
             destination_seen: false,
         },
-        "sudo" | "doas" | "env" | "timeout" | "nohup" | "exec" | "command" | "builtin"
-        | "nice" | "ionice" | "setsid" | "stdbuf" | "xargs" | "time" | "chroot" | "taskset"
-        | "chrt" | "unshare" | "nsenter" | "setpriv" => Kind::Wrapper {
+        "sudo" | "doas" | "env" | "timeout" | "nohup" | "exec" | "command" | "builtin" | "nice"
+        | "ionice" | "setsid" | "stdbuf" | "xargs" | "time" | "chroot" | "taskset" | "chrt"
+        | "unshare" | "nsenter" | "setpriv" => Kind::Wrapper {
             name: WRAPPERS
                 .iter()
                 .find(|w| w.0 == base)
@@ -109,7 +118,10 @@ fn classify(word: &str) -> Kind {
 
 /// Wrappers and their options that take a value (so that value is not the wrapped command).
 const WRAPPERS: &[(&str, &[&str])] = &[
-    ("sudo", &["-u", "-g", "-h", "-p", "-C", "-D", "-r", "-t", "-U", "-T"]),
+    (
+        "sudo",
+        &["-u", "-g", "-h", "-p", "-C", "-D", "-r", "-t", "-U", "-T"],
+    ),
     ("doas", &["-u", "-C"]),
     ("env", &["-u", "-C", "--unset", "--chdir"]),
     ("timeout", &["-s", "-k", "--signal", "--kill-after"]),
@@ -118,7 +130,18 @@ const WRAPPERS: &[(&str, &[&str])] = &[
     ("stdbuf", &["-i", "-o", "-e"]),
     (
         "xargs",
-        &["-I", "-n", "-P", "-d", "-E", "-L", "-s", "-a", "--max-args", "--delimiter"],
+        &[
+            "-I",
+            "-n",
+            "-P",
+            "-d",
+            "-E",
+            "-L",
+            "-s",
+            "-a",
+            "--max-args",
+            "--delimiter",
+        ],
     ),
     ("nohup", &[]),
     ("exec", &["-a"]),
@@ -149,7 +172,9 @@ fn is_wrapper_operand(wrapper: &str, word: &str) -> bool {
         || (wrapper == "env" && word.contains('='))
         || (wrapper == "chroot" && word.starts_with('/'))
         || (wrapper == "taskset" || wrapper == "chrt")
-            && word.chars().all(|c| c.is_ascii_hexdigit() || c == 'x' || c == ',')
+            && word
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() || c == 'x' || c == ',')
         || (!word.is_empty()
             && word
                 .trim_end_matches(['s', 'm', 'h', 'd'])
@@ -240,7 +265,10 @@ impl Code {
         if self.redirect {
             return Placement::Word;
         }
-        if matches!(self.case.last(), Some(CaseState::Subject | CaseState::Pattern)) {
+        if matches!(
+            self.case.last(),
+            Some(CaseState::Subject | CaseState::Pattern)
+        ) {
             return Placement::Word;
         }
         if self.kind == Kind::DoubleBracket {
@@ -277,7 +305,10 @@ impl Code {
                 "the name after printf -v is evaluated by bash (array subscripts run commands)",
             ),
             Kind::Printf { .. } => Placement::Word,
-            Kind::Ssh { expect_arg, destination_seen } => {
+            Kind::Ssh {
+                expect_arg,
+                destination_seen,
+            } => {
                 if expect_arg == Some(true) || prefix.starts_with("-o") {
                     Placement::Refused("an ssh -o option can run commands (ProxyCommand)")
                 } else if expect_arg == Some(false) {
@@ -293,7 +324,9 @@ impl Code {
                     Placement::Word
                 }
             }
-            Kind::Wrapper { expect_arg: true, .. } => Placement::Word,
+            Kind::Wrapper {
+                expect_arg: true, ..
+            } => Placement::Word,
             Kind::Wrapper { .. } => Placement::Refused(
                 "an argument of a command wrapper (sudo, env, timeout, xargs, …) could be the \
                  command it runs",
@@ -730,8 +763,7 @@ pub(crate) fn place(toks: &[Tok]) -> Vec<Placement> {
                         let double = next == Some(Tok::Ch(';'));
                         let fall = next == Some(Tok::Ch('&'));
                         code.end_command();
-                        if (double || fall) && matches!(code.case.last(), Some(CaseState::Body))
-                        {
+                        if (double || fall) && matches!(code.case.last(), Some(CaseState::Body)) {
                             if let Some(state) = code.case.last_mut() {
                                 *state = CaseState::Pattern;
                             }
@@ -796,9 +828,11 @@ pub(crate) fn place(toks: &[Tok]) -> Vec<Placement> {
                     }
                     '<' | '>' => {
                         // `2>`: the digits were a file descriptor, not a word.
-                        if code.word.as_deref().is_some_and(|w| {
-                            !w.is_empty() && w.chars().all(|c| c.is_ascii_digit())
-                        }) && !code.word_has_hole
+                        if code
+                            .word
+                            .as_deref()
+                            .is_some_and(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_digit()))
+                            && !code.word_has_hole
                             && !code.word_quoted
                         {
                             code.word = None;

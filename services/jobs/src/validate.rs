@@ -551,7 +551,11 @@ mod tests {
         // A pattern that requires the dash is the author's consent; one that merely admits it
         // is not.
         assert!(value(&spec(ParameterType::String, "-[a-z]+", false), "-v").is_ok());
-        assert!(value(&spec(ParameterType::String, "(-v|--verbose)", false), "--verbose").is_ok());
+        assert!(value(
+            &spec(ParameterType::String, "(-v|--verbose)", false),
+            "--verbose"
+        )
+        .is_ok());
         assert!(value(&spec(ParameterType::String, ".*", false), "-v").is_err());
         assert!(value(&spec(ParameterType::String, "-?[a-z]+", false), "-v").is_err());
         assert!(value(&spec(ParameterType::String, "[-a-z]+", false), "-v").is_err());
@@ -561,7 +565,11 @@ mod tests {
     #[test]
     fn shell_holes_are_refused_with_the_byte() {
         let mut v = Violations::default();
-        shell_holes(&mut v, "job.steps[0].shell.command", "echo '{{ params.a }}'");
+        shell_holes(
+            &mut v,
+            "job.steps[0].shell.command",
+            "echo '{{ params.a }}'",
+        );
         let text = format!("{v:?}");
         assert!(text.contains("at byte 6"), "{text}");
         let mut v = Violations::default();

@@ -36,7 +36,10 @@ fn assert_allowed(source: &str) {
 #[test]
 fn bare_and_double_quoted_holes_render_as_references() {
     assert_eq!(placements("echo {{ params.a }}"), [Placement::Word]);
-    assert_eq!(placements("echo \"hi {{ params.a }}\""), [Placement::InString]);
+    assert_eq!(
+        placements("echo \"hi {{ params.a }}\""),
+        [Placement::InString]
+    );
     assert_eq!(
         placements("echo x{{ params.a }}y \"$(echo {{ params.a }})\""),
         [Placement::Word, Placement::Word]
@@ -137,7 +140,9 @@ fn command_position_backslashes_dollars_and_delimiters_are_refused() {
 #[test]
 fn case_patterns_match_the_value_literally() {
     assert_eq!(
-        placements("case {{ params.a }} in\n  {{ params.b }}|x) echo {{ params.a }};;\n  *) :;;\nesac"),
+        placements(
+            "case {{ params.a }} in\n  {{ params.b }}|x) echo {{ params.a }};;\n  *) :;;\nesac"
+        ),
         [Placement::Word, Placement::Word, Placement::Word]
     );
     // After esac, command position again.
@@ -155,7 +160,9 @@ fn redirections_comments_and_structure() {
     assert_allowed("echo hi # {{ params.a }} in a comment");
     assert_allowed("if [ -n {{ params.a }} ]; then echo {{ params.a }}; fi");
     assert_allowed("for x in {{ params.a }} b; do echo \"$x\"; done");
-    assert_allowed("while read -r l; do echo \"$l\" {{ params.a }}; done <<EOF\n{{ params.a }}\nEOF");
+    assert_allowed(
+        "while read -r l; do echo \"$l\" {{ params.a }}; done <<EOF\n{{ params.a }}\nEOF",
+    );
     assert_allowed("cat <<-EOF\n\t{{ params.a }}\n\tEOF\necho {{ params.a }}");
     assert_refused("cat <<A <<'B'\n{{ params.a }}\nA\n{{ params.a }}\nB");
     assert_allowed("cat <<A <<'B'\n{{ params.a }}\nA\nx\nB\necho {{ params.a }}");
@@ -174,7 +181,10 @@ fn refusals_name_the_byte_of_the_hole() {
         params: Some(&p),
         ..Values::default()
     };
-    assert!(matches!(t.render_shell(&values), Err(RenderError::Unsafe(_))));
+    assert!(matches!(
+        t.render_shell(&values),
+        Err(RenderError::Unsafe(_))
+    ));
 }
 
 fn params(v: &str) -> BTreeMap<String, String> {
@@ -235,8 +245,11 @@ fn hostile_values(marker: &Path) -> Vec<String> {
     values
 }
 
+/// What a command prints for a value.
+type Expect = fn(&str) -> String;
+
 /// Templates and what the command prints for a value (None: must be refused at save time).
-fn templates() -> Vec<(&'static str, Option<fn(&str) -> String>)> {
+fn templates() -> Vec<(&'static str, Option<Expect>)> {
     fn same(v: &str) -> String {
         v.to_string()
     }
@@ -292,7 +305,10 @@ fn hostile_values_never_run_under_dash_or_bash() {
                     ..Values::default()
                 };
                 let rendered = template.render_shell(&values).unwrap();
-                assert!(!rendered.script.contains("touch"), "the script holds no value");
+                assert!(
+                    !rendered.script.contains("touch"),
+                    "the script holds no value"
+                );
                 let out = Command::new(shell)
                     .arg("-c")
                     .arg(&rendered.script)
