@@ -60,8 +60,14 @@ enum Kind {
     },
     /// `su`/`runuser`/`flock`: the word after `-c`/`--command` is a script.
     DashC { expect_script: bool },
-    /// Takes variable names (bash evaluates array subscripts in them).
-    Names,
+    /// Takes variable names (bash evaluates array subscripts in them); `strict` after `-i`
+    /// (integer: values are arithmetic) or `-n` (nameref: values are names).
+    Names { strict: bool },
+    /// `test` / `[`: the word after `-v` or `-R` is a variable name bash evaluates.
+    Test { name_next: bool },
+    /// `scp` / `rsync`: a remote path (`host:path`) is parsed by the remote shell; `-e`,
+    /// `--rsh`, `-o`, `-S`, `-F`, `-J` name commands or ssh options.
+    Copy { option_next: bool },
     /// `printf`: the word after `-v` is a name.
     Printf { expect_name: bool },
     /// `ssh`: options, a destination, then a remote command the remote shell parses again.
@@ -95,7 +101,9 @@ fn classify(word: &str) -> Kind {
             expect_script: false,
         },
         "declare" | "typeset" | "local" | "export" | "readonly" | "read" | "unset" | "mapfile"
-        | "readarray" | "getopts" => Kind::Names,
+        | "readarray" | "getopts" => Kind::Names { strict: false },
+        "test" | "[" => Kind::Test { name_next: false },
+        "scp" | "rsync" => Kind::Copy { option_next: false },
         "printf" => Kind::Printf { expect_name: false },
         "find" => Kind::Find,
         "ssh" => Kind::Ssh {
@@ -227,6 +235,8 @@ struct Code {
     heredoc_word: Option<(bool, bool)>,
     pending: Vec<Heredoc>,
     case: Vec<CaseState>,
+    /// Variables declared integer (`declare -i n`): bash evaluates what is assigned to them.
+    integers: Vec<String>,
     /// The last word closed a compound command (`done`, `fi`, `esac`, `}`, `)`): a heredoc
     /// here is that command's input.
     closed: bool,
@@ -246,6 +256,7 @@ impl Code {
             heredoc_word: None,
             pending: Vec::new(),
             case: Vec::new(),
+            integers: Vec::new(),
             closed: false,
         }
     }
@@ -276,6 +287,11 @@ impl Code {
                 "inside [[ ]] a value can be evaluated as arithmetic; use [ ] (test)",
             );
         }
+        if is_assignment(&prefix) && self.integers.iter().any(|n| n == assigned_name(&prefix)) {
+            return Placement::Refused(
+                "the variable is declared integer (declare -i): bash evaluates what is assigned",
+            );
+        }
         if self.command_position {
             return if is_assignment(&prefix) {
                 Placement::Word
@@ -297,10 +313,29 @@ impl Code {
                 expect_script: true,
             } => Placement::Refused("the argument of -c is parsed as shell code"),
             Kind::DashC { .. } => Placement::Word,
-            Kind::Names if !prefix.contains('=') => Placement::Refused(
+            Kind::Names { strict: true } => Placement::Refused(
+                "with -i or -n, bash evaluates the value (arithmetic, or a name)",
+            ),
+            Kind::Names { .. } if !prefix.contains('=') => Placement::Refused(
                 "a variable name here is evaluated by bash (array subscripts run commands)",
             ),
-            Kind::Names => Placement::Word,
+            Kind::Names { .. } => Placement::Word,
+            Kind::Test { name_next: true } => Placement::Refused(
+                "the name after -v or -R is evaluated by bash (array subscripts run commands)",
+            ),
+            Kind::Test { .. } => Placement::Word,
+            Kind::Copy { option_next } if option_next || prefix.starts_with('-') => {
+                Placement::Refused("this option of scp or rsync names a command or ssh option")
+            }
+            // A word is a local path only if it starts with '/' or '.' (else a ':' in it, from
+            // the value or after it, makes it remote, which the remote shell parses again).
+            Kind::Copy { .. } if prefix.contains(':') || !prefix.starts_with(['/', '.']) => {
+                Placement::Refused(
+                    "scp and rsync parse a remote path (host:path) again in the remote shell; \
+                     give local paths as /… or ./…",
+                )
+            }
+            Kind::Copy { .. } => Placement::Word,
             Kind::Printf { expect_name: true } => Placement::Refused(
                 "the name after printf -v is evaluated by bash (array subscripts run commands)",
             ),
@@ -439,6 +474,19 @@ impl Code {
                 *expect_script = matches!(word, "-c" | "--command");
             }
             Kind::Printf { expect_name } => *expect_name = word == "-v",
+            Kind::Names { strict } => {
+                let option = (word.starts_with('-') || word.starts_with('+')) && word.len() > 1;
+                if option && literal && (word.contains('i') || word.contains('n')) {
+                    *strict = true;
+                } else if *strict && !option {
+                    let name = assigned_name(word).to_string();
+                    self.integers.push(name);
+                }
+            }
+            Kind::Test { name_next } => *name_next = matches!(word, "-v" | "-R"),
+            Kind::Copy { option_next } => {
+                *option_next = matches!(word, "-e" | "--rsh" | "-o" | "-S" | "-F" | "-J");
+            }
             Kind::Find if literal && matches!(word, "-exec" | "-execdir" | "-ok" | "-okdir") => {
                 self.kind = Kind::Wrapper {
                     name: "find",
@@ -516,6 +564,12 @@ fn is_reserved(word: &str) -> bool {
     )
 }
 
+/// The name an assignment word (or a bare name) sets: `n` of `n=1`, `n+=1`, `n[2]=1`, `n`.
+fn assigned_name(word: &str) -> &str {
+    let name = word.split(['=', '[']).next().unwrap_or(word);
+    name.strip_suffix('+').unwrap_or(name)
+}
+
 /// `NAME=…` (the name part of the word so far).
 fn is_assignment(word: &str) -> bool {
     match word.split_once('=') {
@@ -543,6 +597,8 @@ enum Frame {
     Arith(usize),
     /// `${ … }`: braces open inside.
     Brace(usize),
+    /// bash's `$[ … ]` arithmetic: brackets open inside.
+    Bracket(usize),
 }
 
 /// Where each hole of `toks` sits, in order.
@@ -671,6 +727,20 @@ pub(crate) fn place(toks: &[Tok]) -> Vec<Placement> {
                 }
                 i += 1;
             }
+            Frame::Bracket(depth) => {
+                match toks[i] {
+                    Tok::Hole => out.push(Placement::Refused(
+                        "inside $[ ] a value is evaluated as arithmetic",
+                    )),
+                    Tok::Ch('[') => *depth += 1,
+                    Tok::Ch(']') if *depth > 0 => *depth -= 1,
+                    Tok::Ch(']') => {
+                        stack.pop();
+                    }
+                    Tok::Ch(_) => {}
+                }
+                i += 1;
+            }
             Frame::Brace(depth) => {
                 match toks[i] {
                     Tok::Hole => out.push(Placement::Refused(
@@ -695,6 +765,14 @@ pub(crate) fn place(toks: &[Tok]) -> Vec<Placement> {
                     }
                     Tok::Ch(c) => c,
                 };
+                if code.kind == Kind::DoubleBracket
+                    && matches!(c, '&' | '|' | '(' | ')' | '<' | '>')
+                {
+                    // Inside [[ ]] these are operators of the test, not of the command line.
+                    code.word_mut().push(c);
+                    i += 1;
+                    continue;
+                }
                 match c {
                     ' ' | '\t' => code.end_word(),
                     '\n' => {
@@ -790,10 +868,8 @@ pub(crate) fn place(toks: &[Tok]) -> Vec<Placement> {
                         }
                     }
                     '(' => {
-                        if code.command_position
-                            && code.word.is_none()
-                            && next == Some(Tok::Ch('('))
-                        {
+                        // `(( … ))` and `for (( … ))`: arithmetic.
+                        if code.word.is_none() && next == Some(Tok::Ch('(')) {
                             stack.push(Frame::Arith(0));
                             i += 2;
                             continue;
@@ -865,7 +941,8 @@ pub(crate) fn place(toks: &[Tok]) -> Vec<Placement> {
                         } else if next == Some(Tok::Ch('(')) {
                             // `<( … )`: process substitution, shell code.
                             i += 1;
-                            stack.push(Frame::Code(Code::new(true)));
+                            let code = nested_code(&stack);
+                            stack.push(Frame::Code(code));
                         } else {
                             if matches!(next, Some(Tok::Ch('>' | '&' | '|'))) {
                                 i += 1;
@@ -880,6 +957,18 @@ pub(crate) fn place(toks: &[Tok]) -> Vec<Placement> {
         }
     }
     out
+}
+
+/// Shell code nested in the innermost code around it (`$( … )`), which knows its integers.
+fn nested_code(stack: &[Frame]) -> Code {
+    let mut code = Code::new(true);
+    if let Some(outer) = stack.iter().rev().find_map(|f| match f {
+        Frame::Code(c) => Some(c),
+        _ => None,
+    }) {
+        code.integers = outer.integers.clone();
+    }
+    code
 }
 
 /// After a newline in shell code: starts the first pending heredoc body, if any.
@@ -908,11 +997,16 @@ fn dollar(stack: &mut Vec<Frame>, toks: &[Tok], out: &mut Vec<Placement>) -> usi
             2
         }
         (Some(Tok::Ch('(')), _) => {
-            stack.push(Frame::Code(Code::new(true)));
+            let code = nested_code(stack);
+            stack.push(Frame::Code(code));
             1
         }
         (Some(Tok::Ch('{')), _) => {
             stack.push(Frame::Brace(0));
+            1
+        }
+        (Some(Tok::Ch('[')), _) => {
+            stack.push(Frame::Bracket(0));
             1
         }
         (Some(Tok::Ch('\'')), _) if matches!(stack.last(), Some(Frame::Code(_))) => {

@@ -98,6 +98,28 @@ fn contexts_that_parse_again_are_refused() {
     assert_refused("printf -v {{ params.a }} %s x");
     assert_refused("sh <<EOF\necho {{ params.a }}\nEOF");
     assert_refused("ssh host <<EOF\necho {{ params.a }}\nEOF");
+    // bash evaluates these as arithmetic or as names with subscripts (verified: each ran
+    // `touch` with a value such as `a[$(touch x)]`).
+    assert_refused("arr[{{ params.a }}]=1");
+    assert_refused("[ -v {{ params.a }} ]");
+    assert_refused("test -R \"{{ params.a }}\"");
+    assert_refused("declare -i n={{ params.a }}");
+    assert_refused("local -n ref={{ params.a }}");
+    assert_refused("declare -i n; n={{ params.a }}");
+    assert_refused("typeset -i n\necho \"$(n={{ params.a }})\"");
+    assert_refused("echo $[ {{ params.a }} + 1 ]");
+    assert_refused("for (( i = 0; i < {{ params.a }}; i++ )); do :; done");
+    assert_refused("[[ -n x && {{ params.a }} -eq 1 ]]");
+    assert_refused("[[ -n x || ( {{ params.a }} -eq 1 ) ]]");
+    assert_refused("scp {{ params.a }}:/etc/x .");
+    assert_refused("scp host:{{ params.a }} .");
+    assert_refused("rsync -e {{ params.a }} src host:dst");
+    assert_refused("scp -o {{ params.a }} f host:");
+    assert_refused("scp {{ params.a }} host:/tmp/");
+    assert_allowed("scp ./{{ params.a }} /srv/{{ params.a }} host:/tmp/");
+    assert_allowed("[[ -n x ]] && echo {{ params.a }}");
+    assert_allowed("[ {{ params.a }} = x ] && echo {{ params.a }}");
+    assert_allowed("declare -i n=1; m={{ params.a }}; echo \"$m\"");
     // And in a $( ) the same rules hold.
     assert_refused("echo \"$(eval {{ params.a }})\"");
     // Passing values as arguments after a script is the safe way.
@@ -277,6 +299,10 @@ fn templates() -> Vec<(&'static str, Option<Expect>)> {
         ("if [ -n {{ params.v }} ] || true; then printf '%s' \"{{ params.v }}\"; fi", Some(same)),
         ("printf '%s' {{ params.v }} # {{ params.v }}", Some(same)),
         ("printf '%s' ${x:-{{ params.v }}}", None),
+        ("arr[{{ params.v }}]=1", None),
+        ("[ -v {{ params.v }} ]", None),
+        ("declare -i n={{ params.v }}", None),
+        ("echo $[ {{ params.v }} ]", None),
         ("printf '%s' {{ params.v }} > out; cat out", Some(same)),
     ]
 }

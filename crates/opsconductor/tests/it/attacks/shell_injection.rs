@@ -85,6 +85,10 @@ const REFUSED: &[&str] = &[
     "ssh host echo {{ params.v }}",
     "{{ params.v }} --version",
     "declare {{ params.v }}=1",
+    "arr[{{ params.v }}]=1",
+    "[ -v {{ params.v }} ]",
+    "declare -i n; n={{ params.v }}",
+    "scp host:{{ params.v }} .",
 ];
 
 fn sha(bytes: &str) -> String {
