@@ -235,6 +235,10 @@ struct Code {
     heredoc_word: Option<(bool, bool)>,
     pending: Vec<Heredoc>,
     case: Vec<CaseState>,
+    /// The current command's input is a pipe.
+    after_pipe: bool,
+    /// Some command reads its script from a pipe (`echo … | sh`).
+    pipes_into_code: bool,
     /// Variables declared integer (`declare -i n`): bash evaluates what is assigned to them.
     integers: Vec<String>,
     /// The last word closed a compound command (`done`, `fi`, `esac`, `}`, `)`): a heredoc
@@ -257,6 +261,8 @@ impl Code {
             pending: Vec::new(),
             case: Vec::new(),
             integers: Vec::new(),
+            after_pipe: false,
+            pipes_into_code: false,
             closed: false,
         }
     }
@@ -534,6 +540,19 @@ impl Code {
     /// An operator that ends a simple command (`;`, `&`, `|`, `&&`, `||`, newline).
     fn end_command(&mut self) {
         self.end_word();
+        // `… | sh`: a shell reading its script from the pipe runs what the pipeline printed.
+        if self.after_pipe
+            && matches!(
+                self.kind,
+                Kind::Interp {
+                    script_done: false,
+                    ..
+                }
+            )
+        {
+            self.pipes_into_code = true;
+        }
+        self.after_pipe = false;
         self.command_position = true;
         self.kind = Kind::Plain;
         self.redirect = false;
@@ -608,6 +627,7 @@ pub(crate) fn place(toks: &[Tok]) -> Vec<Placement> {
     let mut i = 0;
     // At the start of a line of a heredoc body (the delimiter is checked there).
     let mut line_start = false;
+    let mut piped_code = false;
     while i < toks.len() {
         let next = toks.get(i + 1).copied();
         let Some(frame) = stack.last_mut() else {
@@ -864,6 +884,8 @@ pub(crate) fn place(toks: &[Tok]) -> Vec<Placement> {
                             code.end_command();
                             if next == Some(Tok::Ch(c)) {
                                 i += 1;
+                            } else if c == '|' {
+                                code.after_pipe = true;
                             }
                         }
                     }
@@ -896,7 +918,8 @@ pub(crate) fn place(toks: &[Tok]) -> Vec<Placement> {
                             code.command_position = false;
                             code.closed = true;
                         } else if code.nested {
-                            code.end_word();
+                            code.end_command();
+                            piped_code |= code.pipes_into_code;
                             stack.pop();
                         } else {
                             code.end_command();
@@ -954,6 +977,21 @@ pub(crate) fn place(toks: &[Tok]) -> Vec<Placement> {
                 }
                 i += 1;
             }
+        }
+    }
+    for frame in &mut stack {
+        if let Frame::Code(code) = frame {
+            code.end_command();
+            piped_code |= code.pipes_into_code;
+        }
+    }
+    if piped_code {
+        // Which hole's text reaches that shell is not for a lexer to tell: none may be used.
+        for placement in &mut out {
+            *placement = Placement::Refused(
+                "the command pipes into a shell or interpreter (… | sh), which would run what a \
+                 value makes the pipeline print",
+            );
         }
     }
     out

@@ -120,6 +120,11 @@ fn contexts_that_parse_again_are_refused() {
     assert_allowed("[[ -n x ]] && echo {{ params.a }}");
     assert_allowed("[ {{ params.a }} = x ] && echo {{ params.a }}");
     assert_allowed("declare -i n=1; m={{ params.a }}; echo \"$m\"");
+    assert_refused("echo {{ params.a }} | sh");
+    assert_refused("echo ok {{ params.a }}; printf '%s' x | bash -s");
+    assert_refused("echo \"$(printf '%s' {{ params.a }} | python3)\"");
+    assert_allowed("echo {{ params.a }} | sh -c 'cat'");
+    assert_allowed("echo {{ params.a }} | grep x || sh script.sh");
     // And in a $( ) the same rules hold.
     assert_refused("echo \"$(eval {{ params.a }})\"");
     // Passing values as arguments after a script is the safe way.
