@@ -987,12 +987,10 @@ pub(crate) fn place(toks: &[Tok]) -> Vec<Placement> {
     }
     if piped_code {
         // Which hole's text reaches that shell is not for a lexer to tell: none may be used.
-        for placement in &mut out {
-            *placement = Placement::Refused(
-                "the command pipes into a shell or interpreter (… | sh), which would run what a \
-                 value makes the pipeline print",
-            );
-        }
+        out.fill(Placement::Refused(
+            "the command pipes into a shell or interpreter (… | sh), which would run what a \
+             value makes the pipeline print",
+        ));
     }
     out
 }
