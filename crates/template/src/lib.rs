@@ -4,22 +4,24 @@
 //! trimmed) and `steps.<step>.json.<path>` (a field of that output read as JSON, e.g.
 //! `steps.build.json.image.tag` or `steps.list.json.items.0.id`).
 //! Templates are parsed when a job is saved (an unknown reference is a field violation then,
-//! not a failed run later) and rendered by the executor in a [`Context`] that decides how a
-//! value is escaped: one shell-quoted word in a command, percent-encoded in a URL, as is in a
-//! header or body. A value is data in every context: it can never close a quote, start a
-//! command substitution or add a path segment.
+//! not a failed run later). Shell and ssh commands never carry a value in their text: each
+//! hole renders to a reference to a variable (`"${OPS_P_0}"`) and the values travel beside the
+//! script ([`Template::render_shell`]); the [`shell`] lexer refuses, at save time, holes where
+//! such a reference would not expand or would be parsed again. Other templates are rendered
+//! in a [`Context`] that decides how a value is escaped: percent-encoded in a URL, as is in a
+//! header or body.
 
 mod escape;
+pub mod shell;
 
 use std::collections::BTreeMap;
 
 pub use escape::{percent_encode, shell_quote};
+pub use shell::Placement;
 
-/// Where a rendered template goes, which decides how values are escaped.
+/// Where a rendered (non-shell) template goes, which decides how values are escaped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Context {
-    /// A `/bin/sh -c` command (local or over SSH): each value is one single-quoted word.
-    Shell,
     /// A URL: each value is percent-encoded (every byte but the unreserved ones).
     Url,
     /// Headers, bodies, environment values: the value as it is.
@@ -53,7 +55,8 @@ pub enum Reference {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Part {
     Literal(String),
-    Hole(Reference),
+    /// A reference and the byte offset of its `{{` in the source.
+    Hole(Reference, usize),
 }
 
 /// A parsed template.
@@ -81,6 +84,42 @@ pub enum RenderError {
     NoOutput(String),
     #[error("the output of step {0:?} has no JSON field {1:?}")]
     NoField(String, String),
+    #[error("{0}")]
+    Unsafe(UnsafeHole),
+    #[error("{0} holds a NUL byte, which no command can receive")]
+    Nul(String),
+    #[error(
+        "the output of step {0:?} starts with '-', which a command could take for an option: \
+         refusing to pass it on"
+    )]
+    LeadingDash(String),
+}
+
+/// A hole where a shell would not expand a reference, or would parse the value again.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("at byte {offset}: a value cannot go here: {reason}")]
+pub struct UnsafeHole {
+    pub offset: usize,
+    pub reason: &'static str,
+}
+
+/// A shell command whose values are not in its text: `script` refers to them as
+/// `${OPS_P_<n>}` and `vars` holds `(OPS_P_<n>, value)` for each hole, in order.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ShellScript {
+    pub script: String,
+    pub vars: Vec<(String, String)>,
+}
+
+/// The values may be secrets: Debug shows the script and the variables' names only.
+impl std::fmt::Debug for ShellScript {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.vars.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("ShellScript")
+            .field("script", &self.script)
+            .field("vars", &names)
+            .finish()
+    }
 }
 
 /// Earlier steps' outputs, as a rendering sees them (on its target).
@@ -128,7 +167,7 @@ impl Template {
                     offset: offset + open,
                     message,
                 })?;
-            parts.push(Part::Hole(reference));
+            parts.push(Part::Hole(reference, offset + open));
             let consumed = open + 2 + close + 2;
             rest = &rest[consumed..];
             offset += consumed;
@@ -148,7 +187,7 @@ impl Template {
     /// Every reference, in order.
     pub fn references(&self) -> impl Iterator<Item = &Reference> {
         self.parts.iter().filter_map(|p| match p {
-            Part::Hole(r) => Some(r),
+            Part::Hole(r, _) => Some(r),
             Part::Literal(_) => None,
         })
     }
@@ -158,15 +197,85 @@ impl Template {
         self.references().any(|r| matches!(r, Reference::Target(_)))
     }
 
+    /// Where each hole sits if the template is a shell command (see [`shell`]).
+    pub fn shell_placements(&self) -> Vec<(usize, Placement)> {
+        let mut toks = Vec::new();
+        let mut offsets = Vec::new();
+        for part in &self.parts {
+            match part {
+                Part::Literal(text) => toks.extend(text.chars().map(shell::Tok::Ch)),
+                Part::Hole(_, offset) => {
+                    toks.push(shell::Tok::Hole);
+                    offsets.push(*offset);
+                }
+            }
+        }
+        offsets.into_iter().zip(shell::place(&toks)).collect()
+    }
+
+    /// Ok when every hole may be used in a shell command (checked when a job is saved).
+    pub fn check_shell(&self) -> Result<(), UnsafeHole> {
+        for (offset, placement) in self.shell_placements() {
+            if let Placement::Refused(reason) = placement {
+                return Err(UnsafeHole { offset, reason });
+            }
+        }
+        Ok(())
+    }
+
+    /// The template as a shell command whose values are not in its text: each hole is a
+    /// reference to a variable (quoted as its place needs), and the values come back beside
+    /// it for the caller to hand over out of band (the environment, or assignments it writes).
+    /// Refuses the template if any hole is unsafe (jobs saved before the check existed), a
+    /// value holds NUL, or a step's output starts with `-`.
+    pub fn render_shell(&self, values: &Values<'_>) -> Result<ShellScript, RenderError> {
+        let placements = self.shell_placements();
+        let mut script = String::new();
+        let mut vars = Vec::new();
+        let mut holes = placements.into_iter();
+        for part in &self.parts {
+            match part {
+                Part::Literal(text) => script.push_str(text),
+                Part::Hole(reference, offset) => {
+                    let placement = holes
+                        .next()
+                        .map(|(_, p)| p)
+                        .unwrap_or(Placement::Refused("the lexer lost track of this hole"));
+                    let name = format!("OPS_P_{}", vars.len());
+                    match placement {
+                        Placement::Word => script.push_str(&format!("\"${{{name}}}\"")),
+                        Placement::InString => script.push_str(&format!("${{{name}}}")),
+                        Placement::Refused(reason) => {
+                            return Err(RenderError::Unsafe(UnsafeHole {
+                                offset: *offset,
+                                reason,
+                            }))
+                        }
+                    }
+                    let value = lookup(reference, values)?;
+                    if value.contains('\0') {
+                        return Err(RenderError::Nul(describe(reference)));
+                    }
+                    if let Reference::Step { step, .. } = reference {
+                        if value.starts_with('-') {
+                            return Err(RenderError::LeadingDash(step.clone()));
+                        }
+                    }
+                    vars.push((name, value));
+                }
+            }
+        }
+        Ok(ShellScript { script, vars })
+    }
+
     pub fn render(&self, values: &Values<'_>, context: Context) -> Result<String, RenderError> {
         let mut out = String::new();
         for part in &self.parts {
             match part {
                 Part::Literal(text) => out.push_str(text),
-                Part::Hole(reference) => {
+                Part::Hole(reference, _) => {
                     let value = lookup(reference, values)?;
                     match context {
-                        Context::Shell => out.push_str(&shell_quote(&value)),
                         Context::Url => out.push_str(&percent_encode(&value)),
                         Context::Text => out.push_str(&value),
                     }
@@ -174,6 +283,17 @@ impl Template {
             }
         }
         Ok(out)
+    }
+}
+
+/// A reference as people write it, for errors.
+fn describe(reference: &Reference) -> String {
+    match reference {
+        Reference::Param(name) => format!("parameter {name:?}"),
+        Reference::Step { step, .. } => format!("the output of step {step:?}"),
+        Reference::Target(_) => "the target".into(),
+        Reference::RunId | Reference::RunAttempt => "the run".into(),
+        Reference::JobName => "the job name".into(),
     }
 }
 
@@ -286,10 +406,19 @@ mod tests {
             params: Some(&p),
             ..Values::default()
         };
-        let t = Template::parse("echo {{ params.x }}!").unwrap();
+        let t = Template::parse("echo {{ params.x }}! \"<{{ params.x }}>\"").unwrap();
+        let rendered = t.render_shell(&values).unwrap();
+        assert_eq!(rendered.script, r#"echo "${OPS_P_0}"! "<${OPS_P_1}>""#);
         assert_eq!(
-            t.render(&values, Context::Shell).unwrap(),
-            r#"echo 'a'\''b $(id)'!"#
+            rendered.vars,
+            vec![
+                ("OPS_P_0".to_string(), "a'b $(id)".to_string()),
+                ("OPS_P_1".to_string(), "a'b $(id)".to_string())
+            ]
+        );
+        assert!(
+            !format!("{rendered:?}").contains("$(id)"),
+            "Debug shows no value"
         );
         let t = Template::parse("https://h/{{params.x}}").unwrap();
         assert_eq!(
@@ -325,10 +454,10 @@ mod tests {
         };
         let t =
             Template::parse("deploy {{ steps.build.output }} {{steps.build.json.tag}}").unwrap();
-        assert_eq!(
-            t.render(&values, Context::Shell).unwrap(),
-            "deploy 'v1; rm -rf /' '1.2'"
-        );
+        let rendered = t.render_shell(&values).unwrap();
+        assert_eq!(rendered.script, r#"deploy "${OPS_P_0}" "${OPS_P_1}""#);
+        assert_eq!(rendered.vars[0].1, "v1; rm -rf /");
+        assert_eq!(rendered.vars[1].1, "1.2");
         assert!(Template::parse("{{ steps.build }}").is_err());
         assert!(Template::parse("{{ steps.build.json }}").is_err());
         assert!(Template::parse("{{ steps.build.json.a..b }}").is_err());

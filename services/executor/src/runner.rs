@@ -19,7 +19,9 @@ use opsconductor_messaging::HandleError;
 use opsconductor_platform::client::Clients;
 use opsconductor_platform::time::{now_micros, to_std_duration, to_timestamp};
 use opsconductor_platform::ApiError;
-use opsconductor_template::{Context, RenderError, StepOutputs, TargetValues, Template, Values};
+use opsconductor_template::{
+    Context, RenderError, ShellScript, StepOutputs, TargetValues, Template, Values,
+};
 use tokio::sync::{watch, OwnedSemaphorePermit};
 use tonic::{Code, Status};
 use tracing::Instrument;
@@ -649,9 +651,16 @@ impl Runner {
                 .render(&values, context)
                 .map_err(|e| e.to_string())
         };
+        let render_shell = |source: &str| -> Result<ShellScript, String> {
+            Template::parse(source)
+                .map_err(|e| format!("template error {e}"))?
+                .render_shell(&values)
+                .map_err(|e| e.to_string())
+        };
         match &step.action {
             Some(step::Action::Shell(shell)) => {
-                let script = match render(&shell.command, Context::Shell) {
+                // The values go in the environment; the script only refers to them.
+                let rendered = match render_shell(&shell.command) {
                     Ok(s) => s,
                     Err(e) => return Ended::failed(e),
                 };
@@ -662,8 +671,9 @@ impl Runner {
                         Err(e) => return Ended::failed(e),
                     }
                 }
+                env.extend(rendered.vars);
                 let command = ShellCommand {
-                    script: &script,
+                    script: &rendered.script,
                     env,
                     timeout,
                     user: self.user.as_ref(),
@@ -723,7 +733,8 @@ impl Runner {
                 let Some(target) = target else {
                     return Ended::failed("an ssh step needs a target".into());
                 };
-                let command = match render(&ssh.command, Context::Shell) {
+                // The values travel as assignments the wrapper writes, never in the command.
+                let rendered = match render_shell(&ssh.command) {
                     Ok(c) => c,
                     Err(e) => return Ended::failed(e),
                 };
@@ -737,7 +748,8 @@ impl Runner {
                     fingerprint: &access.fingerprint,
                     username: &access.username,
                     login: access.login,
-                    command: &command,
+                    command: &rendered.script,
+                    vars: &rendered.vars,
                     timeout,
                 };
                 match crate::ssh::run(command, &execution.log, origin, stop).await {

@@ -41,6 +41,8 @@ pub struct SshCommand<'a> {
     pub username: &'a str,
     pub login: Login,
     pub command: &'a str,
+    /// `(name, value)` for each variable the command refers to (see [`wrap`]).
+    pub vars: &'a [(String, String)],
     pub timeout: Duration,
 }
 
@@ -72,18 +74,48 @@ impl client::Handler for Pinned {
     }
 }
 
+/// What goes to the remote side for a command: the exec request, and the bytes sent first on
+/// the channel's input.
+pub struct Wrapped {
+    pub exec: String,
+    pub input: Vec<u8>,
+}
+
 /// `command` wrapped for the remote shell: run in its own process group (job control on) with
 /// no input, while a watcher holds the channel's input and kills the group when it closes.
-pub fn wrap(command: &str) -> String {
-    let script = "set -m; exec 3<&0; sh -c \"$1\" </dev/null & child=$!; \
+/// The template's values never appear in the exec request (nor so in any remote process's
+/// argv): they are `export OPS_P_n='…'` lines the platform writes (each value single-quoted,
+/// `'` as `'\''`) and sends first on the channel's input; the wrapper reads exactly that many
+/// bytes (its count is the only thing in the request) and evaluates them, so the command,
+/// which only refers to the variables, finds them in its environment.
+pub fn wrap(command: &str, vars: &[(String, String)]) -> Wrapped {
+    let mut assignments = String::new();
+    for (name, value) in vars {
+        // Names are the platform's own (OPS_P_<n>); anything else would be a bug, not input.
+        if name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            assignments.push_str("export ");
+            assignments.push_str(name);
+            assignments.push('=');
+            assignments.push_str(&shell_quote(value));
+            assignments.push('\n');
+        }
+    }
+    let script = "set -m; if [ \"$2\" -gt 0 ]; then \
+                  ops_vars=$(dd bs=1 count=\"$2\" 2>/dev/null) || exit 125; \
+                  eval \"$ops_vars\"; unset ops_vars; fi; \
+                  exec 3<&0; sh -c \"$1\" </dev/null & child=$!; \
                   (while read -r _; do :; done; kill -TERM -$child 2>/dev/null; sleep 1; \
                   kill -KILL -$child 2>/dev/null) <&3 >/dev/null 2>&1 & exec 3<&-; \
                   wait $child";
-    format!(
-        "sh -c {} opsconductor {}",
-        shell_quote(script),
-        shell_quote(command)
-    )
+    Wrapped {
+        exec: format!(
+            "sh -c {} opsconductor {} {}",
+            shell_quote(script),
+            shell_quote(command),
+            assignments.len()
+        ),
+        input: assignments.into_bytes(),
+    }
 }
 
 pub async fn run(
@@ -157,10 +189,17 @@ pub async fn run(
         .channel_open_session()
         .await
         .map_err(|e| format!("opening a session failed: {e}"))?;
+    let wrapped = wrap(command.command, command.vars);
     channel
-        .exec(true, wrap(command.command))
+        .exec(true, wrapped.exec)
         .await
         .map_err(|e| format!("starting the command failed: {e}"))?;
+    if !wrapped.input.is_empty() {
+        channel
+            .data(&wrapped.input[..])
+            .await
+            .map_err(|e| format!("sending the command's values failed: {e}"))?;
+    }
     log.system(
         origin,
         format!(
@@ -250,11 +289,64 @@ mod tests {
         let command = "printf '%s|' \"a b\" 'c'\"'\"'d'; exit 7";
         let out = std::process::Command::new("/bin/sh")
             .arg("-c")
-            .arg(super::wrap(command))
+            .arg(super::wrap(command, &[]).exec)
             .stdin(std::process::Stdio::null())
             .output()
             .unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout), "a b|c'd|");
         assert_eq!(out.status.code(), Some(7));
+    }
+
+    /// Values arrive on the input, as assignments the platform writes: whatever they hold, the
+    /// command reads them back exactly, nothing in them runs, and none is in the exec request.
+    #[test]
+    fn values_travel_on_the_input_and_arrive_exactly() {
+        use std::io::{Read, Write};
+        let dir = std::env::temp_dir().join(format!("oc-wrap-{}", std::process::id()));
+        let marker = dir.display().to_string();
+        let values = [
+            format!("'; touch {marker}; '"),
+            format!("$(touch {marker})\n`touch {marker}`\n\n"),
+            "\"'\\'\"".to_string(),
+            "-oProxyCommand=x".to_string(),
+            "x".repeat(100_000),
+            String::new(),
+        ];
+        for value in values {
+            let vars = vec![
+                ("OPS_P_0".to_string(), value.clone()),
+                ("OPS_P_1".to_string(), "second".to_string()),
+            ];
+            let wrapped = super::wrap(r#"printf '%s|%s' "${OPS_P_0}" "${OPS_P_1}""#, &vars);
+            assert!(!wrapped.exec.contains("second"), "no value in the request");
+            // The remote login shell may be dash or bash.
+            for shell in ["/bin/sh", "bash"] {
+                let mut child = std::process::Command::new(shell)
+                    .arg("-c")
+                    .arg(&wrapped.exec)
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                // Like the channel: the values, then the input stays open while it runs.
+                let mut input = child.stdin.take().unwrap();
+                input.write_all(&wrapped.input).unwrap();
+                let mut out = String::new();
+                child
+                    .stdout
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut out)
+                    .unwrap();
+                drop(input);
+                child.wait().unwrap();
+                assert!(
+                    out == format!("{value}|second"),
+                    "{shell}: {:?}",
+                    out.get(..80)
+                );
+                assert!(!dir.exists(), "{shell}: {value:?} ran a command");
+            }
+        }
     }
 }

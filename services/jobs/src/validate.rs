@@ -299,7 +299,19 @@ pub fn value(spec: &ParameterSpec, value: &str) -> Result<(), String> {
     if value.contains('\0') {
         return Err("must not contain NUL".into());
     }
-    match ParameterType::try_from(spec.r#type).unwrap_or(ParameterType::Unspecified) {
+    let kind = ParameterType::try_from(spec.r#type).unwrap_or(ParameterType::Unspecified);
+    if value.starts_with('-')
+        && matches!(kind, ParameterType::String | ParameterType::Int)
+        && !spec.allow_leading_dash
+        && !requires_leading_dash(&spec.pattern)
+    {
+        return Err(
+            "must not start with '-' (a command could take it for an option); the parameter \
+             allows it only with allow_leading_dash or a pattern that requires the dash"
+                .into(),
+        );
+    }
+    match kind {
         ParameterType::Int => {
             let n: i64 = value
                 .parse()
@@ -337,6 +349,24 @@ pub fn value(spec: &ParameterSpec, value: &str) -> Result<(), String> {
         ParameterType::Unspecified => return Err("the parameter has no type".into()),
     }
     Ok(())
+}
+
+/// Whether every string `pattern` matches starts with '-' (the author asked for options):
+/// every literal prefix the pattern can begin with starts with a dash.
+fn requires_leading_dash(pattern: &str) -> bool {
+    use regex_syntax::hir::literal::{ExtractKind, Extractor};
+    if pattern.is_empty() {
+        return false;
+    }
+    let Ok(hir) = regex_syntax::parse(&format!("^(?:{pattern})$")) else {
+        return false;
+    };
+    let mut extractor = Extractor::new();
+    extractor.kind(ExtractKind::Prefix);
+    let prefixes = extractor.extract(&hir);
+    prefixes.literals().is_some_and(|literals| {
+        !literals.is_empty() && literals.iter().all(|l| l.as_bytes().first() == Some(&b'-'))
+    })
 }
 
 fn bounds(what: &str, spec: &ParameterSpec) -> String {
@@ -402,13 +432,10 @@ fn step(
             return;
         }
         Some(step::Action::Shell(shell)) => {
-            template(
-                v,
-                &format!("{field}.shell.command"),
-                &shell.command,
-                params,
-                true,
-            );
+            let command = format!("{field}.shell.command");
+            if template(v, &command, &shell.command, params, true) {
+                shell_holes(v, &command, &shell.command);
+            }
             for (name, value) in &shell.env {
                 env_name(v, &format!("{field}.shell.env[{name}]"), name);
                 template(
@@ -422,13 +449,10 @@ fn step(
             StepKind::Shell
         }
         Some(step::Action::Ssh(ssh)) => {
-            template(
-                v,
-                &format!("{field}.ssh.command"),
-                &ssh.command,
-                params,
-                true,
-            );
+            let command = format!("{field}.ssh.command");
+            if template(v, &command, &ssh.command, params, true) {
+                shell_holes(v, &command, &ssh.command);
+            }
             if !ssh.credential_id.is_empty() {
                 v.id(&format!("{field}.ssh.credential_id"), &ssh.credential_id);
             }
@@ -534,6 +558,16 @@ fn template(v: &mut Violations, field: &str, source: &str, params: &Scope, requi
     }
 }
 
+/// A shell or ssh command's holes must be where a reference to a variable expands once and is
+/// never parsed again (see `opsconductor_template::shell`); the violation names the byte.
+fn shell_holes(v: &mut Violations, field: &str, source: &str) {
+    if let Ok(t) = Template::parse(source) {
+        if let Err(e) = t.check_shell() {
+            v.add(field, e.to_string());
+        }
+    }
+}
+
 fn env_name(v: &mut Violations, field: &str, name: &str) {
     let valid = name
         .chars()
@@ -619,4 +653,57 @@ pub fn or_default(d: Option<&prost_types::Duration>, default: Duration) -> Durat
     d.and_then(to_std_duration)
         .filter(|d| !d.is_zero())
         .unwrap_or(default)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(kind: ParameterType, pattern: &str, allow: bool) -> ParameterSpec {
+        ParameterSpec {
+            name: "p".into(),
+            r#type: kind as i32,
+            pattern: pattern.into(),
+            allow_leading_dash: allow,
+            ..ParameterSpec::default()
+        }
+    }
+
+    #[test]
+    fn leading_dashes_need_the_authors_consent() {
+        let plain = spec(ParameterType::String, "", false);
+        assert!(value(&plain, "-oProxyCommand=touch /tmp/x").is_err());
+        assert!(value(&plain, "--help").is_err());
+        assert!(value(&plain, "a-b").is_ok());
+        assert!(value(&spec(ParameterType::Int, "", false), "-5").is_err());
+        assert!(value(&spec(ParameterType::Int, "", true), "-5").is_ok());
+        assert!(value(&spec(ParameterType::String, "", true), "--verbose").is_ok());
+        // A pattern that requires the dash is the author's consent; one that merely admits it
+        // is not.
+        assert!(value(&spec(ParameterType::String, "-[a-z]+", false), "-v").is_ok());
+        assert!(value(
+            &spec(ParameterType::String, "(-v|--verbose)", false),
+            "--verbose"
+        )
+        .is_ok());
+        assert!(value(&spec(ParameterType::String, ".*", false), "-v").is_err());
+        assert!(value(&spec(ParameterType::String, "-?[a-z]+", false), "-v").is_err());
+        assert!(value(&spec(ParameterType::String, "[-a-z]+", false), "-v").is_err());
+        assert!(value(&spec(ParameterType::String, "(-v|x)", false), "-v").is_err());
+    }
+
+    #[test]
+    fn shell_holes_are_refused_with_the_byte() {
+        let mut v = Violations::default();
+        shell_holes(
+            &mut v,
+            "job.steps[0].shell.command",
+            "echo '{{ params.a }}'",
+        );
+        let text = format!("{v:?}");
+        assert!(text.contains("at byte 6"), "{text}");
+        let mut v = Violations::default();
+        shell_holes(&mut v, "f", "echo \"{{ params.a }}\"");
+        assert!(v.is_empty());
+    }
 }

@@ -30,6 +30,7 @@ mod backfill_budget;
 mod credential_scope;
 mod database_roles;
 mod http_egress;
+mod shell_injection;
 mod template_bombs;
 
 /// Publishes `message` as a plain AMQP client would: any account that may write to the
