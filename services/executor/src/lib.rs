@@ -7,6 +7,7 @@ mod api;
 mod http;
 mod instance;
 mod logs;
+mod mask;
 mod runner;
 mod shell;
 mod ssh;
@@ -40,6 +41,7 @@ const SLOT_WAIT: Duration = Duration::from_secs(20);
 struct Settings {
     capacity: u32,
     user: Option<StepUser>,
+    log_limits: logs::Limits,
 }
 
 impl Settings {
@@ -65,7 +67,23 @@ impl Settings {
             ),
             (None, false) => None,
         };
-        Ok(Settings { capacity, user })
+        let log_limits = logs::Limits {
+            run_bytes: env.bounded(
+                "EXECUTOR_LOG_MAX_BYTES",
+                logs::Limits::default().run_bytes as u64,
+                64 * 1024..=1024 * 1024 * 1024,
+            )? as usize,
+            line_bytes: env.bounded(
+                "EXECUTOR_LOG_LINE_BYTES",
+                logs::MAX_LINE_BYTES as u64,
+                256..=logs::MAX_LINE_BYTES as u64,
+            )? as usize,
+        };
+        Ok(Settings {
+            capacity,
+            user,
+            log_limits,
+        })
     }
 }
 
@@ -100,11 +118,19 @@ impl ServiceModule for Executor {
             if let Some(user) = &settings.user {
                 tracing::info!(user = %user.name, uid = user.uid, "steps run as an unprivileged user");
             }
+            let truncated_logs = prometheus_client::metrics::counter::Counter::default();
+            context.metrics().register(
+                "opsconductor_executor_runs_log_truncated",
+                "Runs whose log reached EXECUTOR_LOG_MAX_BYTES and was cut.",
+                truncated_logs.clone(),
+            );
             let runner = Arc::new(runner::Runner {
                 clients: context.clients().clone(),
                 instance: instance.clone(),
                 http: http::client().map_err(StartError::Service)?,
                 user: settings.user,
+                log_limits: settings.log_limits,
+                truncated_logs,
             });
             let requests = {
                 let runner = runner.clone();

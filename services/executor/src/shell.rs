@@ -9,12 +9,12 @@ use std::time::Duration;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use opsconductor_api::jobs::v1::LogStream;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 use tokio::sync::watch;
 
 use crate::instance::Stop;
-use crate::logs::{Origin, RunLog, MAX_LINE_BYTES};
+use crate::logs::{Origin, RunLog};
 
 /// The only variables a step inherits besides its own (`OPS_*` and the step's `env`).
 pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -142,12 +142,14 @@ pub async fn run(
         let _ = killpg(group, Signal::SIGKILL);
     }
     let _ = child.wait().await;
-    for reader in readers.into_iter().flatten() {
-        // A process that left the group may hold the pipe open: do not wait for it forever.
-        if tokio::time::timeout(Duration::from_secs(1), reader)
+    for mut reader in readers.into_iter().flatten() {
+        // A process that left the group may hold the pipe open: do not wait for it forever,
+        // nor read on for it.
+        if tokio::time::timeout(Duration::from_secs(1), &mut reader)
             .await
             .is_err()
         {
+            reader.abort();
             log.system(
                 origin,
                 "output still open after the step ended; no longer read",
@@ -172,27 +174,24 @@ pub async fn stopped(stop: &mut watch::Receiver<Stop>) -> Stop {
 }
 
 fn spawn_reader(
-    pipe: impl AsyncRead + Unpin + Send + 'static,
+    mut pipe: impl AsyncRead + Unpin + Send + 'static,
     log: RunLog,
     origin: Origin,
     stream: LogStream,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut reader = BufReader::with_capacity(64 * 1024, pipe);
-        let mut line = Vec::new();
+        let mut lines = log.lines(&origin, stream);
+        // One read's worth at a time, and only while the log has room: a command that writes
+        // faster than its log is sent waits on its pipe, and one without newlines cannot fill
+        // memory (`Lines` keeps at most a line's worth).
+        let mut buf = vec![0u8; 64 * 1024];
         loop {
-            line.clear();
-            // At most a line's worth at a time: a command without newlines cannot fill memory.
-            let mut limited = (&mut reader).take(MAX_LINE_BYTES as u64);
-            match limited.read_until(b'\n', &mut line).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {
-                    while matches!(line.last(), Some(b'\n' | b'\r')) {
-                        line.pop();
-                    }
-                    log.write(&origin, stream, &String::from_utf8_lossy(&line));
-                }
+            log.room().await;
+            match pipe.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => lines.push(&buf[..n]),
             }
         }
+        lines.finish();
     })
 }
