@@ -26,6 +26,9 @@ use tonic_types::StatusExt;
 
 use crate::support::{assert_code, count, drain_audit, list_targets, until_refused};
 
+mod log_flood;
+mod masks;
+
 /// Publishes `message` as a plain AMQP client would: any account that may write to the
 /// exchange can do this.
 async fn publish_raw(exchange: &str, message: &OutgoingMessage) {
