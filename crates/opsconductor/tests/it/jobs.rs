@@ -9,7 +9,7 @@ mod leases;
 mod limits;
 mod replicas;
 mod secrets;
-mod ssh;
+pub(crate) mod ssh;
 
 use std::time::Duration;
 

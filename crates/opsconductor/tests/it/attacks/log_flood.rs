@@ -62,6 +62,16 @@ async fn pages(s: &Sandbox, run_id: &str) -> (Vec<LogLine>, usize) {
     }
 }
 
+/// The test process's peak resident memory (every service runs in it), in KiB.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
 fn truncated_runs(text: &str) -> f64 {
     crate::metrics::sample(text, "opsconductor_executor_runs_log_truncated_total", &[])
         .unwrap_or(0.0)
@@ -134,9 +144,11 @@ async fn flood(s: &Sandbox, name: &str, command: &str, printed: u64, whole_run: 
     let moved = if whole_run { 1.0 } else { 0.0 };
     assert_eq!(after, before + moved, "{name}: the counter");
     eprintln!(
-        "{name}: {printed} bytes printed, {stored} bytes stored, {} lines in {count} pages, in {:?}",
+        "{name}: {printed} bytes printed, {stored} bytes stored, {} lines in {count} pages, \
+         in {:?}; peak RSS of the process {} MiB",
         lines.len(),
-        started.elapsed()
+        started.elapsed(),
+        peak_rss_kib() / 1024
     );
 }
 
@@ -144,6 +156,7 @@ async fn flood(s: &Sandbox, name: &str, command: &str, printed: u64, whole_run: 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_step_finishes_with_its_log_under_the_cap() {
     let s = Sandbox::start(StorageBackend::Sqlite).await;
+    eprintln!("peak RSS before the floods {} MiB", peak_rss_kib() / 1024);
     flood(
         &s,
         "one-endless-line",
@@ -170,6 +183,51 @@ async fn a_flooding_step_finishes_with_its_log_under_the_cap() {
     )
     .await;
     flood(&s, "short-lines", "seq 1 10000000", 78_888_897, true).await;
+    s.stop().await;
+}
+
+/// An ssh target (which needs no account on the platform) floods its step's channel: the
+/// executor stops reading while its log is sent, and the log stays under the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_ssh_target_is_capped_too() {
+    use crate::jobs::ssh::{credential, ssh_job, target, Sshd};
+    use opsconductor_api::credentials::v1::secret_material::Material;
+    use opsconductor_api::credentials::v1::SshKeySecret;
+
+    let s = Sandbox::start(StorageBackend::Sqlite).await;
+    let sshd = Sshd::start().await;
+    let key = credential(
+        &s,
+        "flood-key",
+        Material::SshKey(SshKeySecret {
+            private_key: sshd.private_key.clone(),
+            passphrase: String::new(),
+        }),
+    )
+    .await;
+    target(&s, "flooder", sshd.port, &sshd.fingerprint, &key.id).await;
+    let j = s
+        .jobs()
+        .create(ssh_job(
+            "ssh-flood",
+            "yes xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx | head -c 100000000",
+            &["flooder"],
+        ))
+        .await
+        .unwrap();
+    let run = s.jobs().start(&j.id, &[]).await.unwrap();
+    let (run, _) = s.jobs().finish(&run.id, LIMIT * 3).await.unwrap();
+    assert_eq!(
+        RunState::try_from(run.state),
+        Ok(RunState::Succeeded),
+        "{run:?}"
+    );
+    let stored = stored_bytes(&s, &run.id).await;
+    assert!(stored <= CAP + OVERHEAD, "{stored}");
+    let (lines, _) = pages(&s, &run.id).await;
+    let last = &lines.last().unwrap().text;
+    assert!(last.starts_with("log truncated:"), "{last}");
+    eprintln!("ssh flood: 100000000 bytes printed, {stored} bytes stored");
     s.stop().await;
 }
 

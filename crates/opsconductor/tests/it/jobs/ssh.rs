@@ -18,11 +18,11 @@ use super::{alive, job, string_param, unique_path, LIMIT};
 /// The account `.ci/run` creates for SSH logins (its password is set by the test).
 const SSH_USER: &str = "opsconductor-ssh";
 
-struct Sshd {
+pub(crate) struct Sshd {
     child: Child,
-    port: u16,
-    fingerprint: String,
-    private_key: String,
+    pub(crate) port: u16,
+    pub(crate) fingerprint: String,
+    pub(crate) private_key: String,
     _dir: tempfile::TempDir,
 }
 
@@ -66,7 +66,7 @@ fn sshd_binary() -> PathBuf {
 }
 
 impl Sshd {
-    async fn start() -> Sshd {
+    pub(crate) async fn start() -> Sshd {
         let dir = tempfile::tempdir().unwrap();
         let host = dir.path().join("host_ed25519");
         let user = dir.path().join("user_ed25519");
@@ -145,7 +145,7 @@ fn change_password() -> String {
     password
 }
 
-async fn credential(s: &Sandbox, name: &str, material: Material) -> Credential {
+pub(crate) async fn credential(s: &Sandbox, name: &str, material: Material) -> Credential {
     let credential = Credential {
         name: name.into(),
         kind: match material {
@@ -166,7 +166,7 @@ async fn credential(s: &Sandbox, name: &str, material: Material) -> Credential {
         .unwrap()
 }
 
-async fn target(
+pub(crate) async fn target(
     s: &Sandbox,
     name: &str,
     port: u16,
@@ -194,7 +194,7 @@ async fn target(
         .unwrap()
 }
 
-fn ssh_job(name: &str, command: &str, targets: &[&str]) -> Job {
+pub(crate) fn ssh_job(name: &str, command: &str, targets: &[&str]) -> Job {
     let mut j = job(
         name,
         vec![Step {
