@@ -360,6 +360,20 @@ impl RunLog {
     }
 }
 
+#[cfg(test)]
+impl RunLog {
+    /// What a jobs service that takes every batch at once would leave: nothing pending.
+    pub fn drain_for_test(&self) -> usize {
+        let taken = {
+            let mut state = self.state();
+            state.pending_bytes = 0;
+            std::mem::take(&mut state.pending).len()
+        };
+        self.drained.notify_waiters();
+        taken
+    }
+}
+
 /// Drops the front of `text` so that at most `max` bytes remain, on a character boundary.
 fn trim_front(text: &mut String, max: usize) {
     if text.len() > max {

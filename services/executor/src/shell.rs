@@ -195,3 +195,79 @@ fn spawn_reader(
         lines.finish();
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::logs::Limits;
+
+    fn peak_rss_kib() -> u64 {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    /// The executor's side of 300 MB floods — the pipe, the line splitter, the masker, the
+    /// pending lines — against a stand-in jobs service that takes every batch at once: its
+    /// peak memory stays within a few MiB of where it started. A measurement (docs/benchmarks.md),
+    /// run alone so that no other test shares the process:
+    /// `cargo test -p opsconductor-executor --lib -- --ignored --nocapture a_flood_keeps`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "a measurement of the process's peak memory: run it alone"]
+    async fn a_flood_keeps_the_executor_small() {
+        let log = RunLog::new(1, Limits::default());
+        log.add_secret("a-secret-to-mask");
+        let sent = {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut sent = 0;
+                loop {
+                    sent += log.drain_for_test();
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    if sent > usize::MAX / 2 {
+                        return sent;
+                    }
+                }
+            })
+        };
+        let before = peak_rss_kib();
+        let (_tx, mut stop) = watch::channel(Stop::No);
+        for script in [
+            "head -c 300000000 /dev/zero | tr '\\0' x",
+            "yes xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx \
+             | head -c 300000000",
+            "yes \"$(head -c 20000 /dev/zero | tr '\\0' w)\" | head -c 300000000",
+        ] {
+            let started = std::time::Instant::now();
+            let origin = Origin {
+                step_name: "flood".into(),
+                target_id: String::new(),
+                attempt: 1,
+            };
+            let command = ShellCommand {
+                script,
+                env: Vec::new(),
+                timeout: Duration::from_secs(300),
+                user: None,
+            };
+            let exit = run(command, &log, &origin, &mut stop).await.unwrap();
+            assert_eq!(exit, Exit::Code(0));
+            let output = log.take_output(&origin);
+            assert!(output.len() <= crate::logs::MAX_OUTPUT_BYTES);
+            eprintln!(
+                "{script}: {:?}, peak RSS {} KiB (started at {before} KiB)",
+                started.elapsed(),
+                peak_rss_kib()
+            );
+        }
+        assert!(log.finish());
+        sent.abort();
+        let grown = peak_rss_kib() - before;
+        assert!(grown < 32 * 1024, "the peak grew by {grown} KiB");
+    }
+}
