@@ -8,6 +8,7 @@
 
 use std::borrow::Cow;
 
+use aho_corasick::{AhoCorasick, MatchKind};
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use base64::Engine;
 
@@ -23,11 +24,19 @@ const MIN_FORM: usize = 4;
 /// characters that depend on the secret alone, when there are at least this many.
 const MIN_BASE64_CORE: usize = 8;
 
-/// The forms of every secret added so far, longest first (so a form containing another is
-/// masked whole).
-#[derive(Debug, Clone, Default)]
+/// The forms of every secret added so far, and one automaton that finds them all in one pass
+/// over a line (an SSH key brings hundreds of forms; a flood brings millions of lines).
+#[derive(Clone, Default)]
 pub struct Masker {
     forms: Vec<String>,
+    matcher: Option<AhoCorasick>,
+}
+
+impl std::fmt::Debug for Masker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The forms are the secrets.
+        write!(f, "Masker({} forms)", self.forms.len())
+    }
 }
 
 impl Masker {
@@ -47,6 +56,12 @@ impl Masker {
         self.forms
             .sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         self.forms.dedup();
+        // Leftmost-longest: a form containing another is masked whole.
+        self.matcher = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(&self.forms)
+            .map_err(|e| tracing::error!(error = %e, "the masker could not be built"))
+            .ok();
     }
 
     fn add_forms(&mut self, secret: &str) {
@@ -69,13 +84,32 @@ impl Masker {
 
     /// `text` with every form of every secret replaced by [`MASK`].
     pub fn mask<'a>(&self, text: &'a str) -> Cow<'a, str> {
-        let mut out = Cow::Borrowed(text);
-        for form in &self.forms {
-            if out.contains(form.as_str()) {
-                out = Cow::Owned(out.replace(form.as_str(), MASK));
+        let Some(matcher) = &self.matcher else {
+            if self.forms.is_empty() {
+                return Cow::Borrowed(text);
             }
+            // No automaton (it could not be built): one form at a time, never unmasked.
+            let mut out = Cow::Borrowed(text);
+            for form in &self.forms {
+                if out.contains(form.as_str()) {
+                    out = Cow::Owned(out.replace(form.as_str(), MASK));
+                }
+            }
+            return out;
+        };
+        let mut matches = matcher.find_iter(text).peekable();
+        if matches.peek().is_none() {
+            return Cow::Borrowed(text);
         }
-        out
+        let mut out = String::with_capacity(text.len());
+        let mut last = 0;
+        for found in matches {
+            out.push_str(&text[last..found.start()]);
+            out.push_str(MASK);
+            last = found.end();
+        }
+        out.push_str(&text[last..]);
+        Cow::Owned(out)
     }
 }
 
