@@ -7,6 +7,7 @@ mod api;
 mod http;
 mod instance;
 mod logs;
+mod mask;
 mod runner;
 mod shell;
 mod ssh;
@@ -42,6 +43,7 @@ struct Settings {
     user: Option<StepUser>,
     /// Non-public networks http steps may reach (public addresses always).
     http_networks: opsconductor_egress::Policy,
+    log_limits: logs::Limits,
 }
 
 impl Settings {
@@ -70,9 +72,22 @@ impl Settings {
         let networks = env.get("EXECUTOR_HTTP_ALLOW_NETWORKS").unwrap_or_default();
         let http_networks = opsconductor_egress::Policy::parse(&networks)
             .map_err(|e| ConfigError::invalid("EXECUTOR_HTTP_ALLOW_NETWORKS", &networks, e))?;
+        let log_limits = logs::Limits {
+            run_bytes: env.bounded(
+                "EXECUTOR_LOG_MAX_BYTES",
+                logs::Limits::default().run_bytes as u64,
+                64 * 1024..=1024 * 1024 * 1024,
+            )? as usize,
+            line_bytes: env.bounded(
+                "EXECUTOR_LOG_LINE_BYTES",
+                logs::MAX_LINE_BYTES as u64,
+                256..=logs::MAX_LINE_BYTES as u64,
+            )? as usize,
+        };
         Ok(Settings {
             capacity,
             user,
+            log_limits,
             http_networks,
         })
     }
@@ -109,11 +124,19 @@ impl ServiceModule for Executor {
             if let Some(user) = &settings.user {
                 tracing::info!(user = %user.name, uid = user.uid, "steps run as an unprivileged user");
             }
+            let truncated_logs = prometheus_client::metrics::counter::Counter::default();
+            context.metrics().register(
+                "opsconductor_executor_runs_log_truncated",
+                "Runs whose log reached EXECUTOR_LOG_MAX_BYTES and was cut.",
+                truncated_logs.clone(),
+            );
             let runner = Arc::new(runner::Runner {
                 clients: context.clients().clone(),
                 instance: instance.clone(),
                 http: http::client(settings.http_networks.clone()).map_err(StartError::Service)?,
                 user: settings.user,
+                log_limits: settings.log_limits,
+                truncated_logs,
             });
             let requests = {
                 let runner = runner.clone();

@@ -40,6 +40,10 @@ pub struct Runner {
     pub instance: Arc<Instance>,
     pub http: http::Client,
     pub user: Option<StepUser>,
+    /// How much of a run's output its log keeps.
+    pub log_limits: crate::logs::Limits,
+    /// Runs whose log reached its limit (`opsconductor_executor_runs_log_truncated_total`).
+    pub truncated_logs: prometheus_client::metrics::counter::Counter,
 }
 
 fn reason(status: &Status) -> String {
@@ -207,7 +211,7 @@ impl Runner {
             a.attempt = run.attempt;
             a.lease_expire_time = claim.lease_expire_time;
         });
-        let log = RunLog::new(claim.next_log_seq);
+        let log = RunLog::new(claim.next_log_seq, self.log_limits);
         let flusher = log.spawn_flusher(
             self.clients.clone(),
             run_id.clone(),
@@ -282,12 +286,11 @@ impl Runner {
             (Stop::No, None) => (RunState::Succeeded, String::new()),
         };
         flusher.abort();
-        if execution.log.dropped() > 0 {
-            execution.log.system(
-                &Origin::default(),
-                format!("{} log lines were dropped", execution.log.dropped()),
-            );
+        if execution.log.finish() {
+            self.truncated_logs.inc();
         }
+        // The run's error names steps' errors, which may quote what a step printed.
+        let error = execution.log.mask(&error);
         self.complete(&execution, state, error).await;
         heartbeat.abort();
         self.instance.release(&run_id);
@@ -587,7 +590,8 @@ impl Runner {
             result.state = ended.state as i32;
             result.exit_code = ended.exit_code;
             result.http_status = ended.http_status;
-            result.error = ended.error.clone();
+            // An error may quote the step's text (an http step's URL, a command's words).
+            result.error = execution.log.mask(&ended.error);
             if !result.error.is_empty() {
                 execution.log.system(&origin, result.error.clone());
             }
@@ -829,10 +833,8 @@ impl Runner {
                 Some(Material::Certificate(c)) => c.private_key_pem,
                 None => return Err(format!("the secret parameter {name:?} revealed nothing")),
             };
+            // Its encodings and, for a key or certificate, each of its lines too (Masker).
             execution.log.add_secret(&value);
-            for line in value.lines().filter(|l| l.len() >= 16) {
-                execution.log.add_secret(line);
-            }
             execution.parameters.insert(name, value);
         }
         Ok(())
@@ -907,13 +909,7 @@ impl Runner {
             }
             Some(Material::SshKey(k)) => {
                 execution.log.add_secret(&k.passphrase);
-                for line in k
-                    .private_key
-                    .lines()
-                    .filter(|l| l.len() >= 16 && !l.starts_with("-----"))
-                {
-                    execution.log.add_secret(line);
-                }
+                execution.log.add_secret(&k.private_key);
                 let private_key = zeroize::Zeroizing::new(k.private_key);
                 let passphrase = zeroize::Zeroizing::new(k.passphrase);
                 crate::ssh::key_login(&private_key, &passphrase)?

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use zeroize::Zeroizing;
 
 use crate::instance::Stop;
-use crate::logs::{Origin, RunLog, MAX_LINE_BYTES};
+use crate::logs::{Origin, RunLog};
 use crate::shell::stopped;
 
 /// How the executor logs in.
@@ -207,14 +207,20 @@ pub async fn run(
             command.username, command.address, command.port
         ),
     );
-    let mut out = Lines::new(LogStream::Stdout);
-    let mut err = Lines::new(LogStream::Stderr);
+    let mut out = log.lines(origin, LogStream::Stdout);
+    let mut err = log.lines(origin, LogStream::Stderr);
     let mut status = None;
     let ended = loop {
+        // Read on only while the log has room: the channel's window then stops the target.
+        tokio::select! {
+            _ = log.room() => {}
+            _ = tokio::time::sleep_until(deadline) => break Exit::TimedOut,
+            why = stopped(stop) => break Exit::Stopped(why),
+        }
         tokio::select! {
             msg = channel.wait() => match msg {
-                Some(ChannelMsg::Data { data }) => out.push(&data, log, origin),
-                Some(ChannelMsg::ExtendedData { data, ext: 1 }) => err.push(&data, log, origin),
+                Some(ChannelMsg::Data { data }) => out.push(&data),
+                Some(ChannelMsg::ExtendedData { data, ext: 1 }) => err.push(&data),
                 Some(ChannelMsg::ExitStatus { exit_status }) => status = Some(Exit::Code(exit_status)),
                 Some(ChannelMsg::ExitSignal { signal_name, .. }) => status = Some(Exit::Signal(format!("{signal_name:?}"))),
                 Some(_) => {}
@@ -234,51 +240,12 @@ pub async fn run(
         .await;
     }
     let _ = channel.close().await;
-    out.flush(log, origin);
-    err.flush(log, origin);
+    out.finish();
+    err.finish();
     let _ = session
         .disconnect(Disconnect::ByApplication, "", "en")
         .await;
     Ok(ended)
-}
-
-/// Bytes of one stream cut into lines.
-struct Lines {
-    stream: LogStream,
-    pending: Vec<u8>,
-}
-
-impl Lines {
-    fn new(stream: LogStream) -> Lines {
-        Lines {
-            stream,
-            pending: Vec::new(),
-        }
-    }
-
-    fn push(&mut self, data: &[u8], log: &RunLog, origin: &Origin) {
-        self.pending.extend_from_slice(data);
-        while let Some(end) = self.pending.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = self.pending.drain(..=end).collect();
-            self.emit(&line[..line.len() - 1], log, origin);
-        }
-        while self.pending.len() >= MAX_LINE_BYTES {
-            let piece: Vec<u8> = self.pending.drain(..MAX_LINE_BYTES).collect();
-            self.emit(&piece, log, origin);
-        }
-    }
-
-    fn flush(&mut self, log: &RunLog, origin: &Origin) {
-        if !self.pending.is_empty() {
-            let rest = std::mem::take(&mut self.pending);
-            self.emit(&rest, log, origin);
-        }
-    }
-
-    fn emit(&self, bytes: &[u8], log: &RunLog, origin: &Origin) {
-        let text = String::from_utf8_lossy(bytes);
-        log.write(origin, self.stream, text.trim_end_matches('\r'));
-    }
 }
 
 #[cfg(test)]

@@ -356,11 +356,11 @@ impl JobsApi {
         let row = self.runs.row(&req.run_id).await?;
         let active =
             !crate::runs::is_final(RunState::try_from(row.run()?.state).unwrap_or_default());
-        let (lines, cursor) = self
+        let (lines, cursor, cut) = self
             .runs
             .logs(&req.run_id, after, size, &req.step_name, &req.target_id)
             .await?;
-        let more = lines.len() >= size || active;
+        let more = cut || active;
         Ok(ListRunLogsResponse {
             lines,
             next_page_token: if more {

@@ -213,6 +213,15 @@ struct StateLabel {
     state: &'static str,
 }
 
+/// A ListRunLogs page's lines at most, in bytes as [`log_line_bytes`] counts them (whole
+/// lines; a page always has at least one).
+pub const MAX_LOG_PAGE_BYTES: usize = 1024 * 1024;
+
+/// What a line weighs in a page: its text, step and target, and its fixed fields.
+fn log_line_bytes(line: &LogLine) -> usize {
+    line.text.len() + line.step_name.len() + line.target_id.len() + 32
+}
+
 impl RunStore {
     /// Counts finished runs by end state in `registry` (`opsconductor_runs_finished_total`).
     pub fn register_metrics(&self, registry: &opsconductor_metrics::Registry) {
@@ -911,7 +920,9 @@ impl RunStore {
         Ok(last.unwrap_or(0).max(0) as u64)
     }
 
-    /// Log lines with seq above `after`, in order, at most `limit`, filtered.
+    /// Log lines with seq above `after`, in order, at most `limit` lines and about
+    /// [`MAX_LOG_PAGE_BYTES`] (always at least one line), filtered; and whether the page was
+    /// cut (by either bound) before the end of what is stored.
     pub async fn logs(
         &self,
         id: &str,
@@ -919,20 +930,22 @@ impl RunStore {
         limit: usize,
         step_name: &str,
         target_id: &str,
-    ) -> Result<(Vec<LogLine>, u64), JobsError> {
+    ) -> Result<(Vec<LogLine>, u64, bool), JobsError> {
         let mut lines = Vec::new();
         let mut cursor = after;
+        let mut bytes = 0;
         loop {
+            // A few chunks at a time: a chunk holds up to a thousand lines.
             let chunks: Vec<(i64, Vec<u8>)> = sqlx::query_as(
                 "SELECT last_seq, body FROM run_log_chunks WHERE run_id = $1 AND last_seq > $2 \
-                 ORDER BY first_seq LIMIT 64",
+                 ORDER BY first_seq LIMIT 4",
             )
             .bind(id)
             .bind(cursor as i64)
             .fetch_all(self.db.pool())
             .await?;
             if chunks.is_empty() {
-                return Ok((lines, cursor));
+                return Ok((lines, cursor, false));
             }
             for (_, body) in chunks {
                 let mut buf = body.as_slice();
@@ -942,14 +955,22 @@ impl RunStore {
                     if line.seq <= cursor {
                         continue;
                     }
-                    cursor = line.seq;
                     if (step_name.is_empty() || line.step_name == step_name)
                         && (target_id.is_empty() || line.target_id == target_id)
                     {
+                        let size = log_line_bytes(&line);
+                        if !lines.is_empty() && bytes + size > MAX_LOG_PAGE_BYTES {
+                            // This line starts the next page.
+                            return Ok((lines, cursor, true));
+                        }
+                        bytes += size;
+                        cursor = line.seq;
                         lines.push(line);
                         if lines.len() >= limit {
-                            return Ok((lines, cursor));
+                            return Ok((lines, cursor, true));
                         }
+                    } else {
+                        cursor = line.seq;
                     }
                 }
             }

@@ -150,7 +150,7 @@ impl Watcher {
             return Ok(());
         }
         loop {
-            let (lines, _) = match self.runs.logs(&self.id, self.last_seq, 1000, "", "").await {
+            let (lines, _, _) = match self.runs.logs(&self.id, self.last_seq, 1000, "", "").await {
                 Ok(page) => page,
                 Err(error) => {
                     let _ = self.tx.send(Err(Status::from(error))).await;

@@ -30,6 +30,8 @@ mod backfill_budget;
 mod credential_scope;
 mod database_roles;
 mod http_egress;
+mod log_flood;
+mod masks;
 mod shell_injection;
 mod template_bombs;
 

@@ -194,7 +194,7 @@ pub(crate) async fn target(
         .unwrap()
 }
 
-fn ssh_job(name: &str, command: &str, targets: &[&str]) -> Job {
+pub(crate) fn ssh_job(name: &str, command: &str, targets: &[&str]) -> Job {
     let mut j = job(
         name,
         vec![Step {
