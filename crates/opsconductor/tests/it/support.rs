@@ -224,3 +224,13 @@ pub fn password_secret(password: &str) -> opsconductor_api::credentials::v1::Sec
         })),
     }
 }
+
+/// The test process's peak resident memory (every service of a sandbox runs in it), in KiB.
+pub fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}

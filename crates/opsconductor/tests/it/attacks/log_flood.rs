@@ -8,6 +8,7 @@ use opsconductor_platform::ServiceKind;
 use opsconductor_testkit::{JobsExt, Sandbox, StorageBackend};
 
 use crate::jobs::{job, shell, LIMIT};
+use crate::support::peak_rss_kib;
 
 /// The executor's default cap (EXECUTOR_LOG_MAX_BYTES).
 const CAP: u64 = 4 * 1024 * 1024;
@@ -60,16 +61,6 @@ async fn pages(s: &Sandbox, run_id: &str) -> (Vec<LogLine>, usize) {
         }
         token = page.next_page_token;
     }
-}
-
-/// The test process's peak resident memory (every service runs in it), in KiB.
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }
 
 fn truncated_runs(text: &str) -> f64 {

@@ -128,12 +128,13 @@ jq -cn --arg v \"$OPS_PARAM_KEY\" '{key:$v}'";
             http_step("http-fail", "http://127.0.0.1:1/api/{{ params.token }}/x"),
         ],
     );
-    j.parameters = ["token", "key"]
+    j.parameters = [("token", &token_id), ("key", &key_id)]
         .into_iter()
-        .map(|name| ParameterSpec {
+        .map(|(name, id)| ParameterSpec {
             name: name.into(),
             r#type: ParameterType::Secret as i32,
             required: true,
+            allowed_credential_ids: vec![id.to_string()],
             ..Default::default()
         })
         .collect();

@@ -12,6 +12,8 @@ use opsconductor_testkit::{assert_code, Sandbox, StorageBackend};
 use tonic::Code;
 use tonic_types::StatusExt;
 
+use crate::support::peak_rss_kib;
+
 /// (name, body). Each needs far more than the sandbox's 256 MiB, or an argument over a cap.
 const BOMBS: &[(&str, &str)] = &[
     ("indent", r#"{{ "a\nb"|indent(1099511627776) }}"#),
@@ -85,15 +87,6 @@ fn names_a_limit(text: &str) -> bool {
         || text.contains("bytes of memory")
         || text.contains("larger than")
         || text.contains("longer than")
-}
-
-fn peak_rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 #[tokio::test]
