@@ -20,11 +20,15 @@ impl Network {
         };
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u128::from(net) & mask == u128::from(ip) & mask
             }
             _ => false,
@@ -113,25 +117,48 @@ mod tests {
     #[test]
     fn listed_networks_open_exactly_their_addresses() {
         let policy = Policy::parse(" 10.0.0.0/8, 127.0.0.1 ,fd00::/8").unwrap();
-        for allowed in ["10.1.2.3", "127.0.0.1", "::ffff:127.0.0.1", "fd12::1", "8.8.8.8"] {
+        for allowed in [
+            "10.1.2.3",
+            "127.0.0.1",
+            "::ffff:127.0.0.1",
+            "fd12::1",
+            "8.8.8.8",
+        ] {
             assert!(policy.permits(ip(allowed)), "{allowed}");
         }
-        for refused in ["127.0.0.2", "169.254.169.254", "192.168.0.1", "::1", "fe80::1", "11.0.0.0"]
-        {
+        for refused in [
+            "127.0.0.2",
+            "169.254.169.254",
+            "192.168.0.1",
+            "::1",
+            "fe80::1",
+            "11.0.0.0",
+        ] {
             let public = !is_private_address(ip(refused));
             assert_eq!(policy.permits(ip(refused)), public, "{refused}");
         }
         assert!(!Policy::public_only().permits(ip("127.0.0.1")));
         assert!(Policy::parse("").unwrap() == Policy::public_only());
         assert!(Policy::parse("ANY").unwrap().permits(ip("169.254.169.254")));
-        assert!(Policy::parse("0.0.0.0/0").unwrap().permits(ip("169.254.169.254")));
+        assert!(Policy::parse("0.0.0.0/0")
+            .unwrap()
+            .permits(ip("169.254.169.254")));
     }
 
     #[test]
     fn bad_networks_are_refused_naming_themselves() {
-        for bad in ["10.0.0.0/33", "fd00::/129", "ten", "10.0.0.0/x", "localhost"] {
+        for bad in [
+            "10.0.0.0/33",
+            "fd00::/129",
+            "ten",
+            "10.0.0.0/x",
+            "localhost",
+        ] {
             let err = Policy::parse(bad).unwrap_err();
-            assert!(err.contains(bad.split('/').next().unwrap_or(bad)), "{bad}: {err}");
+            assert!(
+                err.contains(bad.split('/').next().unwrap_or(bad)),
+                "{bad}: {err}"
+            );
         }
     }
 }

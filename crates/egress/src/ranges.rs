@@ -50,7 +50,6 @@ fn is_private_v6(ip: Ipv6Addr) -> bool {
     (mapped || compatible || nat64) && is_private_v4(embedded)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,5 +99,4 @@ mod tests {
             assert!(!private(ip), "{ip} should be public");
         }
     }
-
 }

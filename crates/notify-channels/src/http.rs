@@ -10,8 +10,8 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use opsconductor_api::common::v1::NotificationChannel;
 use url::Url;
 
-use opsconductor_egress::{check_literal, is_refusal, GuardedResolver, Policy, Refused};
 use crate::{excerpt, Attempt, ChannelError, Outcome};
+use opsconductor_egress::{check_literal, is_refusal, GuardedResolver, Policy, Refused};
 
 /// Longest URL accepted; real Slack/Teams webhook URLs are well under 600 characters.
 const MAX_URL_CHARS: usize = 2048;

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 pub use email::{check_email, Mailer, SmtpSettings, SmtpTls};
 pub use http::{check_url, HttpSender, HttpSettings};
-pub use payload::{slack_payload, teams_payload};
 pub use opsconductor_egress::is_private_address;
+pub use payload::{slack_payload, teams_payload};
 pub use webhook::{sign, webhook_headers, SigningKey};
 
 /// What one attempt came to. `error` and `status_text` never contain the destination URL, its

@@ -12,11 +12,13 @@
 //! header or body.
 
 mod escape;
+mod http;
 pub mod shell;
 
 use std::collections::BTreeMap;
 
 pub use escape::{percent_encode, shell_quote};
+pub use http::BodyKind;
 pub use shell::Placement;
 
 /// Where a rendered (non-shell) template goes, which decides how values are escaped.
@@ -93,6 +95,11 @@ pub enum RenderError {
          refusing to pass it on"
     )]
     LeadingDash(String),
+    #[error(
+        "a value made a '.' or '..' segment of the URL's path, which would change the path: \
+         refusing to send it"
+    )]
+    DotSegment,
 }
 
 /// A hole where a shell would not expand a reference, or would parse the value again.

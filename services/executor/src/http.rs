@@ -79,12 +79,7 @@ pub async fn run(
     }
 }
 
-async fn send(
-    client: &Client,
-    request: HttpRequest,
-    log: &RunLog,
-    origin: &Origin,
-) -> Outcome {
+async fn send(client: &Client, request: HttpRequest, log: &RunLog, origin: &Origin) -> Outcome {
     let method = match reqwest::Method::from_bytes(request.method.as_bytes()) {
         Ok(m) => m,
         Err(_) => return Outcome::Failed(format!("{:?} is not an HTTP method", request.method)),

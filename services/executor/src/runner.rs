@@ -655,6 +655,9 @@ impl Runner {
                 .render(&values, context)
                 .map_err(|e| e.to_string())
         };
+        let parse = |source: &str| -> Result<Template, String> {
+            Template::parse(source).map_err(|e| format!("template error {e}"))
+        };
         let render_shell = |source: &str| -> Result<ShellScript, String> {
             Template::parse(source)
                 .map_err(|e| format!("template error {e}"))?
@@ -695,7 +698,11 @@ impl Runner {
                 }
             }
             Some(step::Action::Http(h)) => {
-                let url = match render(&h.url, Context::Url) {
+                // Jobs saved before the URL rule was checked are held to it here too.
+                let url = match parse(&h.url).and_then(|t| {
+                    t.check_url().map_err(|e| e.to_string())?;
+                    t.render_url(&values).map_err(|e| e.to_string())
+                }) {
                     Ok(u) => u,
                     Err(e) => return Ended::failed(e),
                 };
@@ -706,7 +713,15 @@ impl Runner {
                         Err(e) => return Ended::failed(e),
                     }
                 }
-                let body = match render(&h.body, Context::Text) {
+                let content_type = h
+                    .headers
+                    .iter()
+                    .find(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+                    .map_or("", |(_, value)| value.as_str());
+                let body = match parse(&h.body).and_then(|t| {
+                    t.render_body(&values, t.body_kind(content_type))
+                        .map_err(|e| e.to_string())
+                }) {
                     Ok(b) => b,
                     Err(e) => return Ended::failed(e),
                 };

@@ -475,6 +475,7 @@ fn step(
             );
             let url = format!("{field}.http.url");
             if template(v, &url, &http.url, params, true) {
+                url_holes(v, &url, &http.url);
                 v.check(
                     http.url.starts_with("http://") || http.url.starts_with("https://"),
                     url,
@@ -563,6 +564,16 @@ fn template(v: &mut Violations, field: &str, source: &str, params: &Scope, requi
 fn shell_holes(v: &mut Violations, field: &str, source: &str) {
     if let Ok(t) = Template::parse(source) {
         if let Err(e) = t.check_shell() {
+            v.add(field, e.to_string());
+        }
+    }
+}
+
+/// Refuses holes that would let a value choose an http step's scheme, host or port (see
+/// `opsconductor_template`'s http module); the violation names the byte.
+fn url_holes(v: &mut Violations, field: &str, source: &str) {
+    if let Ok(t) = Template::parse(source) {
+        if let Err(e) = t.check_url() {
             v.add(field, e.to_string());
         }
     }

@@ -30,6 +30,7 @@ mod backfill_budget;
 mod credential_scope;
 mod database_roles;
 mod http_egress;
+mod http_templates;
 mod log_flood;
 mod masks;
 mod shell_injection;

@@ -4,7 +4,7 @@
 //! [`leases`]; what a step may not do on the executor's host is in [`confinement`].
 
 mod confinement;
-mod http;
+pub(crate) mod http;
 mod leases;
 mod limits;
 mod replicas;

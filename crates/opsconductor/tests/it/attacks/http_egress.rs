@@ -40,8 +40,11 @@ fn http_step(url: &str) -> Step {
 #[tokio::test]
 async fn http_steps_cannot_reach_loopback_link_local_or_metadata_addresses() {
     // The sandbox allows loopback for the other http tests; this one runs with the default.
-    let s = Sandbox::start_with(StorageBackend::Sqlite, &[("EXECUTOR_HTTP_ALLOW_NETWORKS", "")])
-        .await;
+    let s = Sandbox::start_with(
+        StorageBackend::Sqlite,
+        &[("EXECUTOR_HTTP_ALLOW_NETWORKS", "")],
+    )
+    .await;
     let (port, connections) = counting_listener().await;
     let urls = [
         format!("http://127.0.0.1:{port}/x"),
@@ -62,10 +65,10 @@ async fn http_steps_cannot_reach_loopback_link_local_or_metadata_addresses() {
         "http://10.0.0.1/".to_string(),
         "http://192.168.0.1/".to_string(),
     ];
-    for url in &urls {
+    for (i, url) in urls.iter().enumerate() {
         let j = s
             .jobs()
-            .create(job("egress", vec![http_step(url)]))
+            .create(job(&format!("egress-{i}"), vec![http_step(url)]))
             .await
             .unwrap();
         let run = s.jobs().start(&j.id, &[]).await.unwrap();
@@ -86,7 +89,10 @@ async fn http_steps_cannot_reach_loopback_link_local_or_metadata_addresses() {
             error.contains("private address") && error.contains("EXECUTOR_HTTP_ALLOW_NETWORKS"),
             "{url}: {error}"
         );
-        assert!(!error.contains("pass"), "{url}: the error shows user info: {error}");
+        assert!(
+            !error.contains("pass"),
+            "{url}: the error shows user info: {error}"
+        );
     }
     assert_eq!(
         connections.load(Ordering::SeqCst),

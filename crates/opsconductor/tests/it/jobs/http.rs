@@ -12,15 +12,15 @@ use super::{job, shell, string_param, LIMIT};
 
 /// What the server received.
 #[derive(Debug, Clone)]
-struct Seen {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-    body: String,
+pub(crate) struct Seen {
+    pub(crate) method: String,
+    pub(crate) path: String,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: String,
 }
 
 /// An HTTP/1.1 server on a loopback port that records each request and answers by path.
-async fn server() -> (u16, Arc<Mutex<Vec<Seen>>>) {
+pub(crate) async fn server() -> (u16, Arc<Mutex<Vec<Seen>>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -84,7 +84,7 @@ async fn server() -> (u16, Arc<Mutex<Vec<Seen>>>) {
     (port, seen)
 }
 
-fn http(name: &str, method: &str, url: &str) -> Step {
+pub(crate) fn http(name: &str, method: &str, url: &str) -> Step {
     Step {
         name: name.into(),
         action: Some(step::Action::Http(HttpStep {
