@@ -24,10 +24,11 @@ use tokio::sync::{watch, OwnedSemaphorePermit};
 use tonic::{Code, Status};
 use tracing::Instrument;
 
+use crate::contain::Containment;
 use crate::http::{self, HttpRequest};
 use crate::instance::{Instance, Stop};
 use crate::logs::{Origin, RunLog};
-use crate::shell::{self, Exit, ShellCommand, StepUser};
+use crate::shell::{self, Exit, ShellCommand};
 
 const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_secs(3600);
 const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(600);
@@ -37,7 +38,7 @@ pub struct Runner {
     pub clients: Arc<Clients>,
     pub instance: Arc<Instance>,
     pub http: reqwest::Client,
-    pub user: Option<StepUser>,
+    pub contain: Arc<Containment>,
 }
 
 fn reason(status: &Status) -> String {
@@ -666,7 +667,7 @@ impl Runner {
                     script: &script,
                     env,
                     timeout,
-                    user: self.user.as_ref(),
+                    contain: &self.contain,
                 };
                 match shell::run(command, &execution.log, origin, stop).await {
                     Ok(Exit::Code(0)) => Ended::ok(Some(0), None),
