@@ -560,18 +560,20 @@ mod tests {
         }
     }
 
-    /// Real processes through `shell::run`, as the runner calls it (root: the uid mode).
+    /// Real processes through `shell::run`, as the runner calls it: as root, the uid mode
+    /// (leftovers killed); otherwise (development) the executor's own uid, its directory
+    /// private and removed all the same.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_contained_step_leaves_nothing_behind() {
-        if !nix::unistd::geteuid().is_root() {
-            return;
-        }
+        let root = nix::unistd::geteuid().is_root();
         let base = format!(
             "/tmp/opsconductor-contain-test-{}",
             uuid::Uuid::now_v7().simple()
         );
-        let env = Env::isolated([("OPSCONDUCTOR_STEP_DIR", base.as_str())])
-            .with("OPSCONDUCTOR_STEP_UIDS", "2000100000-2000100999");
+        let mut env = Env::isolated([("OPSCONDUCTOR_STEP_DIR", base.as_str())]);
+        if root {
+            env = env.with("OPSCONDUCTOR_STEP_UIDS", "2000100000-2000100999");
+        }
         let contain = Arc::new(Containment::from_env(&env).unwrap());
         let log = crate::logs::RunLog::new(1);
         let origin = crate::logs::Origin {
@@ -580,10 +582,14 @@ mod tests {
         };
         let (_tx, mut stop) = tokio::sync::watch::channel(crate::instance::Stop::No);
         let n = uuid::Uuid::now_v7().as_u128() % 1_000_000;
-        let script = format!(
-            "setsid sleep 97{n}1 &\nsh -c 'sleep 97{n}2 &'\nnohup sleep 97{n}3 >/dev/null 2>&1 &\n\
-             echo $(id -u) $PWD $(stat -c %a $PWD)"
-        );
+        let script = if root {
+            format!(
+                "setsid sleep 97{n}1 &\nsh -c 'sleep 97{n}2 &'\nnohup sleep 97{n}3 >/dev/null 2>&1 &\n\
+                 echo $(id -u) $PWD $(stat -c %a $PWD)"
+            )
+        } else {
+            "echo $(id -u) $PWD $(stat -c %a $PWD)".to_string()
+        };
         let started = Instant::now();
         let exit = crate::shell::run(
             crate::shell::ShellCommand {
@@ -606,10 +612,15 @@ mod tests {
             panic!("{output:?}")
         };
         let uid: u32 = uid.parse().unwrap();
-        assert!((2_000_100_000..=2_000_100_999).contains(&uid), "{uid}");
         assert_eq!(mode, "700");
         assert!(dir.starts_with(&base), "{dir}");
         assert!(!Path::new(dir).exists(), "{dir} was not removed");
+        if !root {
+            assert_eq!(uid, nix::unistd::geteuid().as_raw());
+            let _ = fs::remove_dir_all(&base);
+            return;
+        }
+        assert!((2_000_100_000..=2_000_100_999).contains(&uid), "{uid}");
         assert_eq!(processes_of(uid), Vec::<u32>::new(), "left running");
         // The uid goes back to the pool for the next attempt.
         let Mode::Uids { free, .. } = &contain.mode else {
