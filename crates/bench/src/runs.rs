@@ -44,8 +44,14 @@ fn shell(command: &str) -> Job {
     }
 }
 
-/// How long after `sent` (unix nanos) the run's first step started.
-async fn first_step_latency(s: &Sandbox, run_id: &str, sent: i128) -> anyhow::Result<Duration> {
+/// How long after `sent` (unix nanos) the run's first step started, and how long that step
+/// took from its start to its end as the executor recorded them (for a `true` step: the
+/// `Running` report, spawning it, and — with containment — preparing and cleaning up after it).
+async fn first_step_latency(
+    s: &Sandbox,
+    run_id: &str,
+    sent: i128,
+) -> anyhow::Result<(Duration, Duration)> {
     let (run, _) = s.jobs().finish(run_id, Duration::from_secs(120)).await?;
     anyhow::ensure!(
         run.state == RunState::Succeeded as i32,
@@ -58,7 +64,15 @@ async fn first_step_latency(s: &Sandbox, run_id: &str, sent: i128) -> anyhow::Re
         .first()
         .and_then(|s| s.start_time.as_ref())
         .ok_or_else(|| anyhow::anyhow!("run {run_id} has no step start"))?;
-    Ok(Duration::from_nanos((nanos(start) - sent).max(0) as u64))
+    let end = run
+        .steps
+        .first()
+        .and_then(|s| s.end_time.as_ref())
+        .ok_or_else(|| anyhow::anyhow!("run {run_id} has no step end"))?;
+    Ok((
+        Duration::from_nanos((nanos(start) - sent).max(0) as u64),
+        Duration::from_nanos((nanos(end) - nanos(start)).max(0) as u64),
+    ))
 }
 
 pub async fn run(runs: usize, rate: u32, postgres: bool) -> anyhow::Result<()> {
@@ -97,10 +111,13 @@ pub async fn run(runs: usize, rate: u32, postgres: bool) -> anyhow::Result<()> {
 
     eprintln!("measuring: one in flight");
     let mut one = Vec::new();
+    let mut step = Vec::new();
     for _ in 0..runs {
         let sent = now_nanos();
         let run = s.jobs().start(&job.id, &[]).await?;
-        one.push(first_step_latency(&s, &run.id, sent).await?);
+        let (latency, took) = first_step_latency(&s, &run.id, sent).await?;
+        one.push(latency);
+        step.push(took);
     }
 
     eprintln!("measuring: paced");
@@ -115,7 +132,7 @@ pub async fn run(runs: usize, rate: u32, postgres: bool) -> anyhow::Result<()> {
         started.push((run.id, sent));
     }
     for (id, sent) in &started {
-        paced.push(first_step_latency(&s, id, *sent).await?);
+        paced.push(first_step_latency(&s, id, *sent).await?.0);
     }
 
     eprintln!("measuring: throughput, one executor");
@@ -142,6 +159,7 @@ pub async fn run(runs: usize, rate: u32, postgres: bool) -> anyhow::Result<()> {
             &*format!("StartRun -> first step, {rate} runs/s"),
             &mut paced,
         ),
+        ("`true` step, its start -> its end, 1 in flight", &mut step),
     ] {
         let p50 = percentile(samples, 0.5);
         println!(

@@ -484,11 +484,14 @@ pub fn role_label(role: Role) -> &'static str {
     opsconductor_platform::principal::role_name(role)
 }
 
-/// The `opsconductor` binary of this build (`target/<profile>/opsconductor`, beside `deps/`
-/// where test binaries live), when cargo built it.
+/// The `opsconductor` binary of this build, when cargo built it: beside this program (a bench
+/// binary in `target/<profile>/`) or one directory up (a test binary in `target/<profile>/deps/`).
 pub fn opsconductor_binary() -> Option<std::path::PathBuf> {
     let exe = std::env::current_exe().ok()?;
-    let profile = exe.parent()?.parent()?;
-    let bin = profile.join("opsconductor");
-    bin.is_file().then_some(bin)
+    let dir = exe.parent()?;
+    [Some(dir), dir.parent()]
+        .into_iter()
+        .flatten()
+        .map(|d| d.join("opsconductor"))
+        .find(|bin| bin.is_file())
 }

@@ -4,6 +4,7 @@
 //! jobs service, so if this process dies the reaper gives the run to another executor.
 
 mod api;
+mod contain;
 mod http;
 mod instance;
 mod logs;
@@ -40,7 +41,7 @@ const SLOT_WAIT: Duration = Duration::from_secs(20);
 /// How the executor runs (docs/configuration.md).
 struct Settings {
     capacity: u32,
-    user: Option<StepUser>,
+    contain: contain::Containment,
     /// Non-public networks http steps may reach (public addresses always).
     http_networks: opsconductor_egress::Policy,
     log_limits: logs::Limits,
@@ -49,26 +50,8 @@ struct Settings {
 impl Settings {
     fn from_env(env: &Env) -> Result<Settings, ConfigError> {
         let capacity = env.bounded("EXECUTOR_CAPACITY", 8, 1..=1024)? as u32;
-        let root = nix::unistd::geteuid().is_root();
-        let user = match (env.get("OPSCONDUCTOR_STEP_USER"), root) {
-            (Some(name), true) => Some(
-                StepUser::lookup(&name)
-                    .map_err(|e| ConfigError::invalid("OPSCONDUCTOR_STEP_USER", &name, &e))?,
-            ),
-            (Some(name), false) => {
-                return Err(ConfigError::invalid(
-                    "OPSCONDUCTOR_STEP_USER",
-                    &name,
-                    "switching users needs the executor to run as root; unset it to run steps as the executor's own user",
-                ))
-            }
-            // Never run steps as root: `nobody` unless told otherwise.
-            (None, true) => Some(
-                StepUser::lookup("nobody")
-                    .map_err(|e| ConfigError::invalid("OPSCONDUCTOR_STEP_USER", "nobody", &e))?,
-            ),
-            (None, false) => None,
-        };
+        // Never run steps as root: a uid of their own each (contain.rs).
+        let contain = contain::Containment::from_env(env)?;
         let networks = env.get("EXECUTOR_HTTP_ALLOW_NETWORKS").unwrap_or_default();
         let http_networks = opsconductor_egress::Policy::parse(&networks)
             .map_err(|e| ConfigError::invalid("EXECUTOR_HTTP_ALLOW_NETWORKS", &networks, e))?;
@@ -86,7 +69,7 @@ impl Settings {
         };
         Ok(Settings {
             capacity,
-            user,
+            contain,
             log_limits,
             http_networks,
         })
@@ -118,12 +101,12 @@ impl ServiceModule for Executor {
         async move {
             let settings = Settings::from_env(env)?;
             let topology = opsconductor_runtime::broker_use(self).topology;
-            let messaging = context.start_messaging(&db, &migrations(), topology).await?;
+            let messaging = context
+                .start_messaging(&db, &migrations(), topology)
+                .await?;
             let service_id = env.get("SERVICE_ID").unwrap_or_else(|| "executor".into());
             let instance = Arc::new(Instance::new(&service_id, settings.capacity));
-            if let Some(user) = &settings.user {
-                tracing::info!(user = %user.name, uid = user.uid, "steps run as an unprivileged user");
-            }
+            settings.contain.announce();
             let truncated_logs = prometheus_client::metrics::counter::Counter::default();
             context.metrics().register(
                 "opsconductor_executor_runs_log_truncated",
@@ -134,7 +117,7 @@ impl ServiceModule for Executor {
                 clients: context.clients().clone(),
                 instance: instance.clone(),
                 http: http::client(settings.http_networks.clone()).map_err(StartError::Service)?,
-                user: settings.user,
+                contain: Arc::new(settings.contain),
                 log_limits: settings.log_limits,
                 truncated_logs,
             });
@@ -164,7 +147,9 @@ impl ServiceModule for Executor {
                     }
                 })
             };
-            let listener = Consumer::broadcast(&messaging.broker, &platform::run_cancellations(), cancels).start();
+            let listener =
+                Consumer::broadcast(&messaging.broker, &platform::run_cancellations(), cancels)
+                    .start();
             let api = api::ExecutorApi {
                 instance: instance.clone(),
                 broker: messaging.broker.clone(),

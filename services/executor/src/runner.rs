@@ -26,10 +26,11 @@ use tokio::sync::{watch, OwnedSemaphorePermit};
 use tonic::{Code, Status};
 use tracing::Instrument;
 
+use crate::contain::Containment;
 use crate::http::{self, HttpRequest};
 use crate::instance::{Instance, Stop};
 use crate::logs::{Origin, RunLog};
-use crate::shell::{self, Exit, ShellCommand, StepUser};
+use crate::shell::{self, Exit, ShellCommand};
 
 const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_secs(3600);
 const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(600);
@@ -39,7 +40,7 @@ pub struct Runner {
     pub clients: Arc<Clients>,
     pub instance: Arc<Instance>,
     pub http: http::Client,
-    pub user: Option<StepUser>,
+    pub contain: Arc<Containment>,
     /// How much of a run's output its log keeps.
     pub log_limits: crate::logs::Limits,
     /// Runs whose log reached its limit (`opsconductor_executor_runs_log_truncated_total`).
@@ -683,7 +684,7 @@ impl Runner {
                     script: &rendered.script,
                     env,
                     timeout,
-                    user: self.user.as_ref(),
+                    contain: &self.contain,
                 };
                 match shell::run(command, &execution.log, origin, stop).await {
                     Ok(Exit::Code(0)) => Ended::ok(Some(0), None),

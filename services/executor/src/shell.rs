@@ -1,7 +1,8 @@
-//! Shell steps: `/bin/sh -c` in a process group of its own, with a scrubbed environment, as the
-//! unprivileged step user when the executor runs as root, killed if the executor dies. A timeout or a stop kills the whole
-//! group (TERM, then KILL), and so does the end of the command, so nothing it started in the
-//! background outlives the step.
+//! Shell steps: `/bin/sh` running the step's script file in a process group of its own, with a
+//! scrubbed environment, contained as [`crate::contain`] says (a uid and a directory of its own
+//! when the executor runs as root), killed if the executor dies. A timeout or a stop kills the
+//! whole group (TERM, then KILL), and so does the end of the command; then everything running
+//! as the attempt's uid is killed, so nothing it started in the background outlives the step.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -13,15 +14,17 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 use tokio::sync::watch;
 
+use crate::contain::{Containment, SCRIPT};
 use crate::instance::Stop;
 use crate::logs::{Origin, RunLog};
 
 /// The only variables a step inherits besides its own (`OPS_*` and the step's `env`).
 pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Runs `$1` with `/bin/sh -c` and exits with its status; on SIGHUP (the executor died) kills
-/// the process group.
-const GUARD: &str = "trap 'kill -KILL 0' HUP; /bin/sh -c \"$1\" & wait $!";
+/// Enters the attempt's directory `$1`, runs its script file with `/bin/sh` and exits with its
+/// status; on SIGHUP (the executor died) kills the process group. The script is never an
+/// argument: any local user can read every process's arguments.
+const GUARD: &str = "cd \"$1\" || exit 125; trap 'kill -KILL 0' HUP; /bin/sh \"$2\" & wait $!";
 
 /// The user steps run as (uid, gid, home), when the executor runs as root.
 #[derive(Debug, Clone)]
@@ -62,7 +65,7 @@ pub struct ShellCommand<'a> {
     pub script: &'a str,
     pub env: Vec<(String, String)>,
     pub timeout: Duration,
-    pub user: Option<&'a StepUser>,
+    pub contain: &'a std::sync::Arc<Containment>,
 }
 
 pub async fn run(
@@ -75,36 +78,41 @@ pub async fn run(
     // pre_exec here: the step user with no supplementary groups (when the executor is root),
     // no_new_privs so setuid binaries cannot raise privileges again, and a signal when the
     // executor dies so a step never runs on without it.
+    // The attempt's identity and directory, the script in a 0600 file there (contain.rs).
+    let mut cell = command.contain.enter(command.script).await?;
     let mut cmd = Command::new("setpriv");
     cmd.arg("--pdeathsig=HUP").arg("--no-new-privs");
-    if let Some(user) = command.user {
-        cmd.arg(format!("--reuid={}", user.uid))
-            .arg(format!("--regid={}", user.gid))
+    if let Some(id) = cell.identity() {
+        cmd.arg(format!("--reuid={}", id.uid))
+            .arg(format!("--regid={}", id.gid))
             .arg("--clear-groups");
     }
     cmd.arg("--").arg("/bin/sh");
     // The step's shell runs under a small parent that, on the death signal, kills the whole
     // process group: what the step started in the background dies with the executor too.
     cmd.arg("-c").arg(GUARD).arg("opsconductor-step");
-    let home = command
-        .user
-        .map(|u| u.home.clone())
-        .unwrap_or_else(|| "/tmp".into());
-    cmd.arg(command.script)
+    cmd.arg(cell.dir())
+        .arg(format!("./{SCRIPT}"))
         .env_clear()
         .env("PATH", PATH)
         .env("LANG", "C.UTF-8")
-        .env("HOME", &home)
+        .env("HOME", cell.dir())
+        .env("TMPDIR", cell.dir())
         .envs(command.env)
-        .current_dir("/tmp")
+        // The guard enters the directory once it is the attempt's identity.
+        .current_dir("/")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("the shell did not start: {e}"))?;
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            cell.leave().await;
+            return Err(format!("the shell did not start: {e}"));
+        }
+    };
     let group = child.id().map(|id| Pid::from_raw(id as i32));
     let readers = [
         child
@@ -142,6 +150,10 @@ pub async fn run(
         let _ = killpg(group, Signal::SIGKILL);
     }
     let _ = child.wait().await;
+    // And whatever it left running anywhere else, as its uid; then its directory.
+    if let Some(problem) = cell.leave().await {
+        log.system(origin, problem);
+    }
     for mut reader in readers.into_iter().flatten() {
         // A process that left the group may hold the pipe open: do not wait for it forever,
         // nor read on for it.

@@ -27,6 +27,7 @@ use tonic_types::StatusExt;
 use crate::support::{assert_code, count, drain_audit, list_targets, until_refused};
 
 mod backfill_budget;
+mod containment;
 mod credential_scope;
 mod database_roles;
 mod http_egress;

@@ -59,12 +59,14 @@ async fn a_shell_step_cannot_reach_the_executors_secrets() {
     );
     let lines = s.jobs().log_text(&run.id).await.unwrap();
     let text = lines.join("\n");
-    let uid = lines.iter().find_map(|l| l.strip_prefix("uid=")).unwrap();
-    assert!(!uid.starts_with("0 "), "the step ran as root: {uid}");
-    assert!(
-        !uid.contains("groups=0"),
-        "the step kept root's groups: {uid}"
-    );
+    let ids = lines.iter().find_map(|l| l.strip_prefix("uid=")).unwrap();
+    let (uid, groups) = ids.split_once(" groups=").unwrap();
+    assert_ne!(uid, "0", "the step ran as root: {ids}");
+    // Its own group only: no root group (wherever it is listed) and no supplementary groups
+    // of the executor's.
+    let groups: Vec<&str> = groups.split_whitespace().collect();
+    assert_eq!(groups.len(), 1, "the step kept supplementary groups: {ids}");
+    assert!(!groups.contains(&"0"), "the step kept root's group: {ids}");
     for marker in [
         "READ-SECRET",
         "READ-LOOSE-SECRET",
@@ -79,7 +81,7 @@ async fn a_shell_step_cannot_reach_the_executors_secrets() {
     let env = lines.iter().find_map(|l| l.strip_prefix("env=")).unwrap();
     for name in env.split_whitespace() {
         assert!(
-            ["PATH", "LANG", "HOME", "PWD", "SHLVL", "OLDPWD", "_"].contains(&name)
+            ["PATH", "LANG", "HOME", "TMPDIR", "PWD", "SHLVL", "OLDPWD", "_"].contains(&name)
                 || name.starts_with("OPS_"),
             "{name} leaked into the step's environment: {env}"
         );

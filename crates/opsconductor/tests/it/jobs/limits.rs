@@ -112,6 +112,15 @@ async fn targets_run_in_parallel_within_limits(s: &Sandbox) {
     fleet(s, "fleet", 5).await;
     let dir = unique_path("busy");
     let seen = unique_path("seen");
+    // Each target's step runs as a uid of its own: the shared places are made writable by
+    // all of them beforehand (a sticky directory, like /tmp).
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        std::fs::write(&seen, "").unwrap();
+        std::fs::set_permissions(&seen, std::fs::Permissions::from_mode(0o666)).unwrap();
+    }
     let script = format!(
         "mkdir -p {dir}; touch {dir}/$OPS_TARGET_NAME; ls {dir} | wc -l >> {seen}; sleep 0.5; rm {dir}/$OPS_TARGET_NAME"
     );
