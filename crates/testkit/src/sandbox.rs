@@ -489,9 +489,10 @@ pub fn role_label(role: Role) -> &'static str {
 pub fn opsconductor_binary() -> Option<std::path::PathBuf> {
     let exe = std::env::current_exe().ok()?;
     let dir = exe.parent()?;
-    [Some(dir), dir.parent()]
+    let found = [Some(dir), dir.parent()]
         .into_iter()
         .flatten()
         .map(|d| d.join("opsconductor"))
-        .find(|bin| bin.is_file())
+        .find(|bin| bin.is_file());
+    found
 }

@@ -575,7 +575,7 @@ mod tests {
             env = env.with("OPSCONDUCTOR_STEP_UIDS", "2000100000-2000100999");
         }
         let contain = Arc::new(Containment::from_env(&env).unwrap());
-        let log = crate::logs::RunLog::new(1);
+        let log = crate::logs::RunLog::new(1, crate::logs::Limits::default());
         let origin = crate::logs::Origin {
             step_name: "contained".into(),
             ..Default::default()

@@ -247,6 +247,15 @@ mod tests {
                 }
             })
         };
+        let base = format!(
+            "/tmp/opsconductor-flood-test-{}",
+            uuid::Uuid::now_v7().simple()
+        );
+        let env = opsconductor_platform::config::Env::isolated([(
+            "OPSCONDUCTOR_STEP_DIR",
+            base.as_str(),
+        )]);
+        let contain = std::sync::Arc::new(Containment::from_env(&env).unwrap());
         let before = peak_rss_kib();
         let (_tx, mut stop) = watch::channel(Stop::No);
         for script in [
@@ -265,7 +274,7 @@ mod tests {
                 script,
                 env: Vec::new(),
                 timeout: Duration::from_secs(300),
-                user: None,
+                contain: &contain,
             };
             let exit = run(command, &log, &origin, &mut stop).await.unwrap();
             assert_eq!(exit, Exit::Code(0));
