@@ -104,11 +104,22 @@ async fn one_run_is_one_trace_from_start_run_to_the_notification_it_sends() {
         .get("traceparent")
         .map(|v| v.to_str().unwrap().to_string())
         .unwrap_or_default();
+    // A parent span ends (and is exported) after its children, maybe in a later batch: wait
+    // until the send's ancestry reaches the StartRun span, not just for the send.
     let spans = collector
         .wait_until(Duration::from_secs(30), |spans| {
-            spans
+            let trace: Vec<&CollectedSpan> = spans
                 .iter()
-                .any(|s| s.trace_id == CALLER_TRACE && s.name == "send webhook")
+                .filter(|s| s.trace_id == CALLER_TRACE)
+                .collect();
+            let by_id: HashMap<&str, &CollectedSpan> =
+                trace.iter().map(|s| (s.span_id.as_str(), *s)).collect();
+            trace.iter().any(|s| {
+                s.name == "send webhook"
+                    && ancestry(s, &by_id)
+                        .iter()
+                        .any(|name| name.ends_with("JobsService/StartRun"))
+            })
         })
         .await;
     let trace: Vec<&CollectedSpan> = spans
