@@ -37,7 +37,10 @@ struct Mint {
 }
 
 impl TokenFetcher for Mint {
-    fn fetch(&self) -> BoxFuture<'_, Result<IssuedToken, AuthError>> {
+    fn fetch<'a>(
+        &'a self,
+        _: &'a opsconductor_tokens::PublicKey,
+    ) -> BoxFuture<'a, Result<IssuedToken, AuthError>> {
         self.fetches.fetch_add(1, Ordering::Relaxed);
         let now = opsconductor_platform::time::now_secs();
         let claims = Claims::service(
@@ -54,6 +57,7 @@ impl TokenFetcher for Mint {
         futures::future::ready(token.map(|token| IssuedToken {
             token,
             expire_time: SystemTime::UNIX_EPOCH + Duration::from_secs(claims.exp),
+            message_certificate: None,
         }))
         .boxed()
     }

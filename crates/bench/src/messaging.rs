@@ -196,7 +196,8 @@ async fn raw_round(url: &str, queue: &str, count: usize) -> anyhow::Result<Figur
     Ok(figures(count, elapsed, latencies))
 }
 
-/// The platform: a Broker per side, `publish_all`, a `Consumer` with a typed handler.
+/// The platform as services run it: a Broker per side, each message signed by its producer
+/// and checked by the consumer, `publish_each`, a `Consumer` with a typed handler.
 async fn platform_round(
     url: &str,
     prefix: &str,
@@ -205,8 +206,19 @@ async fn platform_round(
 ) -> anyhow::Result<Figures> {
     let mut config = BrokerConfig::new(url, prefix, "bench")?;
     config.confirm_window = WINDOW;
-    let publisher = Broker::start(config.clone(), Topology::new().queue(queue.clone()));
-    let consumer_broker = Broker::start(config, Topology::new().queue(queue.clone()));
+    let auth = opsconductor_testkit::TestAuth::new();
+    let topology = Topology::new().queue(queue.clone());
+    let publisher = Broker::start_trusted(
+        config.clone(),
+        topology.clone(),
+        auth.producer_trust("bench"),
+    );
+    // For the cost breakdown in docs/benchmarks.md: the consumer skips the producer checks.
+    let consumer_broker = if std::env::var("OPSCONDUCTOR_BENCH_UNCHECKED_CONSUMER").is_ok() {
+        Broker::start(config, topology)
+    } else {
+        Broker::start_trusted(config, topology, auth.producer_trust("consumer"))
+    };
     anyhow::ensure!(
         publisher.wait_connected(Duration::from_secs(10)).await,
         "no broker"
@@ -258,6 +270,10 @@ async fn platform_round(
         .await
         .context("platform round did not finish")?;
     let elapsed = started.elapsed();
+    anyhow::ensure!(
+        consumer_broker.metrics().forgeries_refused == 0,
+        "the consumer refused the producer's signatures"
+    );
     consumer.shutdown(Duration::from_secs(5)).await;
     publisher.close().await;
     consumer_broker.close().await;

@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::BrokerConfig;
 use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::producer::ProducerTrust;
 use crate::publisher::Publisher;
 use crate::topology::{self, Names, Topology};
 
@@ -40,6 +41,7 @@ pub(crate) struct Inner {
     topology: Topology,
     sessions: watch::Sender<Option<Arc<Session>>>,
     pub(crate) metrics: Metrics,
+    trust: Option<ProducerTrust>,
     /// Messages ready in each work queue this service consumes, sampled by its consumers.
     pub(crate) lag: Family<QueueLabel, Gauge>,
     stop: watch::Sender<bool>,
@@ -90,6 +92,20 @@ impl Broker {
     /// Returns at once; [`Broker::wait_connected`] waits for the first connection. Must be
     /// called inside a Tokio runtime.
     pub fn start(config: BrokerConfig, topology: Topology) -> Broker {
+        Broker::start_with(config, topology, None)
+    }
+
+    /// [`Broker::start`], signing what it publishes and checking the producer of what it
+    /// consumes with `trust` (every service; see [`ProducerTrust`]).
+    pub fn start_trusted(config: BrokerConfig, topology: Topology, trust: ProducerTrust) -> Broker {
+        Broker::start_with(config, topology, Some(trust))
+    }
+
+    fn start_with(
+        config: BrokerConfig,
+        topology: Topology,
+        trust: Option<ProducerTrust>,
+    ) -> Broker {
         let (stop, _) = watch::channel(false);
         let (sessions, _) = watch::channel(None);
         let inner = Arc::new(Inner {
@@ -98,6 +114,7 @@ impl Broker {
             topology,
             sessions,
             metrics: Metrics::default(),
+            trust,
             lag: Family::default(),
             stop: stop.clone(),
             last_error: Mutex::new(Some("not connected yet".to_string())),
@@ -123,11 +140,21 @@ impl Broker {
     }
 
     pub fn publisher(&self) -> Publisher {
-        Publisher::new(self.clone())
+        Publisher::new(self.clone(), true)
     }
 
     pub fn metrics(&self) -> MetricsSnapshot {
         self.inner.metrics.snapshot()
+    }
+
+    pub(crate) fn trust(&self) -> Option<&ProducerTrust> {
+        self.inner.trust.as_ref()
+    }
+
+    /// A publisher that sends messages on as they are (a consumer's retries and dead letters,
+    /// replays): never signed as this service's.
+    pub(crate) fn forwarder(&self) -> Publisher {
+        Publisher::new(self.clone(), false)
     }
 
     pub(crate) fn counters(&self) -> &Metrics {

@@ -174,7 +174,22 @@ impl Consumer {
         }
     }
 
-    pub fn start(self) -> RunningConsumer {
+    pub fn start(mut self) -> RunningConsumer {
+        // With a producer trust, no work or broadcast delivery reaches a handler before its
+        // producer is proven (dead letters are only stored, and checked again when replayed).
+        let producers = match &self.source {
+            Source::Work(q) => Some(q.producers.clone()),
+            Source::Broadcast(b) => Some(b.producers.clone()),
+            Source::DeadLetters(_) => None,
+        };
+        if let (Some(trust), Some(producers)) = (self.broker.trust(), producers) {
+            self.dispatch = Arc::new(crate::producer::Produced {
+                inner: self.dispatch,
+                trust: trust.clone(),
+                producers,
+                broker: self.broker.clone(),
+            });
+        }
         let (stop, stop_rx) = watch::channel(false);
         let (subscribed_tx, subscribed) = watch::channel(false);
         let name = self.queue_name();
@@ -578,7 +593,7 @@ async fn settle(context: &Context, delivery: &Delivery, raw: &RawMessage, outcom
     if dead {
         return dead_letter(consumer, delivery, &message, &error, &target).await;
     }
-    match consumer.broker.publisher().publish(&message).await {
+    match consumer.broker.forwarder().publish(&message).await {
         Ok(()) => {
             Metrics::add(&metrics.retried, 1);
             tracing::info!(%error, attempt, delay_queue = %target, "message failed; retrying later");
@@ -600,7 +615,7 @@ async fn dead_letter(
     target: &str,
 ) {
     let metrics = consumer.broker.counters();
-    match consumer.broker.publisher().publish(message).await {
+    match consumer.broker.forwarder().publish(message).await {
         Ok(()) => {
             Metrics::add(&metrics.dead_lettered, 1);
             tracing::warn!(%error, attempt = message.attempt, dead_letter_queue = %target, "message dead-lettered");

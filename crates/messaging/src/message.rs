@@ -36,6 +36,10 @@ pub mod headers {
     /// id of the key that made it (a key of the auth service's JWKS).
     pub const SIGNATURE: &str = "x-signature";
     pub const SIGNATURE_KID: &str = "x-signature-kid";
+    /// The producing service's certificate and its signature of the message
+    /// (`<signed at>.<signature>`), see [`crate::ProducerTrust`].
+    pub const PRODUCER_CERTIFICATE: &str = "x-producer-certificate";
+    pub const PRODUCER_SIGNATURE: &str = "x-producer-signature";
     /// On a dead letter: the broker account that published the original.
     pub const ORIGINAL_USER_ID: &str = "x-original-user-id";
 }
@@ -171,12 +175,20 @@ impl OutgoingMessage {
     /// AMQP properties and headers. `app_id` is the producing service, `user_id` the broker
     /// account it publishes as (RabbitMQ refuses a `user_id` that is not the connection's, so
     /// consumers can trust it).
-    pub(crate) fn properties(&self, app_id: &str, user_id: &str) -> BasicProperties {
+    pub(crate) fn properties(
+        &self,
+        app_id: &str,
+        user_id: &str,
+        signature: Option<[(&str, String); 2]>,
+    ) -> BasicProperties {
         let mut table = FieldTable::default();
         for (key, value) in &self.headers {
             if let Ok(key) = ShortString::try_new(key.as_str()) {
                 table.insert(key, long_string(value));
             }
+        }
+        for (key, value) in signature.iter().flatten() {
+            table.insert((*key).into(), long_string(value));
         }
         table.insert(
             headers::ATTEMPT.into(),
@@ -222,6 +234,9 @@ pub struct MessageMeta {
     pub app_id: Option<String>,
     /// The broker account that published it, as RabbitMQ validated it.
     pub user_id: Option<String>,
+    /// The service that published it, as its signature proved (consumers of a broker with
+    /// [`crate::ProducerTrust`]); `None` where nothing was checked.
+    pub producer: Option<String>,
     pub timestamp: Option<u64>,
     pub trace: Option<TraceContext>,
     /// Every header, as text (`x-death` summarized).
@@ -268,6 +283,7 @@ impl MessageMeta {
             routing_key: routing_key.to_string(),
             app_id: properties.app_id().as_ref().map(|s| s.to_string()),
             user_id: properties.user_id().as_ref().map(|s| s.to_string()),
+            producer: None,
             timestamp: *properties.timestamp(),
             trace,
             headers,

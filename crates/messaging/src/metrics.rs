@@ -55,6 +55,7 @@ counters! {
     redelivered: "Deliveries the broker marked as redelivered.",
     duplicates: "Deliveries an inbox recognised as already processed.",
     signatures_refused: "Deliveries refused for a missing or bad signature.",
+    forgeries_refused: "Deliveries refused because they do not prove a producer their queue accepts.",
     connections: "Connections established (the first one included).",
 }
 

@@ -20,11 +20,14 @@ use crate::metrics::Metrics;
 #[derive(Clone)]
 pub struct Publisher {
     broker: Broker,
+    /// Whether messages are signed as this service's (when the broker has a
+    /// [`crate::ProducerTrust`]); messages moved along or replayed keep their producer's.
+    sign: bool,
 }
 
 impl Publisher {
-    pub(crate) fn new(broker: Broker) -> Publisher {
-        Publisher { broker }
+    pub(crate) fn new(broker: Broker, sign: bool) -> Publisher {
+        Publisher { broker, sign }
     }
 
     pub fn broker(&self) -> &Broker {
@@ -74,43 +77,85 @@ impl Publisher {
                 return messages.map(|_| Err(error.clone())).collect();
             }
         };
+        let signing = match self.broker.trust().filter(|_| self.sign) {
+            Some(trust) => match trust.signing().await {
+                Ok(signing) => Some(signing),
+                Err(reason) => {
+                    let error =
+                        PublishError::Unavailable(format!("cannot sign messages: {reason}"));
+                    return messages.map(|_| Err(error.clone())).collect();
+                }
+            },
+            None => None,
+        };
+        let now = opsconductor_platform::time::now_secs();
         let metrics = self.broker.counters();
         let mut results: Vec<Option<Settled>> = Vec::new();
         // Each message's id and route, for matching a returned message to its publish.
         let mut sent: Vec<(String, (String, String))> = Vec::new();
         let mut in_flight = FuturesUnordered::new();
-        for (index, message) in messages.enumerate() {
-            results.push(None);
-            while in_flight.len() >= config.confirm_window {
-                if let Some((done, result)) = in_flight.next().await {
-                    results[done] = Some(result);
+        // Taken from the iterator a batch at a time: signing covers a batch with one signature.
+        loop {
+            let batch: Vec<M> = messages.by_ref().take(crate::producer::BATCH).collect();
+            if batch.is_empty() {
+                break;
+            }
+            let signatures: Vec<Option<[(&str, String); 2]>> = match &signing {
+                Some(signing) => {
+                    let unsigned: Vec<crate::producer::Unsigned<'_>> = batch
+                        .iter()
+                        .map(|m| {
+                            let m = m.borrow();
+                            crate::producer::Unsigned {
+                                message_type: &m.message_type,
+                                message_id: &m.message_id,
+                                body: &m.body,
+                            }
+                        })
+                        .collect();
+                    crate::producer::sign_batch(signing, &unsigned, now)
+                        .into_iter()
+                        .map(Some)
+                        .collect()
                 }
-            }
-            let message = message.borrow();
-            let route = (message.exchange.clone(), message.routing_key.clone());
-            sent.push((message.message_id.clone(), route.clone()));
-            if let Err(error) = check_names(message) {
-                results[index] = Some(Settled::Failed(error));
-                continue;
-            }
-            let published = channel
-                .basic_publish(
-                    short(&message.exchange),
-                    short(&message.routing_key),
-                    BasicPublishOptions {
-                        mandatory: message.mandatory,
-                        ..BasicPublishOptions::default()
-                    },
-                    &message.body,
-                    message.properties(&config.service, config.username()),
-                )
-                .await;
-            Metrics::add(&metrics.published, 1);
-            match published {
-                Ok(confirm) => in_flight.push(async move {
-                    (index, settle(confirm, &route.0, timeout, metrics).await)
-                }),
-                Err(error) => results[index] = Some(Settled::Failed(from_lapin(&error, &route.0))),
+                None => batch.iter().map(|_| None).collect(),
+            };
+            for (message, signature) in batch.iter().zip(signatures) {
+                let index = results.len();
+                results.push(None);
+                while in_flight.len() >= config.confirm_window {
+                    if let Some((done, result)) = in_flight.next().await {
+                        results[done] = Some(result);
+                    }
+                }
+                let message = message.borrow();
+                let route = (message.exchange.clone(), message.routing_key.clone());
+                sent.push((message.message_id.clone(), route.clone()));
+                if let Err(error) = check_names(message) {
+                    results[index] = Some(Settled::Failed(error));
+                    continue;
+                }
+                let published = channel
+                    .basic_publish(
+                        short(&message.exchange),
+                        short(&message.routing_key),
+                        BasicPublishOptions {
+                            mandatory: message.mandatory,
+                            ..BasicPublishOptions::default()
+                        },
+                        &message.body,
+                        message.properties(&config.service, config.username(), signature),
+                    )
+                    .await;
+                Metrics::add(&metrics.published, 1);
+                match published {
+                    Ok(confirm) => in_flight.push(async move {
+                        (index, settle(confirm, &route.0, timeout, metrics).await)
+                    }),
+                    Err(error) => {
+                        results[index] = Some(Settled::Failed(from_lapin(&error, &route.0)))
+                    }
+                }
             }
         }
         while let Some((done, result)) = in_flight.next().await {

@@ -13,6 +13,7 @@ use crate::broker::Broker;
 use crate::config::BrokerConfig;
 use crate::consumer::RunningConsumer;
 use crate::outbox::{Outbox, RelayOptions, RunningRelay};
+use crate::producer::ProducerTrust;
 use crate::topology::{platform, Topology};
 
 /// A service's messaging: one connection, one outbox in its database, its audit log.
@@ -25,10 +26,16 @@ pub struct ServiceMessaging {
 
 impl ServiceMessaging {
     /// Connects for `config.service`, declaring `topology` and the audit queue (every service
-    /// audits), over `db`, which must carry [`crate::migrations`].
-    pub fn start(config: BrokerConfig, topology: Topology, db: &Database) -> ServiceMessaging {
+    /// audits), over `db`, which must carry [`crate::migrations`]; signs what it publishes and
+    /// checks the producers of what it consumes with `trust`.
+    pub fn start(
+        config: BrokerConfig,
+        topology: Topology,
+        db: &Database,
+        trust: ProducerTrust,
+    ) -> ServiceMessaging {
         let service = config.service.clone();
-        let broker = Broker::start(config, topology.queue(platform::audit_events()));
+        let broker = Broker::start_trusted(config, topology.queue(platform::audit_events()), trust);
         let outbox = Outbox::new(db.clone());
         let audit = AuditLog::new(&outbox, broker.names(), &service);
         ServiceMessaging {

@@ -16,6 +16,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind as LapinKind};
 
 use crate::config::{DeadLetterStrategy, DeclareMode};
+use crate::producer::Producers;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExchangeKind {
@@ -106,6 +107,9 @@ pub struct WorkQueue {
     /// One consumer at a time gets the queue's messages (the others wait as standbys), so
     /// they are handled in the order they were published.
     pub single_active_consumer: bool,
+    /// The services whose messages its consumers accept (checked when the broker has a
+    /// [`crate::ProducerTrust`]).
+    pub producers: Producers,
 }
 
 impl WorkQueue {
@@ -116,7 +120,14 @@ impl WorkQueue {
             routing_keys: routing_keys.iter().map(|k| k.to_string()).collect(),
             retry: RetryPolicy::default(),
             single_active_consumer: false,
+            producers: Producers::AnyService,
         }
+    }
+
+    /// Accepts messages from these services only.
+    pub fn produced_by(mut self, services: &[&str]) -> WorkQueue {
+        self.producers = Producers::only(services);
+        self
     }
 
     /// Delivers to one consumer at a time, in order; replicas take over when it goes.
@@ -141,6 +152,8 @@ pub struct Broadcast {
     /// Whether messages refused by a consumer are kept in `<name>.dlq` (shared by every
     /// instance) instead of dropped.
     pub dead_letters: bool,
+    /// The services whose messages its consumers accept.
+    pub producers: Producers,
 }
 
 impl Broadcast {
@@ -150,7 +163,14 @@ impl Broadcast {
             exchange,
             routing_keys: routing_keys.iter().map(|k| k.to_string()).collect(),
             dead_letters: false,
+            producers: Producers::AnyService,
         }
+    }
+
+    /// Accepts messages from these services only.
+    pub fn produced_by(mut self, services: &[&str]) -> Broadcast {
+        self.producers = Producers::only(services);
+        self
     }
 
     /// Keeps refused messages in a durable dead-letter queue, with the reason.
@@ -464,7 +484,9 @@ pub mod platform {
     /// Revocations a server refuses (unsigned, badly signed, dated in the future) are kept
     /// in `auth.revocations.dlq` for an operator to see.
     pub fn token_revocations() -> Broadcast {
-        Broadcast::new("auth.revocations", auth_exchange(), &[TOKEN_REVOKED]).with_dead_letters()
+        Broadcast::new("auth.revocations", auth_exchange(), &[TOKEN_REVOKED])
+            .with_dead_letters()
+            .produced_by(&["auth"])
     }
 
     /// Run requests and cancellations from the jobs service to executors.
@@ -477,6 +499,7 @@ pub mod platform {
 
     pub fn run_requests() -> WorkQueue {
         WorkQueue::new("executor.run-requested", jobs_exchange(), &[RUN_REQUESTED])
+            .produced_by(&["jobs"])
     }
 
     pub fn run_cancellations() -> Broadcast {
@@ -485,6 +508,8 @@ pub mod platform {
             jobs_exchange(),
             &[RUN_CANCEL_REQUESTED],
         )
+        .with_dead_letters()
+        .produced_by(&["jobs"])
     }
 
     pub const RUN_PROGRESS: &str = "run.progress";
@@ -492,6 +517,8 @@ pub mod platform {
     /// What executors report to one jobs replica, fanned out to the others' watchers.
     pub fn run_progress() -> Broadcast {
         Broadcast::new("jobs.run-progress", jobs_exchange(), &[RUN_PROGRESS])
+            .with_dead_letters()
+            .produced_by(&["jobs"])
     }
 
     /// Domain events, e.g. a run that finished.
@@ -507,6 +534,7 @@ pub mod platform {
             events_exchange(),
             &[RUN_FINISHED],
         )
+        .produced_by(&["jobs"])
     }
 
     pub const RUN_STARTED: &str = "run.started";
@@ -518,6 +546,7 @@ pub mod platform {
             events_exchange(),
             &[RUN_STARTED],
         )
+        .produced_by(&["jobs"])
     }
 
     pub const CREDENTIAL_EXPIRING: &str = "credential.expiring";
@@ -530,6 +559,7 @@ pub mod platform {
             events_exchange(),
             &[CREDENTIAL_EXPIRING],
         )
+        .produced_by(&["credentials"])
     }
 
     /// The runs a schedule started, as they start and finish: the scheduler's overlap policies
@@ -540,6 +570,7 @@ pub mod platform {
             events_exchange(),
             &[RUN_STARTED, RUN_FINISHED],
         )
+        .produced_by(&["jobs"])
     }
 
     pub const SCHEDULE_FIRE_FAILED: &str = "schedule.fire_failed";
@@ -552,6 +583,7 @@ pub mod platform {
             events_exchange(),
             &[SCHEDULE_FIRE_FAILED],
         )
+        .produced_by(&["scheduler"])
     }
 
     /// Notifications, one queue per channel so a slow SMTP server never holds back webhooks.
@@ -568,6 +600,7 @@ pub mod platform {
             notification_exchange(),
             &[channel],
         )
+        .produced_by(&["notification"])
     }
 }
 

@@ -11,13 +11,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use opsconductor_api::audit::v1::{AuditEvent, ListAuditEventsRequest, VerifyAuditChainRequest};
 use opsconductor_messaging::topology::platform;
-use opsconductor_messaging::{AuditLog, Broker, Cause, Outbox, RelayOptions, Topology};
+use opsconductor_messaging::{
+    AuditLog, Broker, Cause, Outbox, OutgoingMessage, RelayOptions, Topology,
+};
 use opsconductor_storage::testing::TestDatabase;
-use opsconductor_testkit::{amqp_url, rabbitmqctl, Sandbox, StorageBackend};
-use prost::{Message, Name};
+use opsconductor_testkit::{rabbitmqctl, Sandbox, StorageBackend};
 
 const PER_PUBLISHER: usize = 5_000;
 const PER_TRANSACTION: usize = 50;
@@ -59,9 +59,12 @@ async fn ten_thousand_audit_events_arrive_once_in_commit_order_through_a_broker_
             .await
             .unwrap();
         let name = format!("publisher-{p}");
-        let broker = Broker::start(
+        // Signed as a service of that name, certified by the sandbox's auth key: the audit
+        // service appends only events whose source signed them.
+        let broker = Broker::start_trusted(
             s.broker.config(&name),
             Topology::new().queue(platform::audit_events()),
+            opsconductor_testkit::producer_trust(s.keys.active(), &name),
         );
         let outbox = Outbox::new(db.db.clone());
         let relay = outbox.start_relay(&broker, RelayOptions::default());
@@ -137,14 +140,6 @@ async fn ten_thousand_audit_events_arrive_once_in_commit_order_through_a_broker_
     };
 
     // Five hundred of them again, as a publisher retrying after a lost confirm would send them.
-    let connection = lapin::Connection::connect(&amqp_url(), Default::default())
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
     let exchange = s.broker.names().exchange(&platform::audit_exchange());
     for event in appended.iter().step_by(expected / 500) {
         let mut again = event.clone();
@@ -153,23 +148,14 @@ async fn ten_thousand_audit_events_arrive_once_in_commit_order_through_a_broker_
         again.hash.clear();
         again.record_time = None;
         again.publisher.clear();
-        let properties = lapin::BasicProperties::default()
-            .with_type(AuditEvent::full_name().as_str().into())
-            .with_message_id(event.id.as_str().into());
-        channel
-            .basic_publish(
-                exchange.as_str().into(),
-                "drill.event".into(),
-                BasicPublishOptions::default(),
-                &again.encode_to_vec(),
-                properties,
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        let (_, _, broker, _, _, _) = publishers
+            .iter()
+            .find(|(name, ..)| *name == event.source)
+            .expect("the event's publisher");
+        let mut message = OutgoingMessage::new(&exchange, "drill.event", &again);
+        message.message_id = event.id.clone();
+        broker.publisher().publish(&message).await.unwrap();
     }
-    let _ = connection.close(200, "duplicates sent".into()).await;
     // A last event behind the duplicates: once it is in, they have all been through.
     let (_, db, _, _, _, audit) = &publishers[0];
     let mut tx = db.db.begin().await.unwrap();

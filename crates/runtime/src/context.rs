@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use opsconductor_messaging::{BrokerConfig, DeadLetters, ServiceMessaging, Topology, WorkQueue};
+use opsconductor_messaging::{
+    BrokerConfig, DeadLetters, MessageSigner, ProducerTrust, ServiceMessaging, Topology, WorkQueue,
+};
 use opsconductor_metrics::Registry;
 use opsconductor_platform::auth::{
     Authenticator, KeySource, RefusalAudit, RemoteJwks, ServiceCredentials, TokenFetcher,
@@ -165,7 +167,24 @@ impl ServiceContext {
     ) -> Result<ServiceMessaging, StartError> {
         db.migrate_all(&[migrations, &opsconductor_messaging::migrations()])
             .await?;
-        Ok(ServiceMessaging::start(self.broker.clone(), topology, db))
+        Ok(ServiceMessaging::start(
+            self.broker.clone(),
+            topology,
+            db,
+            self.producer_trust()?,
+        ))
+    }
+
+    /// What this service signs its messages with (its token source's message key and
+    /// certificate) and checks others' against (the auth service's keys).
+    pub fn producer_trust(&self) -> Result<ProducerTrust, StartError> {
+        let tokens = self.clients.tokens().ok_or_else(|| {
+            StartError::Service(
+                "the service has no identity to sign its broker messages with".into(),
+            )
+        })?;
+        let signer: Arc<dyn MessageSigner> = Arc::new(tokens.clone());
+        Ok(ProducerTrust::new(signer, self.verifier.keys().clone()))
     }
 
     /// Serves `service` as this service: limited to the configured message size, health

@@ -7,10 +7,10 @@ use std::time::{Duration, SystemTime};
 use futures::future::{BoxFuture, FutureExt};
 use opsconductor_api::auth::v1::TokenRevoked;
 use opsconductor_api::common::v1::Role;
-use opsconductor_messaging::BrokerConfig;
+use opsconductor_messaging::{BrokerConfig, ProducerTrust};
 use opsconductor_platform::auth::{
-    Authenticator, IssuedToken, KeySource, StaticKeys, StaticToken, TokenSettings, TokenSource,
-    Verifier,
+    AuthError, Authenticator, IssuedToken, KeySource, StaticKeys, StaticToken, TokenFetcher,
+    TokenSettings, TokenSource, Verifier,
 };
 use opsconductor_platform::client::Clients;
 use opsconductor_platform::config::{Env, ServerConfig};
@@ -18,11 +18,11 @@ use opsconductor_platform::principal::role_name;
 use opsconductor_platform::time::now_secs;
 use opsconductor_platform::ServiceKind;
 use opsconductor_runtime::{RevocationSource, ServiceContext};
-use opsconductor_tokens::{Claims, KeySet, SigningKey};
+use opsconductor_tokens::{Claims, KeySet, PublicKey, SigningKey};
 
 /// A signing key and the verifier that trusts it.
 pub struct TestAuth {
-    key: SigningKey,
+    key: Arc<SigningKey>,
     pub settings: TokenSettings,
     verifier: Arc<Verifier>,
 }
@@ -43,7 +43,7 @@ impl RevocationSource for NoRevocations {
 
 impl TestAuth {
     pub fn new() -> TestAuth {
-        let key = SigningKey::generate();
+        let key = Arc::new(SigningKey::generate());
         let settings = TokenSettings::default();
         let keys: Arc<dyn KeySource> = Arc::new(StaticKeys::new(KeySet::from_keys([key.public()])));
         let verifier = Arc::new(Verifier::new(settings.clone(), keys));
@@ -52,6 +52,17 @@ impl TestAuth {
             settings,
             verifier,
         }
+    }
+
+    /// The key set tokens and certificates are checked against.
+    pub fn keys(&self) -> Arc<dyn KeySource> {
+        self.verifier.keys().clone()
+    }
+
+    /// Signs as `service` (its message key certified by this key) and trusts what this key
+    /// certified: a service's producer trust, without an auth service.
+    pub fn producer_trust(&self, service: &str) -> ProducerTrust {
+        producer_trust(self.key.clone(), service)
     }
 
     pub fn authenticator(&self) -> Arc<Authenticator> {
@@ -91,6 +102,16 @@ impl TestAuth {
         ))
     }
 
+    /// Tokens of `service`'s identity, with its message key certified, as the auth service
+    /// would hand them out.
+    pub fn service_source(&self, service: &str) -> TokenSource {
+        TokenSource::new(Mint {
+            key: self.key.clone(),
+            settings: self.settings.clone(),
+            service: service.to_string(),
+        })
+    }
+
     /// A context for running `kind` on its own: its clients carry a token of its identity.
     pub fn context(
         &self,
@@ -101,7 +122,7 @@ impl TestAuth {
     ) -> ServiceContext {
         let clients = Clients::from_env(env)
             .unwrap_or_else(|e| panic!("clients: {e}"))
-            .with_tokens(static_source(self.service_token(kind.name())));
+            .with_tokens(self.service_source(kind.name()));
         ServiceContext::new(
             kind,
             server,
@@ -114,11 +135,60 @@ impl TestAuth {
     }
 }
 
+/// Publishes as `service` would, its message key certified by `issuer` (the auth service's
+/// active key, say), and trusts what `issuer` certified.
+pub fn producer_trust(issuer: Arc<SigningKey>, service: &str) -> ProducerTrust {
+    let keys: Arc<dyn KeySource> = Arc::new(StaticKeys::new(KeySet::from_keys([issuer.public()])));
+    let source = TokenSource::new(Mint {
+        key: issuer,
+        settings: TokenSettings::default(),
+        service: service.to_string(),
+    });
+    ProducerTrust::new(Arc::new(source), keys)
+}
+
+struct Mint {
+    key: Arc<SigningKey>,
+    settings: TokenSettings,
+    service: String,
+}
+
+impl TokenFetcher for Mint {
+    fn fetch<'a>(
+        &'a self,
+        message_key: &'a PublicKey,
+    ) -> BoxFuture<'a, Result<IssuedToken, AuthError>> {
+        let claims = Claims::service(
+            &self.settings.issuer,
+            &self.settings.audience,
+            &self.service,
+            now_secs(),
+            600,
+        );
+        let issued = self
+            .key
+            .sign(&claims)
+            .map_err(|e| AuthError::Fetch(e.to_string()))
+            .map(|token| IssuedToken {
+                token,
+                expire_time: SystemTime::UNIX_EPOCH + Duration::from_secs(claims.exp),
+                message_certificate: Some(self.key.certify_producer(
+                    &self.service,
+                    &message_key.key,
+                    claims.iat,
+                    claims.exp,
+                )),
+            });
+        futures::future::ready(issued).boxed()
+    }
+}
+
 /// A token source that always hands out `token` (valid for ten minutes).
 pub fn static_source(token: String) -> TokenSource {
     TokenSource::new(StaticToken(IssuedToken {
         token,
         expire_time: SystemTime::now() + Duration::from_secs(600),
+        message_certificate: None,
     }))
 }
 

@@ -14,7 +14,7 @@ mod sandbox;
 mod smtp_sink;
 
 pub use assertions::{assert_code, assert_violations};
-pub use auth::{bearer, channel_as, static_source, TestAuth};
+pub use auth::{bearer, channel_as, producer_trust, static_source, TestAuth};
 pub use broker::{amqp_url, notification_retry, TestBroker, NOTIFICATION_RETRY_DELAYS_MS};
 pub use ext::{AuthExt, CredentialsExt, JobsExt, TargetsExt, UsersExt};
 pub use faulty::{Fault, FaultyReplica};

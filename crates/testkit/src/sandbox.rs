@@ -383,11 +383,17 @@ impl Sandbox {
             .exchange_service_token(ExchangeServiceTokenRequest {
                 service_id: kind.name().into(),
                 service_secret: self.secrets[&kind].clone(),
+                ..Default::default()
             })
             .await
             .unwrap_or_else(|e| panic!("service token for {kind}: {e:?}"))
             .into_inner()
             .access_token
+    }
+
+    /// Publishes as `kind` does: its message key certified by the auth service's active key.
+    pub fn producer_trust(&self, kind: ServiceKind) -> opsconductor_messaging::ProducerTrust {
+        crate::auth::producer_trust(self.keys.active(), kind.name())
     }
 
     /// A token with exactly `claims`, signed by the auth service's active key.
@@ -453,6 +459,7 @@ pub fn session_source(session: &LoginResponse) -> TokenSource {
     TokenSource::new(StaticToken(IssuedToken {
         token: session.access_token.clone(),
         expire_time,
+        message_certificate: None,
     }))
 }
 

@@ -63,7 +63,7 @@ impl SigningKey {
 
 /// What a detached signature covers: a context naming what is signed (so a signature made for
 /// one purpose can never pass for another, nor for a token), then the payload.
-fn detached_input(context: &str, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn detached_input(context: &str, payload: &[u8]) -> Vec<u8> {
     let mut input = Vec::with_capacity(context.len() + 1 + payload.len());
     input.extend_from_slice(context.as_bytes());
     input.push(0);

@@ -19,10 +19,14 @@ mod error;
 mod jwk;
 mod jwt;
 mod keys;
+mod producer;
 
 pub use cache::{Expiring, VerifiedCache};
 pub use claims::{Claims, Kind};
+/// The public half of an Ed25519 key, as certificates and key sets hold it.
+pub use ed25519_dalek::VerifyingKey;
 pub use error::TokenError;
 pub use jwk::Jwk;
 pub use jwt::{decode_header, unverified_issued_at, verify, Header, Validation};
 pub use keys::{KeySet, PublicKey, SigningKey};
+pub use producer::ProducerCertificate;

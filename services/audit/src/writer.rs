@@ -27,6 +27,17 @@ impl BatchHandler<AuditEvent> for Writer {
                 results[i] = Err(HandleError::reject("the event has no usable id"));
                 continue;
             }
+            // Every service may audit, but only as itself: the source an event names is the
+            // service whose signature it carries.
+            if let Some(producer) = &received.meta.producer {
+                if received.message.source != *producer {
+                    results[i] = Err(HandleError::reject(format!(
+                        "the event names source {:?} but was published by {producer:?}",
+                        truncate(&received.message.source, 64)
+                    )));
+                    continue;
+                }
+            }
             positions.push(i);
             incoming.push(Incoming {
                 publisher: received.meta.user_id.clone().unwrap_or_default(),
@@ -49,6 +60,14 @@ impl BatchHandler<AuditEvent> for Writer {
         }
         results
     }
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// Signs the head every `every` when events were appended since the last checkpoint, until

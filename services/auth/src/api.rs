@@ -24,7 +24,7 @@ use opsconductor_platform::rate_limit::{peer, CredentialThrottle};
 use opsconductor_platform::time::{now_micros, now_secs, to_timestamp};
 use opsconductor_platform::validate::Violations;
 use opsconductor_platform::ApiError;
-use opsconductor_tokens::{Claims, SigningKey};
+use opsconductor_tokens::{Claims, SigningKey, VerifyingKey};
 use sqlx::AnyConnection;
 use tonic::{Code, Request, Response, Status};
 
@@ -498,6 +498,20 @@ impl AuthApi {
         let mut v = Violations::new();
         v.required_max("service_id", &req.service_id, 64);
         v.required_max("service_secret", &req.service_secret, 512);
+        let message_key = match req.message_key.len() {
+            0 => None,
+            _ => {
+                let key = <[u8; 32]>::try_from(req.message_key.as_slice())
+                    .ok()
+                    .and_then(|bytes| VerifyingKey::from_bytes(&bytes).ok());
+                v.check(
+                    key.is_some(),
+                    "message_key",
+                    "must be an Ed25519 public key (32 bytes) when set",
+                );
+                key
+            }
+        };
         invalid(v)?;
         // Service secrets are 256 bits; the limit keeps a broken client from filling the
         // audit trail, and is per service id so one cannot lock another out.
@@ -530,10 +544,17 @@ impl AuthApi {
             now_secs(),
             self.settings.service_ttl.as_secs(),
         );
+        let message_key_certificate = message_key
+            .map(|key| {
+                self.keys
+                    .certify_producer(&req.service_id, &key, claims.iat, claims.exp)
+            })
+            .unwrap_or_default();
         Ok(ExchangeServiceTokenResponse {
             access_token: self.keys.sign(&claims)?,
             token_type: "Bearer".into(),
             expire_time: Some(expiry(claims.exp)),
+            message_key_certificate,
         })
     }
 

@@ -13,7 +13,7 @@ use opsconductor_api::auth::v1::Jwk;
 use opsconductor_platform::auth::{IssuedToken, KeySource, TokenFetcher};
 use opsconductor_platform::time::now_micros;
 use opsconductor_storage::Database;
-use opsconductor_tokens::{Claims, KeySet, SigningKey};
+use opsconductor_tokens::{Claims, KeySet, PublicKey, SigningKey, VerifyingKey};
 use sqlx::AnyConnection;
 
 use crate::AuthServiceError;
@@ -113,6 +113,19 @@ impl KeyRing {
             .active
             .sign(claims)
             .map_err(|e| AuthServiceError::Signing(e.to_string()))
+    }
+
+    /// Certifies `key` as `service`'s message-signing key until `not_after`.
+    pub fn certify_producer(
+        &self,
+        service: &str,
+        key: &VerifyingKey,
+        now: u64,
+        not_after: u64,
+    ) -> String {
+        self.ring()
+            .active
+            .certify_producer(service, key, now, not_after)
     }
 
     pub fn jwks(&self) -> Vec<Jwk> {
@@ -265,7 +278,10 @@ pub struct LocalMint {
 }
 
 impl TokenFetcher for LocalMint {
-    fn fetch(&self) -> BoxFuture<'_, Result<IssuedToken, opsconductor_platform::auth::AuthError>> {
+    fn fetch<'a>(
+        &'a self,
+        message_key: &'a PublicKey,
+    ) -> BoxFuture<'a, Result<IssuedToken, opsconductor_platform::auth::AuthError>> {
         async move {
             let now = opsconductor_platform::time::now_secs();
             let claims = Claims::service(
@@ -279,9 +295,13 @@ impl TokenFetcher for LocalMint {
                 .keys
                 .sign(&claims)
                 .map_err(|e| opsconductor_platform::auth::AuthError::Fetch(e.to_string()))?;
+            let certificate = self
+                .keys
+                .certify_producer("auth", &message_key.key, now, claims.exp);
             Ok(IssuedToken {
                 token,
                 expire_time: SystemTime::UNIX_EPOCH + Duration::from_secs(claims.exp),
+                message_certificate: Some(certificate),
             })
         }
         .boxed()

@@ -298,21 +298,21 @@ impl Drop for Cell {
         if self.left {
             return;
         }
-        // The attempt was abandoned (its task dropped): clean up in the background.
+        // The attempt was abandoned (its task dropped): clean up in the background. The moved
+        // cell is marked left, so that if the runtime is shutting down and drops the task
+        // unrun, dropping it does not spawn again (an endless recursion).
         let mut cell = Cell {
             containment: self.containment.clone(),
             dir: std::mem::take(&mut self.dir),
             lease: self.lease.take(),
             identity: self.identity,
-            left: false,
+            left: true,
         };
         self.left = true;
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 cell.leave().await;
             });
-        } else {
-            cell.left = true;
         }
     }
 }
@@ -558,6 +558,34 @@ mod tests {
             let uid = nobody.uid.as_raw();
             assert!(check_range(uid, uid).is_err());
         }
+    }
+
+    /// A step abandoned while the runtime shuts down: its cell's clean-up task is dropped unrun,
+    /// and dropping it must not spawn another (it used to, endlessly, until the stack overflowed).
+    #[test]
+    fn a_cell_dropped_as_the_runtime_shuts_down_does_not_recurse() {
+        let base = format!(
+            "/tmp/opsconductor-contain-test-{}",
+            uuid::Uuid::now_v7().simple()
+        );
+        let env = Env::isolated([("OPSCONDUCTOR_STEP_DIR", base.as_str())]);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let contain = Arc::new(Containment::from_env(&env).unwrap());
+            let cell = contain.enter("true").await.unwrap();
+            // Held by a task that never ends, so the runtime's shutdown drops it.
+            tokio::spawn(async move {
+                let _cell = cell;
+                std::future::pending::<()>().await;
+            });
+            tokio::task::yield_now().await;
+        });
+        drop(runtime);
+        let _ = std::fs::remove_dir_all(&base);
     }
 
     /// Real processes through `shell::run`, as the runner calls it: as root, the uid mode

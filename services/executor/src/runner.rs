@@ -145,6 +145,8 @@ impl Runner {
         // A hiccup of the jobs service is retried here, briefly, before the request goes back
         // to the broker's delay ladder (whose next step is seconds away).
         let mut delay = Duration::from_millis(50);
+        // Repeated with each retry: a retry whose first answer was lost gets the run again.
+        let claim_key = format!("{:032x}", rand::random::<u128>());
         let claimed = loop {
             let claimed = self
                 .clients
@@ -152,6 +154,7 @@ impl Runner {
                 .claim_run(ClaimRunRequest {
                     executor_id: self.instance.id.clone(),
                     run_id: request.run_id.clone(),
+                    claim_key: claim_key.clone(),
                 })
                 .await;
             match &claimed {

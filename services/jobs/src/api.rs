@@ -375,6 +375,11 @@ impl JobsApi {
         let mut v = Violations::new();
         v.id("run_id", &req.run_id);
         executor_id(&mut v, &req.executor_id);
+        v.check(
+            (16..=128).contains(&req.claim_key.len()),
+            "claim_key",
+            "is required: 16 to 128 characters the executor made for this claim",
+        );
         v.finish()?;
         let row = self.runs.row(&req.run_id).await?;
         let job = self.jobs.revision(row.job_id(), row.job_revision()).await?;
@@ -383,6 +388,7 @@ impl JobsApi {
             .claim(
                 &req.run_id,
                 &req.executor_id,
+                &req.claim_key,
                 job.max_concurrent_runs,
                 cause,
             )

@@ -649,15 +649,18 @@ impl RunStore {
         Ok(run)
     }
 
-    /// Takes a QUEUED run for `executor_id` under a new lease. The executor that already
-    /// holds it gets a fresh token (its earlier answer was lost); anyone else is refused.
+    /// Takes a QUEUED run for `executor_id` under a new lease. The same claim repeated (its
+    /// earlier answer was lost: same executor, same `claim_key`) gets a fresh token; anyone
+    /// else is refused.
     pub async fn claim(
         &self,
         id: &str,
         executor_id: &str,
+        claim_key: &str,
         max_running: u32,
         cause: &Cause,
     ) -> Result<Claim, JobsError> {
+        let claim_hash = lease_hash(claim_key);
         let row = self.row(id).await?;
         let token = hex::encode(rand::random::<[u8; 32]>());
         let now = now_micros();
@@ -687,7 +690,8 @@ impl RunStore {
                     sqlx::query(
                         "UPDATE runs SET state = $1, attempt = attempt + 1, executor_id = $2, \
                      lease_hash = $3, lease_expire_time = $4, step_started = 0, spec = $5, \
-                     update_time = $6 WHERE id = $7 AND state = $8 AND attempt = $9",
+                     update_time = $6, claim_hash = $10 WHERE id = $7 AND state = $8 \
+                     AND attempt = $9",
                     )
                     .bind(RunState::Running as i64)
                     .bind(executor_id)
@@ -698,12 +702,14 @@ impl RunStore {
                     .bind(id)
                     .bind(RunState::Queued as i64)
                     .bind(row.attempt)
+                    .bind(&claim_hash)
                     .execute(&mut *tx)
                     .await?
                 }
                 RunState::Running if row.executor_id == executor_id => sqlx::query(
                     "UPDATE runs SET lease_hash = $1, lease_expire_time = $2, update_time = $3 \
-                 WHERE id = $4 AND state = $5 AND attempt = $6 AND executor_id = $7",
+                 WHERE id = $4 AND state = $5 AND attempt = $6 AND executor_id = $7 \
+                 AND claim_hash = $8",
                 )
                 .bind(lease_hash(&token))
                 .bind(expire)
@@ -712,6 +718,7 @@ impl RunStore {
                 .bind(RunState::Running as i64)
                 .bind(row.attempt)
                 .bind(executor_id)
+                .bind(&claim_hash)
                 .execute(&mut *tx)
                 .await?,
                 RunState::Running => return Err(JobsError::AlreadyClaimed(id.to_string())),

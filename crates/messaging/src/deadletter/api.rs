@@ -66,7 +66,7 @@ impl DeadLetterApi {
     /// Returns how many went back, or the error that stopped it.
     async fn replay(&self, queue: &str, rows: &[DeadLetterRow]) -> ApiResult<u32> {
         let messages: Vec<OutgoingMessage> = rows.iter().map(replayed).collect();
-        let results = self.broker.publisher().publish_all(&messages).await;
+        let results = self.broker.forwarder().publish_all(&messages).await;
         let mut sent = Vec::new();
         let mut first_error = None;
         for (row, result) in rows.iter().zip(results) {

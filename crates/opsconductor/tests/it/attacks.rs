@@ -13,7 +13,7 @@ use opsconductor_api::common::v1::Role;
 use opsconductor_api::targets::v1::ListTargetsRequest;
 use opsconductor_api::user::v1::ChangePasswordRequest;
 use opsconductor_messaging::topology::platform;
-use opsconductor_messaging::{headers, OutgoingMessage};
+use opsconductor_messaging::{headers, Broker, OutgoingMessage, Topology};
 use opsconductor_platform::ServiceKind;
 use opsconductor_testkit::{
     amqp_url, bearer, now_secs, on_both_backends, AuthExt, Sandbox, StorageBackend, UsersExt,
@@ -27,6 +27,7 @@ use tonic_types::StatusExt;
 use crate::support::{assert_code, count, drain_audit, list_targets, until_refused};
 
 mod backfill_budget;
+mod broker_forgeries;
 mod containment;
 mod credential_scope;
 mod database_roles;
@@ -59,7 +60,7 @@ async fn publish_raw(exchange: &str, message: &OutgoingMessage) {
     channel
         .basic_publish(
             exchange.into(),
-            platform::TOKEN_REVOKED.into(),
+            message.routing_key.as_str().into(),
             BasicPublishOptions::default(),
             &message.body,
             properties,
@@ -136,9 +137,19 @@ async fn forged_revocations_are_refused_dead_lettered_and_change_nothing() {
         // What even the auth service's own key cannot do: revoke beyond every token's life.
         ("dated in the future", message().signed(&s.keys.active())),
     ];
-    for (_, forgery) in &forgeries {
-        publish_raw(&exchange, forgery).await;
+    // The unsigned one as any broker client would send it; the others with the auth service's
+    // producer signature (as if its broker identity were stolen), so that what refuses them is
+    // the revocation's own signature check.
+    publish_raw(&exchange, &forgeries[0].1).await;
+    let as_auth = Broker::start_trusted(
+        s.broker.config("test-forger"),
+        Topology::new(),
+        s.producer_trust(ServiceKind::Auth),
+    );
+    for (_, forgery) in &forgeries[1..] {
+        as_auth.publisher().publish(forgery).await.unwrap();
     }
+    as_auth.close().await;
 
     // Every server refuses every forgery into the dead-letter queue, with the reason.
     let dlq = s
@@ -170,10 +181,15 @@ async fn forged_revocations_are_refused_dead_lettered_and_change_nothing() {
             Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
             other => panic!("{name}: {other:?}"),
         };
-        reasons.push(text(headers::LAST_ERROR));
-        // The forger did not say who it is; a platform service would have (as its broker
+        let reason = text(headers::LAST_ERROR);
+        // The raw forger did not say who it is; a platform publisher does (as its broker
         // account, which RabbitMQ validates).
-        assert!(!table.inner().contains_key(headers::ORIGINAL_USER_ID));
+        assert_eq!(
+            table.inner().contains_key(headers::ORIGINAL_USER_ID),
+            !reason.contains("not signed by its producer"),
+            "{reason}"
+        );
+        reasons.push(reason);
         assert_eq!(
             text(headers::ORIGINAL_QUEUE),
             s.broker
@@ -355,6 +371,7 @@ async fn guessing_passwords_and_secrets_is_throttled_and_audited() {
     let exchange = |service_id: &str, secret: &str| ExchangeServiceTokenRequest {
         service_id: service_id.into(),
         service_secret: secret.into(),
+        ..Default::default()
     };
     for _ in 0..3 {
         let err = auth

@@ -339,6 +339,7 @@ async fn services_exchange_their_secret_for_a_token(s: &Sandbox) {
         .exchange_service_token(ExchangeServiceTokenRequest {
             service_id: "jobs".into(),
             service_secret: s.secrets[&ServiceKind::Jobs].clone(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -375,6 +376,7 @@ async fn services_exchange_their_secret_for_a_token(s: &Sandbox) {
             .exchange_service_token(ExchangeServiceTokenRequest {
                 service_id: service_id.into(),
                 service_secret: secret,
+                ..Default::default()
             })
             .await
             .unwrap_err();

@@ -696,6 +696,7 @@ async fn logs_never_contain_passwords_secrets_or_tokens() {
         .exchange_service_token(ExchangeServiceTokenRequest {
             service_id: "targets".into(),
             service_secret: targets_secret,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -705,6 +706,7 @@ async fn logs_never_contain_passwords_secrets_or_tokens() {
         .exchange_service_token(ExchangeServiceTokenRequest {
             service_id: "targets".into(),
             service_secret: "not the targets secret at all".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -72,10 +72,8 @@ pub async fn drain_audit_from(
     s: &opsconductor_testkit::Sandbox,
     url: &str,
 ) -> Vec<opsconductor_api::audit::v1::AuditEvent> {
-    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
     use opsconductor_api::audit::v1::{AuditEvent, ListAuditEventsRequest};
     use opsconductor_messaging::topology::platform;
-    use prost::{Message, Name};
 
     let started = std::time::Instant::now();
     for kind in opsconductor_catalog::implemented() {
@@ -94,40 +92,30 @@ pub async fn drain_audit_from(
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
+    // Signed by the audit service's identity, as itself: nothing unsigned reaches the chain.
     let barrier = AuditEvent {
         id: uuid::Uuid::now_v7().to_string(),
         action: "test.barrier".into(),
         request_id: uuid::Uuid::now_v7().to_string(),
+        source: "audit".into(),
         ..Default::default()
     };
-    let connection = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
+    let config = opsconductor_messaging::BrokerConfig::new(url, &s.broker.prefix, "audit").unwrap();
+    let broker = opsconductor_messaging::Broker::start_trusted(
+        config,
+        opsconductor_messaging::Topology::new(),
+        s.producer_trust(opsconductor_platform::ServiceKind::Audit),
+    );
+    broker
+        .publisher()
+        .publish(&opsconductor_messaging::OutgoingMessage::new(
+            s.broker.names().exchange(&platform::audit_exchange()),
+            "test.barrier",
+            &barrier,
+        ))
         .await
         .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    let properties = lapin::BasicProperties::default()
-        .with_type(AuditEvent::full_name().as_str().into())
-        .with_message_id(barrier.id.as_str().into());
-    channel
-        .basic_publish(
-            s.broker
-                .names()
-                .exchange(&platform::audit_exchange())
-                .as_str()
-                .into(),
-            "test.barrier".into(),
-            BasicPublishOptions::default(),
-            &barrier.encode_to_vec(),
-            properties,
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    let _ = connection.close(200, "barrier sent".into()).await;
+    broker.close().await;
     let mut audit = s.audit();
     let barrier_sequence = loop {
         let found = audit
@@ -233,4 +221,55 @@ pub fn peak_rss_kib() -> u64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// The dead letters `kind` keeps of `queue`, once there are at least `at_least`.
+pub async fn dead_letters(
+    s: &opsconductor_testkit::Sandbox,
+    kind: opsconductor_platform::ServiceKind,
+    queue: &str,
+    at_least: usize,
+) -> Vec<opsconductor_api::deadletters::v1::DeadLetter> {
+    use opsconductor_api::deadletters::v1::dead_letter_service_client::DeadLetterServiceClient;
+    use opsconductor_api::deadletters::v1::{GetDeadLetterRequest, ListDeadLettersRequest};
+
+    let mut client = DeadLetterServiceClient::new(opsconductor_testkit::channel_as(
+        &s.url(kind),
+        s.admin.access_token.clone(),
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let listed = loop {
+        let listed = client
+            .list_dead_letters(ListDeadLettersRequest {
+                queue: queue.to_string(),
+                page_size: 500,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .dead_letters;
+        if listed.len() >= at_least {
+            break listed;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {at_least} dead letters in {queue}",
+            listed.len()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let mut letters = Vec::new();
+    for letter in listed {
+        letters.push(
+            client
+                .get_dead_letter(GetDeadLetterRequest { id: letter.id })
+                .await
+                .unwrap()
+                .into_inner()
+                .dead_letter
+                .unwrap(),
+        );
+    }
+    letters
 }

@@ -28,7 +28,9 @@ pub use layer::{AuthLayer, Authenticator, Refusal, RefusalAudit};
 pub use policy::admits;
 pub use revocations::{Revocations, CLOCK_SKEW};
 pub use settings::TokenSettings;
-pub use token_source::{IssuedToken, ServiceCredentials, StaticToken, TokenFetcher, TokenSource};
+pub use token_source::{
+    IssuedToken, MessageSigning, ServiceCredentials, StaticToken, TokenFetcher, TokenSource,
+};
 pub use verifier::{Verified, Verifier};
 
 /// The header carrying `Bearer <access token>`.

@@ -1,5 +1,9 @@
 //! The client side: tokens for a service identity, fetched when needed, refreshed ahead of
 //! expiry in the background, and never fetched twice at once — however many calls wait.
+//!
+//! Each source also holds a message-signing key made when it is created (its private half
+//! never leaves this process). Every token fetch asks the auth service to certify it for the
+//! identity, so what the service publishes to the broker can be traced to it (DESIGN §9).
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,6 +13,7 @@ use std::time::{Duration, SystemTime};
 use futures::future::{BoxFuture, FutureExt};
 use opsconductor_api::auth::v1::auth_service_client::AuthServiceClient;
 use opsconductor_api::auth::v1::ExchangeServiceTokenRequest;
+use opsconductor_tokens::{PublicKey, SigningKey};
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
@@ -19,6 +24,8 @@ use super::AuthError;
 pub struct IssuedToken {
     pub token: String,
     pub expire_time: SystemTime,
+    /// The issuer's certificate of the source's message key, valid as long as the token.
+    pub message_certificate: Option<String>,
 }
 
 impl fmt::Debug for IssuedToken {
@@ -26,14 +33,19 @@ impl fmt::Debug for IssuedToken {
         f.debug_struct("IssuedToken")
             .field("token", &"<redacted>")
             .field("expire_time", &self.expire_time)
+            .field("message_certificate", &self.message_certificate.is_some())
             .finish()
     }
 }
 
 /// Where tokens come from: the auth service's client-credentials exchange, or (inside the
-/// auth service) its own signing key.
+/// auth service) its own signing key. A fetcher that can certifies `message_key` with the
+/// token.
 pub trait TokenFetcher: Send + Sync + 'static {
-    fn fetch(&self) -> BoxFuture<'_, Result<IssuedToken, AuthError>>;
+    fn fetch<'a>(
+        &'a self,
+        message_key: &'a PublicKey,
+    ) -> BoxFuture<'a, Result<IssuedToken, AuthError>>;
 }
 
 /// Exchanges `SERVICE_ID` and `SERVICE_SECRET` for a service token.
@@ -63,7 +75,10 @@ impl fmt::Debug for ServiceCredentials {
 }
 
 impl TokenFetcher for ServiceCredentials {
-    fn fetch(&self) -> BoxFuture<'_, Result<IssuedToken, AuthError>> {
+    fn fetch<'a>(
+        &'a self,
+        message_key: &'a PublicKey,
+    ) -> BoxFuture<'a, Result<IssuedToken, AuthError>> {
         async move {
             let response = self
                 .client
@@ -71,6 +86,7 @@ impl TokenFetcher for ServiceCredentials {
                 .exchange_service_token(ExchangeServiceTokenRequest {
                     service_id: self.service_id.clone(),
                     service_secret: self.secret.clone(),
+                    message_key: message_key.key.as_bytes().to_vec(),
                 })
                 .await
                 .map_err(|status| {
@@ -84,6 +100,8 @@ impl TokenFetcher for ServiceCredentials {
             Ok(IssuedToken {
                 token: response.access_token,
                 expire_time,
+                message_certificate: (!response.message_key_certificate.is_empty())
+                    .then_some(response.message_key_certificate),
             })
         }
         .boxed()
@@ -94,19 +112,28 @@ impl TokenFetcher for ServiceCredentials {
 pub struct StaticToken(pub IssuedToken);
 
 impl TokenFetcher for StaticToken {
-    fn fetch(&self) -> BoxFuture<'_, Result<IssuedToken, AuthError>> {
+    fn fetch<'a>(&'a self, _: &'a PublicKey) -> BoxFuture<'a, Result<IssuedToken, AuthError>> {
         futures::future::ready(Ok(self.0.clone())).boxed()
     }
 }
 
 struct Current {
     token: Arc<str>,
+    certificate: Option<Arc<str>>,
     expire_time: SystemTime,
     refresh_time: SystemTime,
 }
 
+/// The key a service signs its messages with and the certificate that names it.
+#[derive(Clone)]
+pub struct MessageSigning {
+    pub key: Arc<SigningKey>,
+    pub certificate: Arc<str>,
+}
+
 struct Inner {
     fetcher: Box<dyn TokenFetcher>,
+    message_key: Arc<SigningKey>,
     current: RwLock<Option<Current>>,
     /// Held while fetching: one fetch at a time.
     fetching: tokio::sync::Mutex<()>,
@@ -132,6 +159,7 @@ impl TokenSource {
         TokenSource {
             inner: Arc::new(Inner {
                 fetcher: Box::new(fetcher),
+                message_key: Arc::new(SigningKey::generate()),
                 current: RwLock::new(None),
                 fetching: tokio::sync::Mutex::new(()),
                 fetches: AtomicU64::new(0),
@@ -155,6 +183,27 @@ impl TokenSource {
             return Ok(token);
         }
         self.fetch_now().await
+    }
+
+    /// The message key and its current certificate (fetching a token first if the current one
+    /// is near its end, like [`TokenSource::token`]).
+    pub async fn message_signing(&self) -> Result<MessageSigning, AuthError> {
+        self.token().await?;
+        let current = self
+            .inner
+            .current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let certificate = current
+            .as_ref()
+            .and_then(|c| c.certificate.clone())
+            .ok_or_else(|| {
+                AuthError::Fetch("the token issuer did not certify the message key".into())
+            })?;
+        Ok(MessageSigning {
+            key: self.inner.message_key.clone(),
+            certificate,
+        })
     }
 
     /// Tokens fetched so far.
@@ -236,7 +285,8 @@ impl TokenSource {
 
     async fn fetch_now(&self) -> Result<Arc<str>, AuthError> {
         self.inner.fetches.fetch_add(1, Ordering::SeqCst);
-        let issued = self.inner.fetcher.fetch().await.inspect_err(|_| {
+        let public = self.inner.message_key.public();
+        let issued = self.inner.fetcher.fetch(&public).await.inspect_err(|_| {
             self.inner.fetch_failures.fetch_add(1, Ordering::Relaxed);
         })?;
         let now = SystemTime::now();
@@ -257,6 +307,7 @@ impl TokenSource {
             .write()
             .unwrap_or_else(PoisonError::into_inner) = Some(Current {
             token: token.clone(),
+            certificate: issued.message_certificate.map(Arc::from),
             expire_time: issued.expire_time,
             refresh_time: now + refresh_after,
         });

@@ -453,6 +453,7 @@ async fn hold(s: &Sandbox, job_id: &str, parameters: &[(&str, &str)]) -> Held {
         .claim_run(ClaimRunRequest {
             executor_id: executor_id.clone(),
             run_id: run.id.clone(),
+            claim_key: CLAIM_KEY.into(),
         })
         .await
         .unwrap()
@@ -478,6 +479,70 @@ impl Held {
             lease_token: self.lease_token.clone(),
         }
     }
+}
+
+/// The key the test's claims are made with.
+const CLAIM_KEY: &str = "claim-key-of-the-test-0001";
+
+/// Knowing a running run's executor id (which `GetRun` shows) is not enough to be handed a
+/// new lease on it, with which its credentials could be revealed: only the claim repeated with
+/// the executor's own claim key is (an answer lost on the way), and then the old token is void.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_claim_cannot_be_taken_over_by_its_executor_id() {
+    let s = without_executor(StorageBackend::Sqlite).await;
+    let token = api_token(&s, "deploy-token", "deploy-secret-0123456789").await;
+    let j = s
+        .jobs()
+        .create(reverser("takeover", &[&token.id]))
+        .await
+        .unwrap();
+    let held = hold(&s, &j.id, &[("token", &token.id)]).await;
+    let executor = s.service_token(ServiceKind::Executor).await;
+    let claim = |key: &str| ClaimRunRequest {
+        executor_id: held.executor_id.clone(),
+        run_id: held.run.id.clone(),
+        claim_key: key.into(),
+    };
+    for key in ["another-key-0000000001", &CLAIM_KEY.to_uppercase()] {
+        let err = s
+            .clients_as(&executor)
+            .jobs()
+            .claim_run(claim(key))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{key}: {err:?}");
+    }
+    for key in ["", "short"] {
+        let err = s
+            .clients_as(&executor)
+            .jobs()
+            .claim_run(claim(key))
+            .await
+            .unwrap_err();
+        assert_violations(&err, &["claim_key"]);
+    }
+    // The holder's lease still works.
+    as_executor(&s)
+        .await
+        .reveal_credential(held.reveal(&token.id, "takeover-1"))
+        .await
+        .unwrap();
+    // The claim repeated with its own key: a new token, and the old one is void.
+    let again = s
+        .clients_as(&executor)
+        .jobs()
+        .claim_run(claim(CLAIM_KEY))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(again.lease_token, held.lease_token);
+    let err = as_executor(&s)
+        .await
+        .reveal_credential(held.reveal(&token.id, "takeover-2"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    s.stop().await;
 }
 
 async fn as_executor(s: &Sandbox) -> CredentialsServiceClient<AuthChannel> {
