@@ -101,18 +101,16 @@ impl ProducerTrust {
         self.signer.signing().await
     }
 
-    /// The certificate, verified (once per certificate; a key not known yet is looked up).
-    async fn certificate(&self, text: &str) -> Result<Arc<ProducerCertificate>, String> {
+    /// The certificate, verified once and cached; `Ok(None)` when its issuer's key is not
+    /// known yet (the caller looks for it and asks again).
+    fn certificate(&self, text: &str) -> Result<Option<Arc<ProducerCertificate>>, String> {
         if let Some(known) = self.cache().get(text) {
-            return Ok(known.clone());
+            return Ok(Some(known.clone()));
         }
-        let mut keys = self.keys.keys();
-        if let Some((kid, issued_at)) = ProducerCertificate::unverified_issuer(text) {
+        let keys = self.keys.keys();
+        if let Some((kid, _)) = ProducerCertificate::unverified_issuer(text) {
             if !keys.contains(&kid) {
-                if let Err(error) = self.keys.refresh(&kid, issued_at).await {
-                    tracing::debug!(%error, "cannot refresh the keys to check a certificate");
-                }
-                keys = self.keys.keys();
+                return Ok(None);
             }
         }
         let certificate = Arc::new(
@@ -124,7 +122,16 @@ impl ProducerTrust {
             cache.clear();
         }
         cache.insert(text.to_string(), certificate.clone());
-        Ok(certificate)
+        Ok(Some(certificate))
+    }
+
+    /// Looks for the key that issued `certificate` (a rotation since the last look).
+    async fn refresh_for(&self, certificate: &str) {
+        if let Some((kid, issued_at)) = ProducerCertificate::unverified_issuer(certificate) {
+            if let Err(error) = self.keys.refresh(&kid, issued_at).await {
+                tracing::debug!(%error, "cannot refresh the keys to check a certificate");
+            }
+        }
     }
 
     fn roots(&self) -> std::sync::MutexGuard<'_, HashSet<Hash>> {
@@ -137,8 +144,10 @@ impl ProducerTrust {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The service that published `message`, if it proves it.
-    pub(crate) async fn producer(&self, message: &RawMessage, now: u64) -> Result<String, String> {
+    /// The service that published `message`, if it proves it; `Ok(None)` when the key that
+    /// issued its certificate is not known yet. Never waits, so a consumer hands deliveries on
+    /// in the order they came (the audit chain relies on it).
+    fn check(&self, message: &RawMessage, now: u64) -> Result<Option<String>, String> {
         let header = |name| {
             message
                 .meta
@@ -146,7 +155,7 @@ impl ProducerTrust {
                 .get(name)
                 .filter(|v: &&String| !v.is_empty())
         };
-        let (Some(certificate), Some(signature)) = (
+        let (Some(certificate_text), Some(signature)) = (
             header(headers::PRODUCER_CERTIFICATE),
             header(headers::PRODUCER_SIGNATURE),
         ) else {
@@ -158,8 +167,9 @@ impl ProducerTrust {
             &message.body,
         );
         let proof = proof(signature, leaf).ok_or("the producer signature is malformed")?;
-        let certificate_text = certificate;
-        let certificate = self.certificate(certificate_text).await?;
+        let Some(certificate) = self.certificate(certificate_text)? else {
+            return Ok(None);
+        };
         if proof.signed_at > now.saturating_add(SKEW_SECS) {
             return Err("the message says it was signed in the future".into());
         }
@@ -187,7 +197,20 @@ impl ProducerTrust {
             }
             roots.insert(key);
         }
-        Ok(certificate.service.clone())
+        Ok(Some(certificate.service.clone()))
+    }
+
+    /// [`ProducerTrust::check`], looking for an issuer's key not known yet once.
+    pub(crate) async fn producer(&self, message: &RawMessage, now: u64) -> Result<String, String> {
+        if let Some(service) = self.check(message, now)? {
+            return Ok(service);
+        }
+        if let Some(certificate) = message.meta.headers.get(headers::PRODUCER_CERTIFICATE) {
+            self.refresh_for(certificate).await;
+        }
+        self.check(message, now)?.ok_or_else(|| {
+            "the producer certificate is refused: its issuer's key is unknown".into()
+        })
     }
 }
 
@@ -341,43 +364,66 @@ pub(crate) struct Produced {
     pub broker: Broker,
 }
 
-impl Dispatch for Produced {
-    fn dispatch(&self, message: &RawMessage) -> BoxFuture<'static, Outcome> {
-        let trust = self.trust.clone();
-        let producers = self.producers.clone();
-        let inner = self.inner.clone();
-        let broker = self.broker.clone();
-        let mut message = message.clone();
-        async move {
-            let now = opsconductor_platform::time::now_secs();
-            let checked = trust.producer(&message, now).await.and_then(|service| {
-                if producers.admits(&service) {
-                    Ok(service)
-                } else {
-                    Err(format!(
-                        "{service:?} may not publish {} here",
-                        message.meta.message_type
-                    ))
-                }
-            });
-            match checked {
-                Ok(service) => {
-                    message.meta.producer = Some(service);
-                    inner.dispatch(&message).await
-                }
-                Err(reason) => {
-                    Metrics::add(&broker.counters().forgeries_refused, 1);
-                    tracing::warn!(
-                        %reason,
-                        message_type = %message.meta.message_type,
-                        publisher = message.meta.user_id.as_deref().unwrap_or(""),
-                        "message refused: its producer is not proven"
-                    );
-                    Outcome::DeadLetter(reason)
-                }
+impl Produced {
+    /// Hands `message` on if `checked` admits it, else dead-letters it with the reason.
+    fn decide(
+        &self,
+        mut message: RawMessage,
+        checked: Result<String, String>,
+    ) -> BoxFuture<'static, Outcome> {
+        let admitted = checked.and_then(|service| {
+            if self.producers.admits(&service) {
+                Ok(service)
+            } else {
+                Err(format!(
+                    "{service:?} may not publish {} here",
+                    message.meta.message_type
+                ))
+            }
+        });
+        match admitted {
+            Ok(service) => {
+                message.meta.producer = Some(service);
+                self.inner.dispatch(&message)
+            }
+            Err(reason) => {
+                Metrics::add(&self.broker.counters().forgeries_refused, 1);
+                tracing::warn!(
+                    %reason,
+                    message_type = %message.meta.message_type,
+                    publisher = message.meta.user_id.as_deref().unwrap_or(""),
+                    "message refused: its producer is not proven"
+                );
+                futures::future::ready(Outcome::DeadLetter(reason)).boxed()
             }
         }
-        .boxed()
+    }
+}
+
+impl Dispatch for Produced {
+    fn dispatch(&self, message: &RawMessage) -> BoxFuture<'static, Outcome> {
+        let now = opsconductor_platform::time::now_secs();
+        match self.trust.check(message, now) {
+            // Decided now: handed on at once, in delivery order.
+            Ok(Some(service)) => self.decide(message.clone(), Ok(service)),
+            Err(reason) => self.decide(message.clone(), Err(reason)),
+            // The issuer's key is new (a rotation): look for it first. Deliveries behind this
+            // one may be handed on before it, as after a failed attempt.
+            Ok(None) => {
+                let this = Produced {
+                    inner: self.inner.clone(),
+                    trust: self.trust.clone(),
+                    producers: self.producers.clone(),
+                    broker: self.broker.clone(),
+                };
+                let message = message.clone();
+                async move {
+                    let checked = this.trust.producer(&message, now).await;
+                    this.decide(message, checked).await
+                }
+                .boxed()
+            }
+        }
     }
 }
 

@@ -67,6 +67,9 @@ fn sshd_binary() -> PathBuf {
 
 impl Sshd {
     pub(crate) async fn start() -> Sshd {
+        // `useradd` leaves the account locked ("!"), and without PAM sshd refuses even a key
+        // for a locked account: giving it a password unlocks it.
+        set_password();
         let dir = tempfile::tempdir().unwrap();
         let host = dir.path().join("host_ed25519");
         let user = dir.path().join("user_ed25519");
