@@ -9,6 +9,7 @@ mod chaos;
 mod getuser;
 mod messaging;
 mod notifications;
+mod render;
 mod reveal;
 mod runs;
 mod schedules;
@@ -126,6 +127,12 @@ enum Bench {
         #[arg(long, default_value_t = 3)]
         seconds: u64,
     },
+    /// A notification template rendered in-process vs in `opsconductor render-sandbox`
+    /// children; what a template bomb costs.
+    Render {
+        #[arg(long, default_value_t = 2_000)]
+        renders: usize,
+    },
 }
 
 /// The `opsconductor` binary built beside this one (release: see the top of this file).
@@ -156,6 +163,7 @@ async fn main() -> anyhow::Result<()> {
         } => getuser::run(concurrency, seconds, rounds, token_ttl).await,
         Bench::Messaging { messages, rounds } => messaging::run(messages, rounds).await,
         Bench::Tokens { seconds } => tokens::run(seconds),
+        Bench::Render { renders } => render::run(renders).await,
         Bench::Chaos {
             seconds,
             callers,
