@@ -181,22 +181,10 @@ async fn a_flooding_step_finishes_with_its_log_under_the_cap() {
 /// executor stops reading while its log is sent, and the log stays under the cap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_ssh_target_is_capped_too() {
-    use crate::jobs::ssh::{credential, ssh_job, target, Sshd};
-    use opsconductor_api::credentials::v1::secret_material::Material;
-    use opsconductor_api::credentials::v1::SshKeySecret;
+    use crate::jobs::ssh::{ssh_job, sshd_target};
 
     let s = Sandbox::start(StorageBackend::Sqlite).await;
-    let sshd = Sshd::start().await;
-    let key = credential(
-        &s,
-        "flood-key",
-        Material::SshKey(SshKeySecret {
-            private_key: sshd.private_key.clone(),
-            passphrase: String::new(),
-        }),
-    )
-    .await;
-    target(&s, "flooder", sshd.port, &sshd.fingerprint, &key.id).await;
+    let (_sshd, _) = sshd_target(&s, "flooder").await;
     let j = s
         .jobs()
         .create(ssh_job(

@@ -6,15 +6,13 @@
 
 use std::path::Path;
 
-use opsconductor_api::credentials::v1::secret_material::Material;
-use opsconductor_api::credentials::v1::SshKeySecret;
 use opsconductor_api::jobs::v1::*;
 use opsconductor_testkit::{JobsExt, Sandbox, StorageBackend};
 use sha2::{Digest, Sha256};
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::jobs::ssh::{credential, target, Sshd};
+use crate::jobs::ssh::sshd_target;
 use crate::jobs::{job, shell, string_param, unique_path, LIMIT};
 use crate::support::assert_violations;
 
@@ -119,17 +117,7 @@ fn params(count: usize, allow_leading_dash: bool) -> Vec<ParameterSpec> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_values_reach_shell_and_ssh_commands_byte_exact() {
     let s = Sandbox::start(StorageBackend::Sqlite).await;
-    let sshd = Sshd::start().await;
-    let key = credential(
-        &s,
-        "inj-key",
-        Material::SshKey(SshKeySecret {
-            private_key: sshd.private_key.clone(),
-            passphrase: String::new(),
-        }),
-    )
-    .await;
-    target(&s, "inj-host", sshd.port, &sshd.fingerprint, &key.id).await;
+    let (_sshd, _) = sshd_target(&s, "inj-host").await;
 
     let marker = unique_path("injected");
     let values = hostile_values(&marker);
@@ -400,17 +388,7 @@ async fn leading_dashes_and_nul_are_refused_at_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_are_in_no_process_argv() {
     let s = Sandbox::start(StorageBackend::Sqlite).await;
-    let sshd = Sshd::start().await;
-    let key = credential(
-        &s,
-        "argv-key",
-        Material::SshKey(SshKeySecret {
-            private_key: sshd.private_key.clone(),
-            passphrase: String::new(),
-        }),
-    )
-    .await;
-    target(&s, "argv-host", sshd.port, &sshd.fingerprint, &key.id).await;
+    let (_sshd, _) = sshd_target(&s, "argv-host").await;
     let scan = "sh -c 'sleep 3; :' control {{ params.token }} &\n\
                 sleep 0.5\n\
                 for f in /proc/[0-9]*/cmdline; do\n\

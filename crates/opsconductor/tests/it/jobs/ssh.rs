@@ -197,6 +197,23 @@ pub(crate) async fn target(
         .unwrap()
 }
 
+/// A test sshd and a target `name` on it that logs in with the sshd's key (a credential
+/// `<name>-key`): the set-up of every test that runs steps over SSH. Keep the sshd alive.
+pub(crate) async fn sshd_target(s: &Sandbox, name: &str) -> (Sshd, Target) {
+    let sshd = Sshd::start().await;
+    let key = credential(
+        s,
+        &format!("{name}-key"),
+        Material::SshKey(SshKeySecret {
+            private_key: sshd.private_key.clone(),
+            passphrase: String::new(),
+        }),
+    )
+    .await;
+    let target = target(s, name, sshd.port, &sshd.fingerprint, &key.id).await;
+    (sshd, target)
+}
+
 pub(crate) fn ssh_job(name: &str, command: &str, targets: &[&str]) -> Job {
     let mut j = job(
         name,
