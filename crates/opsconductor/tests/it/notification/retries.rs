@@ -207,15 +207,30 @@ async fn a_destination_over_its_rate_limit_waits_without_losing_attempts() {
         ),
     )
     .await;
-    let held = reaches(&s, &second.id, DeliveryState::Deferred).await;
-    reaches(&s, &first.id, DeliveryState::Delivered).await;
+    // The two are handled concurrently: whichever reaches the limiter second waits.
+    let deadline = std::time::Instant::now() + LIMIT;
+    let (held, prompt) = loop {
+        let (a, b) = (get(&s, &first.id).await, get(&s, &second.id).await);
+        if a.state == DeliveryState::Deferred as i32 {
+            break (a, b);
+        }
+        if b.state == DeliveryState::Deferred as i32 {
+            break (b, a);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "neither delivery was held: {a:?} {b:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    reaches(&s, &prompt.id, DeliveryState::Delivered).await;
     assert!(
         held.last_error.contains("rate limit"),
         "{}",
         held.last_error
     );
     assert_eq!(held.attempts, 0);
-    let delivered = reaches(&s, &second.id, DeliveryState::Delivered).await;
+    let delivered = reaches(&s, &held.id, DeliveryState::Delivered).await;
     assert_eq!(delivered.attempts, 1);
     let got = sink.wait_for("/slow", 2, LIMIT).await;
     let gap = got[1].at.duration_since(got[0].at);
