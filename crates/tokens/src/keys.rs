@@ -112,20 +112,23 @@ impl PublicKey {
         if !jwk.alg.is_empty() && jwk.alg != "EdDSA" {
             return Err(TokenError::BadKey("the key's alg must be EdDSA"));
         }
-        let bytes = URL_SAFE_NO_PAD
-            .decode(&jwk.x)
-            .map_err(|_| TokenError::BadKey("x is not base64url"))?;
-        let bytes: [u8; 32] = bytes
-            .as_slice()
-            .try_into()
-            .map_err(|_| TokenError::BadKey("an Ed25519 public key is 32 bytes"))?;
-        let key = VerifyingKey::from_bytes(&bytes)
-            .map_err(|_| TokenError::BadKey("not a valid Ed25519 point"))?;
         Ok(PublicKey {
             kid: jwk.kid.clone(),
-            key,
+            key: decode_public(&jwk.x)?,
         })
     }
+}
+
+/// An Ed25519 public key from its base64url form (a JWK's `x`, a certificate's key).
+pub(crate) fn decode_public(text: &str) -> Result<VerifyingKey, TokenError> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(text)
+        .map_err(|_| TokenError::BadKey("the key is not base64url"))?;
+    let bytes: [u8; 32] = bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| TokenError::BadKey("an Ed25519 public key is 32 bytes"))?;
+    VerifyingKey::from_bytes(&bytes).map_err(|_| TokenError::BadKey("not a valid Ed25519 point"))
 }
 
 /// The public keys tokens may be signed with, by key id.

@@ -96,15 +96,7 @@ impl ProducerCertificate {
     pub fn verify(text: &str, keys: &KeySet) -> Result<ProducerCertificate, TokenError> {
         let parts = parse(text)?;
         keys.verify_detached(parts.kid, CONTEXT, parts.signed.as_bytes(), parts.signature)?;
-        let bytes = URL_SAFE_NO_PAD
-            .decode(parts.key)
-            .map_err(|_| TokenError::Malformed("certified key is not base64url"))?;
-        let bytes: [u8; 32] = bytes
-            .as_slice()
-            .try_into()
-            .map_err(|_| TokenError::BadKey("an Ed25519 public key is 32 bytes"))?;
-        let key = VerifyingKey::from_bytes(&bytes)
-            .map_err(|_| TokenError::BadKey("not a valid Ed25519 point"))?;
+        let key = crate::keys::decode_public(parts.key)?;
         Ok(ProducerCertificate {
             service: parts.service.to_string(),
             key,
